@@ -1,0 +1,82 @@
+"""Analytic FLOP counts of execution plans (spec §7; paper §6.2, Tables 1-2).
+
+One multiply-add counts as 2 FLOPs, as in ``torch.utils.flop_counter``. For a layer that keeps k of
+nh heads (dh = E / nh) on a sample of T tokens:
+
+    QKV projection      2 · T · E · 3·k·dh
+    scores  Q Kᵀ        2 · T · T · k·dh
+    context A V         2 · T · T · k·dh
+    output projection   2 · T · k·dh · E
+    FFN                 2 · T · E · I · 2          (does not depend on the heads)
+
+plus the classifier, 2 · E · C per sample. Left out, because they are linear in T·E and small beside
+the matrix products (and torch's counter leaves them out too): embedding look-ups, LayerNorm, softmax,
+GELU, dropout, bias and residual additions, the attention mask, and the mean pooling.
+
+Training counts forward + backward, as autograd executes it. The backward of a matrix product costs
+one forward for the weight gradient (if the weight is trainable) and one for the input gradient (if
+anything below needs gradients); the attention products always pass gradients to Q, K and V once the
+layer's QKV output needs them. Hence a trainable layer costs 3x its forward, less one QKV projection
+when nothing below it is trainable (no input gradient); a frozen layer costs 2x when a trainable part
+lies below it (gradients still flow through) and 1x otherwise. With trainable embeddings (BL1) every
+layer costs exactly 3x.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from dht.model.config import EncoderConfig
+from dht.model.plan import ExecutionPlan
+
+
+def layer_forward_flops(config: EncoderConfig, tokens: int, kept_heads: int) -> int:
+    """Forward FLOPs of one layer keeping ``kept_heads`` heads on a sample of ``tokens`` tokens."""
+    T, E, I = tokens, config.hidden_size, config.intermediate_size
+    width = kept_heads * config.head_dim  # k·dh
+    projections = 2 * T * E * 3 * width + 2 * T * width * E
+    attention = 2 * (2 * T * T * width)
+    ffn = 2 * 2 * T * E * I
+    return projections + attention + ffn
+
+
+def classifier_flops(config: EncoderConfig) -> int:
+    """Forward FLOPs of the classifier on one pooled vector."""
+    return 2 * config.hidden_size * config.num_classes
+
+
+def plan_forward_flops(config: EncoderConfig, plan: ExecutionPlan, tokens: int, classify: bool = True) -> int:
+    """Forward FLOPs of ``plan`` on one sample of ``tokens`` tokens (with the classifier if asked)."""
+    total = sum(layer_forward_flops(config, tokens, len(kept)) for kept in plan.heads)
+    return total + (classifier_flops(config) if classify else 0)
+
+
+def qkv_forward_flops(config: EncoderConfig, tokens: int, kept_heads: int) -> int:
+    """Forward FLOPs of one layer's QKV projection alone."""
+    return 2 * tokens * config.hidden_size * 3 * kept_heads * config.head_dim
+
+
+def plan_train_flops(config: EncoderConfig, plan: ExecutionPlan, tokens: int,
+                     frozen: Iterable[int] = (), embeddings_trainable: bool = True) -> int:
+    """Forward + backward FLOPs of one training step of ``plan`` on one sample (module docstring)."""
+    frozen = frozenset(frozen)
+    grad_below = embeddings_trainable  # does anything below the current layer need gradients?
+    total = 0
+    for layer, kept in zip(plan.layers, plan.heads):
+        forward = layer_forward_flops(config, tokens, len(kept))
+        if layer in frozen:
+            total += 2 * forward if grad_below else forward
+        else:
+            total += 3 * forward - (0 if grad_below else qkv_forward_flops(config, tokens, len(kept)))
+            grad_below = True
+    return total + (3 if grad_below else 2) * classifier_flops(config)
+
+
+def full_forward_flops(config: EncoderConfig, tokens: int) -> int:
+    """Forward FLOPs of the full model (N_L layers, N_h heads) on one sample: the ratios' denominator."""
+    return plan_forward_flops(config, ExecutionPlan.full(config.num_layers, config.num_heads), tokens)
+
+
+def full_train_flops(config: EncoderConfig, tokens: int) -> int:
+    """Training FLOPs of the full model with every layer trainable on one sample."""
+    return 3 * full_forward_flops(config, tokens)

@@ -1,0 +1,207 @@
+"""A BERT encoder that runs a different depth and head set per sample, and really skips the rest.
+
+Dimension legend used in shape comments:
+    B batch, T tokens, E hidden size, nh heads per layer, k kept heads, dh head width (E / nh),
+    I FFN width, C classes.
+
+Heads are contiguous dh-wide slices of the Q/K/V projections' outputs and of the output
+projection's inputs (as in BERT). A layer that keeps k heads gathers only those slices of the
+weights and multiplies by them, so its projection and attention cost scale with k / nh; the FFN
+always runs in full. A batch whose samples follow different plans is partitioned by plan, each
+group runs densely (trimmed to its own longest sample), and the results are put back in order.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dht.model.config import EncoderConfig
+from dht.model.plan import ExecutionPlan
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, then LayerNorm and dropout (BERT)."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position, config.hidden_size)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """input_ids (B, T) -> hidden states (B, T, E); single-segment input (token type 0)."""
+        T = input_ids.shape[1]
+        positions = torch.arange(T, device=input_ids.device)
+        h = self.word(input_ids) + self.position(positions) + self.token_type.weight[0]
+        return self.dropout(self.norm(h))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention whose projections are computed only for the kept heads."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        E, nh = config.hidden_size, config.num_heads
+        self.num_heads, self.head_dim = nh, config.head_dim
+        # Q, K and V stacked in one matrix so the full-head case is one matmul.
+        self.qkv = nn.Linear(E, 3 * E)  # weight (3E, E): rows [q; k; v], each nh x dh
+        self.out = nn.Linear(E, E)  # weight (E, E): input columns are nh x dh
+        self.dropout_p = config.attention_dropout
+        self._index_cache: dict[tuple[int, ...], Tensor] = {}
+
+    def _head_index(self, heads: tuple[int, ...], device: torch.device) -> Tensor:
+        index = self._index_cache.get(heads)
+        if index is None or index.device != device:
+            index = torch.tensor(heads, dtype=torch.long, device=device)
+            self._index_cache[heads] = index
+        return index
+
+    def forward(self, h: Tensor, attn_mask: Tensor, heads: tuple[int, ...]) -> Tensor:
+        """h (B, T, E), attn_mask (B, 1, 1, T) bool (True = attend) -> (B, T, E) using only ``heads``."""
+        B, T, E = h.shape
+        nh, dh = self.num_heads, self.head_dim
+        k = len(heads)
+        if k == nh:
+            w_qkv, b_qkv, w_out = self.qkv.weight, self.qkv.bias, self.out.weight
+        else:
+            index = self._head_index(heads, h.device)
+            w_qkv = self.qkv.weight.view(3, nh, dh, E).index_select(1, index).reshape(3 * k * dh, E)
+            b_qkv = self.qkv.bias.view(3, nh, dh).index_select(1, index).reshape(3 * k * dh)
+            w_out = self.out.weight.view(E, nh, dh).index_select(1, index).reshape(E, k * dh)
+        qkv = F.linear(h, w_qkv, b_qkv)  # (B, T, 3*k*dh)
+        q, key, v = qkv.view(B, T, 3, k, dh).permute(2, 0, 3, 1, 4)  # each (B, k, T, dh)
+        dropout_p = self.dropout_p if self.training else 0.0
+        context = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        context = context.transpose(1, 2).reshape(B, T, k * dh)  # (B, T, k*dh)
+        return F.linear(context, w_out, self.out.bias)  # (B, T, E)
+
+
+class Layer(nn.Module):
+    """One post-LayerNorm transformer layer: attention and GELU FFN, each with a residual."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        E, eps = config.hidden_size, config.layer_norm_eps
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(E, eps=eps)
+        self.ffn_in = nn.Linear(E, config.intermediate_size)
+        self.ffn_out = nn.Linear(config.intermediate_size, E)
+        self.ffn_norm = nn.LayerNorm(E, eps=eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, h: Tensor, attn_mask: Tensor, heads: tuple[int, ...]) -> Tensor:
+        """h (B, T, E) -> (B, T, E)."""
+        h = self.attention_norm(h + self.dropout(self.attention(h, attn_mask, heads)))
+        ffn = self.ffn_out(F.gelu(self.ffn_in(h)))  # exact (erf) GELU, as BERT's "gelu"
+        return self.ffn_norm(h + self.dropout(ffn))
+
+
+def masked_mean(h: Tensor, mask: Tensor) -> Tensor:
+    """Mean of h (B, T, E) over the real tokens of mask (B, T) -> (B, E)."""
+    weights = mask.to(h.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (h * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class DynamicEncoder(nn.Module):
+    """BERT encoder + classifier whose forward follows one execution plan per sample."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
+        self.classifier_dropout = nn.Dropout(config.hidden_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_classes)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        # BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # --- building blocks (the DHT loop composes these directly) -------------------------
+    def full_plan(self) -> ExecutionPlan:
+        """The plan that runs every layer with every head."""
+        return ExecutionPlan.full(self.config.num_layers, self.config.num_heads)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """input_ids (B, T) -> embeddings (B, T, E)."""
+        return self.embeddings(input_ids)
+
+    def run_plan(self, h: Tensor, mask: Tensor, plan: ExecutionPlan) -> Tensor:
+        """Run the plan's layers on h (B, T, E) for samples that all share ``plan``."""
+        attn_mask = mask[:, None, None, :]  # (B, 1, 1, T)
+        for layer, heads in zip(plan.layers, plan.heads):
+            h = self.layers[layer](h, attn_mask, heads)
+        return h
+
+    def pool(self, h: Tensor, mask: Tensor) -> Tensor:
+        """h (B, T, E) -> sentence vectors (B, E): mean over real tokens, or the first token."""
+        return masked_mean(h, mask) if self.config.pooling == "mean" else h[:, 0]
+
+    def classify(self, h: Tensor, mask: Tensor) -> Tensor:
+        """Last executed layer's states h (B, T, E) -> logits (B, C)."""
+        return self.classifier(self.classifier_dropout(self.pool(h, mask)))
+
+    # --- the whole model ---------------------------------------------------------------
+    def forward(self, input_ids: Tensor, mask: Tensor,
+                plans: ExecutionPlan | Sequence[ExecutionPlan] | None = None,
+                hidden: Tensor | None = None) -> Tensor:
+        """Classify a batch, sample i following plans[i] (one plan for all, or the full model).
+
+        input_ids, mask: (B, T); mask is True for real tokens.
+        hidden: optional (B, T, E) states to start from instead of the embeddings (e.g. the
+            output of an earlier probe over the layers before the plans' first layer).
+        Returns logits (B, C), in the batch's order.
+        """
+        mask = mask.bool()
+        if plans is None or isinstance(plans, ExecutionPlan):
+            plan = plans or self.full_plan()
+            return self._run_group(input_ids, mask, plan, hidden)
+        if len(plans) != input_ids.shape[0]:
+            raise ValueError(f"got {len(plans)} plans for a batch of {input_ids.shape[0]}")
+        groups = group_by_plan(plans)
+        if len(groups) == 1:
+            return self._run_group(input_ids, mask, plans[0], hidden)
+        logits = input_ids.new_empty((input_ids.shape[0], self.config.num_classes), dtype=self.classifier.weight.dtype)
+        for plan, index in groups.items():
+            rows = torch.tensor(index, device=input_ids.device)
+            sub_hidden = hidden.index_select(0, rows) if hidden is not None else None
+            logits[rows] = self._run_group(input_ids.index_select(0, rows), mask.index_select(0, rows), plan, sub_hidden)
+        return logits
+
+    def _run_group(self, input_ids: Tensor, mask: Tensor, plan: ExecutionPlan, hidden: Tensor | None) -> Tensor:
+        plan.check(self.config.num_layers, self.config.num_heads)
+        T = int(mask.sum(1).max())  # trim the padding this group does not need
+        input_ids, mask = input_ids[:, :T], mask[:, :T]
+        h = self.embed(input_ids) if hidden is None else hidden[:, :T]
+        return self.classify(self.run_plan(h, mask, plan), mask)
+
+    def freeze_layers(self, layers: Sequence[int], embeddings: bool = True) -> None:
+        """Stop gradients for the given layers (and the embeddings); used by P-DHT."""
+        if embeddings:
+            self.embeddings.requires_grad_(False)
+        for layer in layers:
+            self.layers[layer].requires_grad_(False)
+
+    def frozen_layers(self) -> frozenset[int]:
+        """Indices of layers that get no gradient."""
+        return frozenset(i for i, layer in enumerate(self.layers)
+                         if not any(p.requires_grad for p in layer.parameters()))
+
+
+def group_by_plan(plans: Sequence[ExecutionPlan]) -> dict[ExecutionPlan, list[int]]:
+    """Map each distinct plan to the batch positions that follow it (first-seen order)."""
+    groups: dict[ExecutionPlan, list[int]] = {}
+    for i, plan in enumerate(plans):
+        groups.setdefault(plan, []).append(i)
+    return groups

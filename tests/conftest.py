@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny random encoders keep the suite fast."""
+
+import pytest
+import torch
+
+from dht.model import DynamicEncoder, EncoderConfig
+
+
+def tiny_config(**changes) -> EncoderConfig:
+    """A 4-layer, 4-head, 32-wide encoder over a small vocabulary."""
+    base = EncoderConfig(vocab_size=100, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64,
+                         max_position=64, num_classes=3)
+    return base.replace(**changes)
+
+
+@pytest.fixture
+def tiny_model() -> DynamicEncoder:
+    torch.manual_seed(0)
+    return DynamicEncoder(tiny_config()).eval()
+
+
+def random_batch(batch: int = 5, length: int = 12, vocab: int = 100, seed: int = 0):
+    """Token ids (B, T) and a right-padded mask with varied lengths (sample 0 is full length)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (batch, length), generator=g)
+    lengths = torch.randint(2, length + 1, (batch,), generator=g)
+    lengths[0] = length
+    mask = torch.arange(length)[None, :] < lengths[:, None]
+    return ids.masked_fill(~mask, 0), mask

@@ -1,0 +1,106 @@
+"""The dynamic encoder really skips work and computes exactly what masking would."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import random_batch
+from dht.model import ExecutionPlan
+
+
+def masked_heads_layer(layer, h, mask, heads):
+    """Reference: compute every head, zero the dropped heads' context, then project (eval mode)."""
+    attention = layer.attention
+    B, T, E = h.shape
+    nh, dh = attention.num_heads, attention.head_dim
+    q, k, v = attention.qkv(h).view(B, T, 3, nh, dh).permute(2, 0, 3, 1, 4)  # (B, nh, T, dh)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
+    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    context = scores.softmax(-1) @ v  # (B, nh, T, dh)
+    keep = torch.zeros(nh, dtype=torch.bool)
+    keep[list(heads)] = True
+    context = context * keep[None, :, None, None]
+    context = context.transpose(1, 2).reshape(B, T, E)
+    h = layer.attention_norm(h + attention.out(context))
+    return layer.ffn_norm(h + layer.ffn_out(F.gelu(layer.ffn_in(h))))
+
+
+@pytest.mark.parametrize("heads", [(0,), (1, 3), (0, 1, 2), (0, 1, 2, 3)])
+def test_sliced_heads_equal_masked_heads(tiny_model, heads):
+    ids, mask = random_batch()
+    with torch.no_grad():
+        h = tiny_model.embed(ids)
+        sliced = tiny_model.run_plan(h, mask, ExecutionPlan((0, 1), (heads, heads)))
+        reference = masked_heads_layer(tiny_model.layers[1], masked_heads_layer(tiny_model.layers[0], h, mask, heads),
+                                       mask, heads)
+    assert (sliced - reference)[mask].abs().max() <= 1e-5
+
+
+def test_mixed_plan_batch_equals_each_sample_alone(tiny_model):
+    ids, mask = random_batch(batch=6)
+    plans = [ExecutionPlan.first(2, 4), ExecutionPlan.first(4, 4, (0, 2)), ExecutionPlan.full(4, 4),
+             ExecutionPlan.first(2, 4), ExecutionPlan.skip_middle(1, 2, 4, 4, (1,)), ExecutionPlan.full(4, 4)]
+    with torch.no_grad():
+        together = tiny_model(ids, mask, plans)
+        alone = torch.cat([tiny_model(ids[i:i + 1, :int(mask[i].sum())], mask[i:i + 1, :int(mask[i].sum())], plans[i])
+                           for i in range(6)])
+    assert together.shape == (6, 3)
+    assert (together - alone).abs().max() <= 1e-5
+
+
+def test_skipping_the_middle_equals_explicit_layers(tiny_model):
+    ids, mask = random_batch()
+    plan = ExecutionPlan.skip_middle(bottom=1, top=2, num_layers=4, num_heads=4, bottom_heads=(0, 3))
+    assert plan.layers == (0, 2, 3)
+    with torch.no_grad():
+        got = tiny_model(ids, mask, plan)
+        attn = mask[:, None, None, :]
+        h = tiny_model.layers[0](tiny_model.embed(ids), attn, (0, 3))
+        h = tiny_model.layers[3](tiny_model.layers[2](h, attn, (0, 1, 2, 3)), attn, (0, 1, 2, 3))
+        expected = tiny_model.classify(h, mask)
+    assert (got - expected).abs().max() <= 1e-6
+
+
+def test_padding_does_not_change_the_output(tiny_model):
+    ids, mask = random_batch(batch=3, length=8)
+    padded_ids = torch.cat([ids, torch.zeros(3, 5, dtype=torch.long)], 1)
+    padded_mask = torch.cat([mask, torch.zeros(3, 5, dtype=torch.bool)], 1)
+    with torch.no_grad():
+        assert torch.allclose(tiny_model(ids, mask), tiny_model(padded_ids, padded_mask), atol=1e-6)
+
+
+def test_probe_states_can_be_reused(tiny_model):
+    ids, mask = random_batch()
+    plan = ExecutionPlan.first(4, 4, (0, 1))
+    probe, rest = plan.split(2)
+    with torch.no_grad():
+        hidden = tiny_model.run_plan(tiny_model.embed(ids), mask, probe)
+        assert torch.allclose(tiny_model(ids, mask, rest, hidden=hidden), tiny_model(ids, mask, plan), atol=1e-6)
+
+
+def test_dropped_heads_get_no_gradient(tiny_model):
+    ids, mask = random_batch()
+    tiny_model.train()
+    tiny_model(ids, mask, ExecutionPlan.first(1, 4, (1,))).sum().backward()
+    grad = tiny_model.layers[0].attention.qkv.weight.grad.view(3, 4, 8, 32)
+    assert grad[:, 1].abs().sum() > 0
+    assert grad[:, [0, 2, 3]].abs().sum() == 0
+    assert tiny_model.layers[1].ffn_in.weight.grad is None  # layer 1 did not run
+
+
+def test_freeze_layers(tiny_model):
+    tiny_model.freeze_layers([0, 1])
+    assert tiny_model.frozen_layers() == frozenset({0, 1})
+    assert not tiny_model.embeddings.word.weight.requires_grad
+
+
+def test_plan_that_does_not_fit_is_rejected(tiny_model):
+    ids, mask = random_batch()
+    with pytest.raises(ValueError, match="layer 5"):
+        tiny_model(ids, mask, ExecutionPlan.first(6, 4))
+    with pytest.raises(ValueError, match="head 7"):
+        tiny_model(ids, mask, ExecutionPlan.first(1, 4, (7,)))
+    with pytest.raises(ValueError, match="plans for a batch"):
+        tiny_model(ids, mask, [ExecutionPlan.full(4, 4)])
