@@ -1,0 +1,3 @@
+from dht.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,90 @@
+"""The ``dht`` command: parse arguments and call the library. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from dht.training.config import RunConfig, TrainConfig
+from dht.training.methods import METHODS
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dht", description="Dynamic Hierarchical Transformer classifiers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a method on a dataset folder, then evaluate it")
+    defaults = TrainConfig()
+    train.add_argument("--method", default="full", choices=sorted(METHODS), help="what to train (default: full)")
+    train.add_argument("--data", default="", help="dataset folder with train.csv, test.csv, classes.txt "
+                                                   "(default: the embedded AG News)")
+    train.add_argument("--backbone", default="minilm-l6",
+                       help="minilm-l6, tiny, bert-base-random, or a local Hugging Face BERT directory")
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--max-length", type=int, default=defaults.max_length)
+    train.add_argument("--max-train", type=int, default=None, help="train on a seeded subset of N rows")
+    train.add_argument("--max-test", type=int, default=None, help="evaluate on a seeded subset of N rows")
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--pooling", default=defaults.pooling, choices=("mean", "cls"))
+    train.add_argument("--output", type=Path, default=None, help="run folder (default: runs/METHOD-TIME)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    evaluate = commands.add_parser("evaluate", help="re-evaluate a saved run")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--data", default=None, help="dataset folder (default: the run's own)")
+    evaluate.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """Turn parsed ``train`` arguments into a RunConfig (validated by its dataclasses)."""
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
+                        max_train=args.max_train, max_test=args.max_test, seed=args.seed, pooling=args.pooling)
+    return RunConfig(method=args.method, data=args.data, backbone=args.backbone, train=train)
+
+
+def summary(metrics: dict) -> str:
+    test, train = metrics["test"], metrics["train"]
+    return (f"{metrics['method']} on {metrics['dataset']}: accuracy {test['accuracy']:.4f}, "
+            f"macro-F1 {test['f1_macro']:.4f}, inference FLOP ratio {test['flop_ratio']:.3f} "
+            f"(all-in {test['flop_ratio_all_in']:.3f}), training FLOP ratio {train['flop_ratio']:.3f} "
+            f"(all-in {train['flop_ratio_all_in']:.3f}), train {train['seconds']:.0f} s, "
+            f"test {test['seconds']:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dht.training.loop import evaluate_run, train  # heavy imports after argument errors
+
+    try:
+        if args.command == "train":
+            if args.resume and args.output is None:
+                raise ValueError("--resume needs the --output folder of the run to continue")
+            output = args.output or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+            metrics = train(run_config(args), output, resume=args.resume, progress=not args.quiet)
+            print(summary(metrics))
+            print(f"run folder: {output}")
+        else:
+            result = evaluate_run(args.run_dir, args.data, progress=not args.quiet)
+            test = result["test"]
+            print(f"{args.run_dir} on {result['dataset']}: accuracy {test['accuracy']:.4f}, "
+                  f"macro-F1 {test['f1_macro']:.4f}, FLOP ratio {test['flop_ratio']:.3f}, {test['seconds']:.1f} s")
+    except (ValueError, FileNotFoundError) as error:  # DataError, BackboneError, bad settings
+        print(f"dht: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("dht: interrupted; continue with --resume (progress since the last checkpoint is lost)",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Checkpoints in standard formats: tensors in safetensors, everything else in JSON.
+
+A checkpoint folder holds ``model.safetensors`` (the network), ``state.safetensors`` (optimizer
+moments, RNG states, the method's tensors) and ``state.json`` (counters, optimizer hyper-parameters,
+the method's other state). It is written to a temporary folder and renamed into place, so an
+interruption never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from dht.model import DynamicEncoder
+
+
+def split_state(state: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
+    """Replace every tensor in a nested dict/list by a reference and collect it in ``tensors``."""
+    if isinstance(state, Tensor):
+        tensors[prefix] = state.detach().contiguous().clone()
+        return {"__tensor__": prefix}
+    if isinstance(state, dict):
+        return {str(k): split_state(v, f"{prefix}.{k}", tensors) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return [split_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(state)]
+    return state
+
+
+def join_state(state: Any, tensors: dict[str, Tensor]) -> Any:
+    """Inverse of split_state."""
+    if isinstance(state, dict):
+        if set(state) == {"__tensor__"}:
+            return tensors[state["__tensor__"]]
+        return {k: join_state(v, tensors) for k, v in state.items()}
+    if isinstance(state, list):
+        return [join_state(v, tensors) for v in state]
+    return state
+
+
+def save_checkpoint(directory: Path, model: DynamicEncoder, optimizer: torch.optim.Optimizer,
+                    counters: dict[str, Any], method_state: dict[str, Any]) -> None:
+    """Write the whole training state to ``directory`` atomically."""
+    tensors: dict[str, Tensor] = {}
+    state = {
+        "counters": counters,
+        "optimizer": split_state(optimizer.state_dict(), "optimizer", tensors),
+        "method": split_state(method_state, "method", tensors),
+        "rng": split_state({"torch": torch.get_rng_state()}, "rng", tensors),
+    }
+    temporary = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    save_model(temporary / "model.safetensors", model)
+    save_file(tensors, str(temporary / "state.safetensors"))
+    (temporary / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    shutil.rmtree(directory, ignore_errors=True)
+    temporary.rename(directory)
+
+
+def load_checkpoint(directory: Path, model: DynamicEncoder,
+                    optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore model, optimizer and RNG from ``directory``; return (counters, method_state)."""
+    load_model(directory / "model.safetensors", model)
+    tensors = load_file(str(directory / "state.safetensors"))
+    state = join_state(json.loads((directory / "state.json").read_text(encoding="utf-8")), tensors)
+    optimizer_state = state["optimizer"]
+    # JSON turned the optimizer's integer parameter ids into strings.
+    optimizer_state["state"] = {int(k): v for k, v in optimizer_state["state"].items()}
+    optimizer.load_state_dict(optimizer_state)
+    torch.set_rng_state(state["rng"]["torch"])
+    return state["counters"], state["method"]
+
+
+def save_model(path: Path, model: DynamicEncoder) -> None:
+    """Save the network's weights (our parameter names) as safetensors."""
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+
+
+def load_model(path: Path, model: DynamicEncoder) -> None:
+    """Load weights saved by save_model; every key must match."""
+    model.load_state_dict(load_file(str(path)), strict=True)

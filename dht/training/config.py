@@ -1,0 +1,62 @@
+"""Run settings: what to train, on what, and how; saved as the run folder's config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by every method (BL1's recipe: AdamW, warm-up, linear decay)."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-4  # peak learning rate; MiniLM-sized models fine-tune well at 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # share of all steps spent warming up linearly from 0
+    max_grad_norm: float = 1.0
+    max_length: int = 128  # tokens per sample after truncation, [CLS] and [SEP] included
+    max_train: int | None = None  # use a seeded random subset of this many training rows
+    max_test: int | None = None  # likewise for the test split
+    seed: int = 0
+    pooling: str = "mean"  # "mean" (spec §2) or "cls"
+    eval_batch_size: int = 64
+    checkpoint_every: int = 100  # optimizer steps between checkpoints (and one at each epoch end)
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "eval_batch_size", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_length < 2:
+            raise ValueError(f"max-length must be >= 2, got {self.max_length}")
+        for name in ("max_train", "max_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run: method, data, backbone, optimisation and method options."""
+
+    method: str = "full"
+    data: str = ""  # dataset folder; "" means the embedded AG News
+    backbone: str = "minilm-l6"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    options: dict[str, Any] = field(default_factory=dict)  # method-specific settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        data = dict(data)
+        train = TrainConfig(**data.pop("train", {}))
+        return cls(train=train, **data)

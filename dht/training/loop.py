@@ -1,0 +1,219 @@
+"""The one training loop (every method plugs in through dht.training.methods), and evaluation.
+
+Run folder: config.json, tokenizer.json, model.safetensors, metrics.json, log.jsonl, loss.png,
+checkpoint/ (for --resume), and method.safetensors / method.json when the method has state.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from dht.data import iterate_batches
+from dht.training.checkpoint import load_checkpoint, save_checkpoint, save_model, split_state
+from dht.training.config import RunConfig
+from dht.training.metrics import accuracy, f1_macro
+from dht.training.methods import Method
+from dht.training.setup import Prepared, dataset_dir, prepare, prepare_saved
+
+
+class RunExistsError(ValueError):
+    """The output folder already holds a run and --resume was not given."""
+
+
+def learning_rate(step: int, total_steps: int, peak: float, warmup_ratio: float) -> float:
+    """Linear warm-up from 0 to ``peak`` over the first steps, then linear decay to 0."""
+    warmup = int(total_steps * warmup_ratio)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+
+def make_optimizer(prepared: Prepared) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no decay on biases and LayerNorm weights (BERT recipe)."""
+    params = [(n, p) for n, p in prepared.model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.dim() >= 2]
+    no_decay = [p for n, p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": prepared.run.train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=prepared.run.train.lr)
+
+
+def start_run(run: RunConfig, output: Path, resume: bool) -> Prepared:
+    """Prepare a new run (or the saved one when resuming) and lay out its folder."""
+    if resume:
+        if not (output / "checkpoint" / "state.json").is_file():
+            raise ValueError(f"{output}: no checkpoint to resume from")
+        run = RunConfig.from_dict(json.loads((output / "config.json").read_text(encoding="utf-8"))["run"])
+        return prepare(run)
+    if (output / "config.json").exists():
+        raise RunExistsError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
+    prepared = prepare(run)  # validates everything before anything is written
+    output.mkdir(parents=True, exist_ok=True)
+    shutil.copy(prepared.tokenizer_json, output / "tokenizer.json")
+    config = {"run": run.to_dict(), "encoder": prepared.model.config.to_dict(),
+              "dataset": {"name": prepared.dataset.name, "path": str(dataset_dir(run)),
+                          "classes": list(prepared.dataset.classes)}}
+    (output / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    (output / "log.jsonl").write_text("", encoding="utf-8")
+    return prepared
+
+
+def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: int | None = None,
+          progress: bool = True) -> dict[str, Any] | None:
+    """Train, evaluate and write the run folder; return the metrics (None if stopped early).
+
+    stop_after_steps: stop (after checkpointing) once this many optimizer steps have run in this
+    call, as an interruption would; ``resume=True`` continues from there.
+    """
+    prepared = start_run(run, output, resume)
+    run, model, method = prepared.run, prepared.model, prepared.method
+    optimizer = make_optimizer(prepared)
+    counters = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "flops": 0.0, "full_flops": 0.0,
+                "flops_all_in": 0.0, "samples": 0}
+    if resume:
+        counters, method_state = load_checkpoint(output / "checkpoint", model, optimizer)
+        method.load_state_dict(method_state)
+        truncate_log(output / "log.jsonl", counters["step"])
+    steps_per_epoch = -(-len(prepared.train) // run.train.batch_size)
+    total_steps = steps_per_epoch * run.train.epochs
+    steps_this_call = 0
+
+    def checkpoint() -> None:
+        save_checkpoint(output / "checkpoint", model, optimizer, counters, method.state_dict())
+
+    with open(output / "log.jsonl", "a", encoding="utf-8") as log:
+        while counters["epoch"] < run.train.epochs:
+            epoch = counters["epoch"]
+            if counters["batch"] == 0:
+                method.on_epoch_start(epoch)
+            model.train()
+            generator = torch.Generator().manual_seed(run.train.seed * 1000 + epoch)
+            batches = iterate_batches(prepared.train.ids, prepared.train.labels, run.train.batch_size,
+                                      prepared.pad_id, shuffle=True, generator=generator, sort_by_length=True,
+                                      start_batch=counters["batch"])
+            bar = tqdm(method.training_batches(batches), total=steps_per_epoch, initial=counters["batch"],
+                       desc=f"epoch {epoch + 1}/{run.train.epochs}", disable=not progress, mininterval=1.0,
+                       dynamic_ncols=True)
+            for batch in bar:
+                started = time.perf_counter()
+                lr = learning_rate(counters["step"], total_steps, run.train.lr, run.train.warmup_ratio)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                result = method.training_step(batch)
+                optimizer.zero_grad(set_to_none=True)
+                result.loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
+                optimizer.step()
+                seconds = time.perf_counter() - started
+                all_in = result.flops if result.flops_all_in is None else result.flops_all_in
+                counters.update(batch=counters["batch"] + 1, step=counters["step"] + 1,
+                                seconds=counters["seconds"] + seconds, flops=counters["flops"] + result.flops,
+                                full_flops=counters["full_flops"] + result.full_flops,
+                                flops_all_in=counters["flops_all_in"] + all_in,
+                                samples=counters["samples"] + len(batch))
+                loss = result.loss.item()
+                record = {"epoch": epoch, "step": counters["step"], "loss": loss, "lr": lr,
+                          "samples": len(batch), "seconds": seconds, "flop_ratio": result.flops / result.full_flops,
+                          **result.extra}
+                log.write(json.dumps(record) + "\n")
+                bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{len(batch) / seconds:.1f}")
+                steps_this_call += 1
+                if counters["step"] % run.train.checkpoint_every == 0:
+                    log.flush()
+                    checkpoint()
+                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                    log.flush()
+                    checkpoint()
+                    return None
+            counters.update(epoch=epoch + 1, batch=0)
+            log.flush()
+            checkpoint()
+    return finish(prepared, output, counters, progress)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log records written after the checkpoint being resumed from (they will be redone)."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if json.loads(line)["step"] <= step), encoding="utf-8")
+
+
+def finish(prepared: Prepared, output: Path, counters: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Evaluate on the test split and write model, method state, metrics and the loss plot."""
+    from dht.report import plot_loss
+
+    run = prepared.run
+    test = evaluate(prepared, progress)
+    metrics = {
+        "method": run.method, "dataset": prepared.dataset.name, "backbone": run.backbone,
+        "options": run.options,
+        "test": test,
+        "train": {"flop_ratio": counters["flops"] / counters["full_flops"],
+                  "flop_ratio_all_in": counters["flops_all_in"] / counters["full_flops"],
+                  "seconds": counters["seconds"], "samples": counters["samples"], "epochs": run.train.epochs,
+                  "steps": counters["step"]},
+    }
+    save_model(output / "model.safetensors", prepared.model)
+    save_method_state(output, prepared.method)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    plot_loss(output / "log.jsonl", output / "loss.png")
+    return metrics
+
+
+def save_method_state(output: Path, method: Method) -> None:
+    """Write the method's own state (bandits, normalisers) beside the model, if it has any."""
+    from safetensors.torch import save_file
+
+    state = method.state_dict()
+    if not state:
+        return
+    tensors: dict[str, torch.Tensor] = {}
+    (output / "method.json").write_text(json.dumps(split_state(state, "method", tensors), indent=1), encoding="utf-8")
+    save_file(tensors, str(output / "method.safetensors"))
+
+
+@torch.no_grad()
+def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
+    """Predict the test split (batches sorted by length) and score it; seconds are wall time."""
+    method, split, batch_size = prepared.method, prepared.test, prepared.run.train.eval_batch_size
+    method.model.eval()
+    predictions = torch.empty(len(split), dtype=torch.long)
+    flops = full = all_in = 0.0
+    started = time.perf_counter()
+    batches = iterate_batches(split.ids, split.labels, batch_size, prepared.pad_id, shuffle=False, sort_by_length=True)
+    for batch in tqdm(batches, total=-(-len(split) // batch_size), desc="evaluate", disable=not progress,
+                      mininterval=1.0, dynamic_ncols=True):
+        result = method.predict(batch)
+        predictions[batch.index] = result.logits.argmax(-1)
+        flops += float(result.flops.sum())
+        full += float(result.full_flops.sum())
+        all_in += float((result.flops if result.flops_all_in is None else result.flops_all_in).sum())
+    seconds = time.perf_counter() - started
+    labels = torch.tensor(split.labels)
+    num_classes = prepared.dataset.num_classes
+    return {"accuracy": accuracy(predictions, labels), "f1_macro": f1_macro(predictions, labels, num_classes),
+            "flop_ratio": flops / full, "flop_ratio_all_in": all_in / full, "seconds": seconds,
+            "samples": len(split)}
+
+
+def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Re-evaluate a saved run on its test split (or another dataset folder's); write evaluation.json."""
+    from safetensors.torch import load_file
+
+    from dht.training.checkpoint import join_state
+
+    if not (run_dir / "model.safetensors").is_file():
+        raise ValueError(f"{run_dir}: not a finished run (no model.safetensors)")
+    prepared = prepare_saved(run_dir, data)
+    if (run_dir / "method.json").is_file():
+        tensors = load_file(str(run_dir / "method.safetensors"))
+        prepared.method.load_state_dict(join_state(json.loads((run_dir / "method.json").read_text()), tensors))
+    result = {"run": str(run_dir), "dataset": prepared.dataset.name, "test": evaluate(prepared, progress)}
+    (run_dir / "evaluation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result

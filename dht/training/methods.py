@@ -1,0 +1,123 @@
+"""Training methods plug into the one loop through these hooks; the registry maps names to them.
+
+A method decides, for a batch, what the network runs (its plans), what the loss is and what that
+costs; the loop owns data order, optimisation, checkpoints, timing and reports. A new method is one
+class and one ``register`` line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dht.data import Batch
+from dht.flops import full_forward_flops, full_train_flops, plan_forward_flops, plan_train_flops
+from dht.model import DynamicEncoder, ExecutionPlan
+from dht.training.config import RunConfig
+
+
+@dataclass
+class StepResult:
+    """What one training step computed and cost."""
+
+    loss: Tensor  # scalar, to back-propagate
+    flops: float  # FLOPs of the network that ran (paper-style)
+    full_flops: float  # FLOPs the full model would have spent on the same tokens
+    flops_all_in: float | None = None  # plus overheads (probes, bandits); None means equal to flops
+    extra: dict[str, Any] = field(default_factory=dict)  # logged with the step
+
+
+@dataclass
+class Prediction:
+    """Logits for an evaluation batch and what they cost, per sample."""
+
+    logits: Tensor  # (B, C)
+    flops: Tensor  # (B,) FLOPs that ran for each sample
+    full_flops: Tensor  # (B,) the full model's FLOPs on the same tokens
+    flops_all_in: Tensor | None = None  # (B,) plus overheads; None means equal to flops
+
+
+class Method:
+    """Base hooks: the full model on every sample (BL1). Subclasses override what differs."""
+
+    name = "full"
+
+    def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
+        self.model = model
+        self.run = run
+
+    # --- training ----------------------------------------------------------------------
+    def training_batches(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        """Turn the loader's batches into the batches that are trained on (DHT re-queues them)."""
+        return batches
+
+    def plans(self, batch: Batch) -> ExecutionPlan | list[ExecutionPlan]:
+        """The plan(s) the batch runs during training."""
+        return self.model.full_plan()
+
+    def training_step(self, batch: Batch) -> StepResult:
+        """Forward one batch and return its loss and cost."""
+        plans = self.plans(batch)
+        logits = self.model(batch.input_ids, batch.attention_mask, plans)
+        loss = F.cross_entropy(logits, batch.labels)
+        flops, full = self.train_cost(batch, plans)
+        return StepResult(loss, flops, full)
+
+    def train_cost(self, batch: Batch, plans: ExecutionPlan | list[ExecutionPlan]) -> tuple[float, float]:
+        """Analytic training FLOPs of the batch under ``plans`` and under the full model."""
+        config, frozen = self.model.config, self.model.frozen_layers()
+        embeddings_trainable = self.model.embeddings.word.weight.requires_grad
+        lengths = batch.attention_mask.sum(1).tolist()
+        per_sample = plans if isinstance(plans, list) else [plans] * len(lengths)
+        flops = sum(plan_train_flops(config, plan, tokens, frozen, embeddings_trainable)
+                    for plan, tokens in zip(per_sample, lengths))
+        return flops, sum(full_train_flops(config, tokens) for tokens in lengths)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch (DHT recomputes its arm features here)."""
+
+    # --- inference ---------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        """Logits of an evaluation batch and their cost per sample."""
+        plan = self.model.full_plan()
+        logits = self.model(batch.input_ids, batch.attention_mask, plan)
+        return Prediction(logits, *forward_costs(self.model, batch, [plan] * len(batch)))
+
+    # --- state beyond the network's weights (bandits, normalisers) ---------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def forward_costs(model: DynamicEncoder, batch: Batch, plans: list[ExecutionPlan]) -> tuple[Tensor, Tensor]:
+    """Per-sample forward FLOPs (B,) of ``plans`` and of the full model on the batch's tokens."""
+    lengths = batch.attention_mask.sum(1).tolist()
+    config = model.config
+    flops = torch.tensor([plan_forward_flops(config, plan, t) for plan, t in zip(plans, lengths)], dtype=torch.float64)
+    full = torch.tensor([full_forward_flops(config, t) for t in lengths], dtype=torch.float64)
+    return flops, full
+
+
+METHODS: dict[str, Callable[[DynamicEncoder, RunConfig], Method]] = {}
+
+
+def register(name: str, factory: Callable[[DynamicEncoder, RunConfig], Method]) -> None:
+    """Make a method available as ``dht train --method NAME``."""
+    METHODS[name] = factory
+
+
+def make_method(model: DynamicEncoder, run: RunConfig) -> Method:
+    """Instantiate the run's method; unknown names are a ValueError listing the known ones."""
+    if run.method not in METHODS:
+        raise ValueError(f"unknown method {run.method!r}; choose from {', '.join(sorted(METHODS))}")
+    return METHODS[run.method](model, run)
+
+
+register("full", Method)
