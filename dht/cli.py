@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-test", type=int, default=None, help="evaluate on a seeded subset of N rows")
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--pooling", default=defaults.pooling, choices=("mean", "cls"))
+    train.add_argument("--train-word-embeddings", action="store_true",
+                       help="also fine-tune the word-embedding table (slower on CPU; frozen by default)")
     train.add_argument("--output", type=Path, default=None, help="run folder (default: runs/METHOD-TIME)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -46,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_config(args: argparse.Namespace) -> RunConfig:
     """Turn parsed ``train`` arguments into a RunConfig (validated by its dataclasses)."""
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
-                        max_train=args.max_train, max_test=args.max_test, seed=args.seed, pooling=args.pooling)
+                        max_train=args.max_train, max_test=args.max_test, seed=args.seed, pooling=args.pooling,
+                        freeze_word_embeddings=not args.train_word_embeddings)
     return RunConfig(method=args.method, data=args.data, backbone=args.backbone, train=train)
 
 

@@ -22,6 +22,9 @@ class TrainConfig:
     max_test: int | None = None  # likewise for the test split
     seed: int = 0
     pooling: str = "mean"  # "mean" (spec §2) or "cls"
+    # The 30k-row word-embedding table is half of MiniLM's weights; on CPU its AdamW update costs as
+    # much as a forward pass, and fine-tuning it changes little. Every method gets the same setting.
+    freeze_word_embeddings: bool = True
     eval_batch_size: int = 64
     checkpoint_every: int = 100  # optimizer steps between checkpoints (and one at each epoch end)
 

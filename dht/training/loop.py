@@ -42,7 +42,7 @@ def make_optimizer(prepared: Prepared) -> torch.optim.AdamW:
     no_decay = [p for n, p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": prepared.run.train.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=prepared.run.train.lr)
+    return torch.optim.AdamW(groups, lr=prepared.run.train.lr, fused=True)
 
 
 def start_run(run: RunConfig, output: Path, resume: bool) -> Prepared:

@@ -70,7 +70,7 @@ class Method:
     def train_cost(self, batch: Batch, plans: ExecutionPlan | list[ExecutionPlan]) -> tuple[float, float]:
         """Analytic training FLOPs of the batch under ``plans`` and under the full model."""
         config, frozen = self.model.config, self.model.frozen_layers()
-        embeddings_trainable = self.model.embeddings.word.weight.requires_grad
+        embeddings_trainable = any(p.requires_grad for p in self.model.embeddings.parameters())
         lengths = batch.attention_mask.sum(1).tolist()
         per_sample = plans if isinstance(plans, list) else [plans] * len(lengths)
         flops = sum(plan_train_flops(config, plan, tokens, frozen, embeddings_trainable)

@@ -58,6 +58,7 @@ def prepare(run: RunConfig, data: str | None = None) -> Prepared:
     backbone = resolve_backbone(run.backbone)
     torch.manual_seed(run.train.seed)  # the classifier's initialisation
     model = backbone.build(dataset.num_classes, pooling=run.train.pooling)
+    model.embeddings.word.weight.requires_grad_(not run.train.freeze_word_embeddings)
     return _assemble(run, dataset, backbone.tokenizer_json, model)
 
 

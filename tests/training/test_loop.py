@@ -24,9 +24,10 @@ def test_one_step_changes_the_parameters(tmp_path):
     before = {k: v.clone() for k, v in prepared.model.state_dict().items()}
     train(small_run(), tmp_path / "run", stop_after_steps=1, progress=False)
     after = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
-    assert torch.equal(before["embeddings.word.weight"], prepared.model.state_dict()["embeddings.word.weight"])
+    assert torch.equal(before["embeddings.word.weight"], after["embeddings.word.weight"])  # frozen by default
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert "classifier.weight" in changed and "layers.3.ffn_out.weight" in changed
+    assert "embeddings.position.weight" in changed
 
 
 def test_run_folder_and_metrics(tmp_path):

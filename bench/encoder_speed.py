@@ -1,0 +1,87 @@
+"""Encoder speed: our full plan against transformers' BertModel, and what cheaper plans really save.
+
+Writes bench/results/encoder_speed.json. Everything is measured in one run, on one batch of
+32 x 128 tokens (inference, MiniLM-L6 weights): our full-plan throughput over BertModel's, and for
+single-plan batches (12, 8, 6, 4 heads in all layers; 6, 4, 2 layers with all heads) the wall-time
+ratio to our full plan beside the analytic FLOP ratio. Configurations are timed round-robin so
+drift in machine load hits them all alike; each figure is the median of the repeats.
+
+Usage: python bench/encoder_speed.py [--repeats N] [--backbone minilm-l6] [--output PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from dht.flops import full_forward_flops, plan_forward_flops
+from dht.model import ExecutionPlan, resolve_backbone
+
+BATCH, TOKENS = 32, 128
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--backbone", default="minilm-l6")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "encoder_speed.json")
+    args = parser.parse_args()
+
+    from transformers import BertModel  # the reference; a test-only dependency of dht
+
+    backbone = resolve_backbone(args.backbone)
+    ours = backbone.build(num_classes=4).eval()
+    theirs = BertModel.from_pretrained(str(backbone.directory), attn_implementation="sdpa").eval()
+    config = ours.config
+    L, H = config.num_layers, config.num_heads
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, config.vocab_size, (BATCH, TOKENS), generator=g)
+    mask = torch.ones(BATCH, TOKENS, dtype=torch.bool)
+
+    plans = {f"{L}L{h}H": ExecutionPlan.first(L, H, range(h)) for h in sorted({H, 8, 6, 4}, reverse=True) if h <= H}
+    plans.update({f"{d}L{H}H": ExecutionPlan.first(d, H) for d in (4, 2) if d < L})
+    runs = {name: (lambda p=plan: ours.run_plan(ours.embed(ids), mask, p)) for name, plan in plans.items()}
+    runs["transformers"] = lambda: theirs(input_ids=ids, attention_mask=mask.long())
+
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        for fn in runs.values():  # warm-up
+            fn()
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                started = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - started)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    full_name = f"{L}L{H}H"
+    full_flops = full_forward_flops(config, TOKENS) - 2 * config.hidden_size * config.num_classes
+    rows = []
+    for name, plan in plans.items():
+        flops = plan_forward_flops(config, plan, TOKENS, classify=False)
+        rows.append({"plan": plan.describe(), "layers": plan.depth, "heads": len(plan.heads[0]),
+                     "flop_ratio": round(flops / full_flops, 4),
+                     "wall_ratio": round(median[name] / median[full_name], 4),
+                     "seconds": round(median[name], 5)})
+    result = {
+        "full_throughput_ratio_vs_transformers": round(median["transformers"] / median[full_name], 4),
+        "plans": rows,
+        "setting": {"backbone": args.backbone, "batch": BATCH, "tokens": TOKENS, "repeats": args.repeats,
+                    "mode": "inference (torch.inference_mode), float32",
+                    "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"},
+        "seconds": {"ours_full": round(median[full_name], 5), "transformers": round(median["transformers"], 5)},
+        "command": "python bench/encoder_speed.py",
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
