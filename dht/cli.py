@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from dht.training.config import RunConfig, TrainConfig
+import dht.search.method  # noqa: F401  (registers the "dht" method)
+from dht.search.arms import PRESETS
 from dht.training.methods import METHODS
 
 EXIT_BAD_INPUT = 2
@@ -20,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a method on a dataset folder, then evaluate it")
     defaults = TrainConfig()
     train.add_argument("--method", default="full", choices=sorted(METHODS), help="what to train (default: full)")
+    train.add_argument("--config", default="s-dht",
+                       help=f"DHT search: one of {', '.join(PRESETS)} or a JSON file (method dht only)")
     train.add_argument("--data", default="", help="dataset folder with train.csv, test.csv, classes.txt "
                                                    "(default: the embedded AG News)")
     train.add_argument("--backbone", default="minilm-l6",
@@ -50,7 +54,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
                         max_train=args.max_train, max_test=args.max_test, seed=args.seed, pooling=args.pooling,
                         freeze_word_embeddings=not args.train_word_embeddings)
-    return RunConfig(method=args.method, data=args.data, backbone=args.backbone, train=train)
+    options = {"config": args.config} if args.method == "dht" else {}
+    return RunConfig(method=args.method, data=args.data, backbone=args.backbone, train=train, options=options)
 
 
 def summary(metrics: dict) -> str:

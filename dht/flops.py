@@ -80,3 +80,19 @@ def full_forward_flops(config: EncoderConfig, tokens: int) -> int:
 def full_train_flops(config: EncoderConfig, tokens: int) -> int:
     """Training FLOPs of the full model with every layer trainable on one sample."""
     return 3 * full_forward_flops(config, tokens)
+
+
+def linucb_flops(samples: int, arms: int, dim: int, update: bool) -> float:
+    """Approximate FLOPs of LinUCB: a decision scores every arm (θᵀw + wᵀA⁻¹w ≈ 2d² + 4d);
+    an update is a rank-one Sherman–Morrison step (≈ 6d² + 4d) on the chosen arm."""
+    if update:
+        return samples * (6 * dim * dim + 4 * dim)
+    return samples * arms * (2 * dim * dim + 4 * dim)
+
+
+def thompson_flops(samples: int, arms: int, dim: int, update: bool, newton_steps: int = 3) -> float:
+    """Approximate FLOPs of the logistic TS semi-bandit: a decision draws and scores every arm
+    (≈ 4d each); an update runs Newton steps over the kept arms (≈ 8d per sample and step)."""
+    if update:
+        return samples * arms * dim * 8 * max(newton_steps, 1)
+    return samples * arms * 4 * dim

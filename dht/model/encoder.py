@@ -13,7 +13,7 @@ group runs densely (trimmed to its own longest sample), and the results are put 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,10 @@ from torch import Tensor, nn
 
 from dht.model.config import EncoderConfig
 from dht.model.plan import ExecutionPlan
+
+
+# Kept heads of one layer: shared by the batch (a tuple) or per sample (a (B, k) long tensor).
+Heads = Union[tuple[int, ...], Tensor]
 
 
 class Embeddings(nn.Module):
@@ -62,23 +66,37 @@ class SelfAttention(nn.Module):
             self._index_cache[heads] = index
         return index
 
-    def forward(self, h: Tensor, attn_mask: Tensor, heads: tuple[int, ...]) -> Tensor:
-        """h (B, T, E), attn_mask (B, 1, 1, T) bool (True = attend) -> (B, T, E) using only ``heads``."""
+    def forward(self, h: Tensor, attn_mask: Tensor, heads: Heads) -> Tensor:
+        """h (B, T, E), attn_mask (B, 1, 1, T) bool (True = attend) -> (B, T, E) using only the kept heads.
+
+        heads: one tuple of head indices for the whole batch, or a (B, k) long tensor giving each
+        sample its own k heads (the weights are then gathered per sample and applied as one bmm).
+        """
         B, T, E = h.shape
         nh, dh = self.num_heads, self.head_dim
-        k = len(heads)
-        if k == nh:
-            w_qkv, b_qkv, w_out = self.qkv.weight, self.qkv.bias, self.out.weight
+        if isinstance(heads, Tensor):
+            k = heads.shape[1]
+            w_qkv = self.qkv.weight.view(3, nh, dh, E)[:, heads]  # (3, B, k, dh, E)
+            w_qkv = w_qkv.permute(1, 0, 2, 3, 4).reshape(B, 3 * k * dh, E)
+            b_qkv = self.qkv.bias.view(3, nh, dh)[:, heads].permute(1, 0, 2, 3).reshape(B, 1, 3 * k * dh)
+            qkv = torch.baddbmm(b_qkv, h, w_qkv.transpose(1, 2))  # (B, T, 3*k*dh)
+            w_out = self.out.weight.view(E, nh, dh)[:, heads].permute(1, 2, 3, 0).reshape(B, k * dh, E)
         else:
-            index = self._head_index(heads, h.device)
-            w_qkv = self.qkv.weight.view(3, nh, dh, E).index_select(1, index).reshape(3 * k * dh, E)
-            b_qkv = self.qkv.bias.view(3, nh, dh).index_select(1, index).reshape(3 * k * dh)
-            w_out = self.out.weight.view(E, nh, dh).index_select(1, index).reshape(E, k * dh)
-        qkv = F.linear(h, w_qkv, b_qkv)  # (B, T, 3*k*dh)
+            k = len(heads)
+            if k == nh:
+                w_qkv, b_qkv, w_out = self.qkv.weight, self.qkv.bias, self.out.weight
+            else:
+                index = self._head_index(heads, h.device)
+                w_qkv = self.qkv.weight.view(3, nh, dh, E).index_select(1, index).reshape(3 * k * dh, E)
+                b_qkv = self.qkv.bias.view(3, nh, dh).index_select(1, index).reshape(3 * k * dh)
+                w_out = self.out.weight.view(E, nh, dh).index_select(1, index).reshape(E, k * dh)
+            qkv = F.linear(h, w_qkv, b_qkv)  # (B, T, 3*k*dh)
         q, key, v = qkv.view(B, T, 3, k, dh).permute(2, 0, 3, 1, 4)  # each (B, k, T, dh)
         dropout_p = self.dropout_p if self.training else 0.0
         context = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask, dropout_p=dropout_p)
         context = context.transpose(1, 2).reshape(B, T, k * dh)  # (B, T, k*dh)
+        if isinstance(heads, Tensor):
+            return torch.baddbmm(self.out.bias, context, w_out)  # (B, T, E)
         return F.linear(context, w_out, self.out.bias)  # (B, T, E)
 
 
@@ -95,7 +113,7 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(E, eps=eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, h: Tensor, attn_mask: Tensor, heads: tuple[int, ...]) -> Tensor:
+    def forward(self, h: Tensor, attn_mask: Tensor, heads: Heads) -> Tensor:
         """h (B, T, E) -> (B, T, E)."""
         h = self.attention_norm(h + self.dropout(self.attention(h, attn_mask, heads)))
         ffn = self.ffn_out(F.gelu(self.ffn_in(h)))  # exact (erf) GELU, as BERT's "gelu"
@@ -137,10 +155,11 @@ class DynamicEncoder(nn.Module):
         """input_ids (B, T) -> embeddings (B, T, E)."""
         return self.embeddings(input_ids)
 
-    def run_plan(self, h: Tensor, mask: Tensor, plan: ExecutionPlan) -> Tensor:
-        """Run the plan's layers on h (B, T, E) for samples that all share ``plan``."""
+    def run_plan(self, h: Tensor, mask: Tensor, plan: ExecutionPlan | Sequence[ExecutionPlan]) -> Tensor:
+        """Run the layers of ``plan`` on h (B, T, E): one plan for all samples, or one per sample
+        as long as they all share a shape (same layers, same head count in each)."""
         attn_mask = mask[:, None, None, :]  # (B, 1, 1, T)
-        for layer, heads in zip(plan.layers, plan.heads):
+        for layer, heads in zip(*per_layer_heads(plan, h.device)):
             h = self.layers[layer](h, attn_mask, heads)
         return h
 
@@ -169,18 +188,21 @@ class DynamicEncoder(nn.Module):
             return self._run_group(input_ids, mask, plan, hidden)
         if len(plans) != input_ids.shape[0]:
             raise ValueError(f"got {len(plans)} plans for a batch of {input_ids.shape[0]}")
-        groups = group_by_plan(plans)
+        groups = group_by_shape(plans)
         if len(groups) == 1:
-            return self._run_group(input_ids, mask, plans[0], hidden)
+            return self._run_group(input_ids, mask, plans, hidden)
         logits = input_ids.new_empty((input_ids.shape[0], self.config.num_classes), dtype=self.classifier.weight.dtype)
-        for plan, index in groups.items():
+        for index in groups.values():
             rows = torch.tensor(index, device=input_ids.device)
             sub_hidden = hidden.index_select(0, rows) if hidden is not None else None
-            logits[rows] = self._run_group(input_ids.index_select(0, rows), mask.index_select(0, rows), plan, sub_hidden)
+            logits[rows] = self._run_group(input_ids.index_select(0, rows), mask.index_select(0, rows),
+                                           [plans[i] for i in index], sub_hidden)
         return logits
 
-    def _run_group(self, input_ids: Tensor, mask: Tensor, plan: ExecutionPlan, hidden: Tensor | None) -> Tensor:
-        plan.check(self.config.num_layers, self.config.num_heads)
+    def _run_group(self, input_ids: Tensor, mask: Tensor, plan: ExecutionPlan | Sequence[ExecutionPlan],
+                   hidden: Tensor | None) -> Tensor:
+        for distinct in ({plan} if isinstance(plan, ExecutionPlan) else set(plan)):
+            distinct.check(self.config.num_layers, self.config.num_heads)
         T = int(mask.sum(1).max())  # trim the padding this group does not need
         input_ids, mask = input_ids[:, :T], mask[:, :T]
         h = self.embed(input_ids) if hidden is None else hidden[:, :T]
@@ -199,9 +221,26 @@ class DynamicEncoder(nn.Module):
                          if not any(p.requires_grad for p in layer.parameters()))
 
 
-def group_by_plan(plans: Sequence[ExecutionPlan]) -> dict[ExecutionPlan, list[int]]:
-    """Map each distinct plan to the batch positions that follow it (first-seen order)."""
-    groups: dict[ExecutionPlan, list[int]] = {}
+def group_by_shape(plans: Sequence[ExecutionPlan]) -> dict[tuple, list[int]]:
+    """Map each distinct plan shape to the batch positions that follow it (first-seen order)."""
+    groups: dict[tuple, list[int]] = {}
     for i, plan in enumerate(plans):
-        groups.setdefault(plan, []).append(i)
+        groups.setdefault(plan.shape, []).append(i)
     return groups
+
+
+def per_layer_heads(plan: ExecutionPlan | Sequence[ExecutionPlan],
+                    device: torch.device) -> tuple[tuple[int, ...], list[Heads]]:
+    """The layers a same-shape group runs and, per layer, its heads: a shared tuple where all
+    samples agree, else a (B, k) tensor of each sample's heads."""
+    if isinstance(plan, ExecutionPlan):
+        return plan.layers, list(plan.heads)
+    first = plan[0]
+    if any(p.shape != first.shape for p in plan):
+        raise ValueError("run_plan needs plans of one shape (same layers and head counts)")
+    heads: list[Heads] = []
+    for position in range(first.depth):
+        sets = {p.heads[position] for p in plan}
+        heads.append(first.heads[position] if len(sets) == 1 else
+                     torch.tensor([p.heads[position] for p in plan], dtype=torch.long, device=device))
+    return first.layers, heads

@@ -73,6 +73,11 @@ class ExecutionPlan:
         """Number of layers that run."""
         return len(self.layers)
 
+    @property
+    def shape(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The layers and the head count of each: plans of one shape run as one dense batch."""
+        return self.layers, tuple(len(kept) for kept in self.heads)
+
     def split(self, n: int) -> tuple["ExecutionPlan | None", "ExecutionPlan | None"]:
         """Split after the first ``n`` executed layers (e.g. the S1 probe and the rest)."""
         head = ExecutionPlan(self.layers[:n], self.heads[:n]) if n > 0 else None

@@ -61,7 +61,8 @@ def start_run(run: RunConfig, output: Path, resume: bool) -> Prepared:
               "dataset": {"name": prepared.dataset.name, "path": str(dataset_dir(run)),
                           "classes": list(prepared.dataset.classes)}}
     (output / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
-    (output / "log.jsonl").write_text("", encoding="utf-8")
+    for records in ("log.jsonl", "decisions.jsonl"):
+        (output / records).write_text("", encoding="utf-8")
     return prepared
 
 
@@ -81,6 +82,7 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
         counters, method_state = load_checkpoint(output / "checkpoint", model, optimizer)
         method.load_state_dict(method_state)
         truncate_log(output / "log.jsonl", counters["step"])
+        truncate_log(output / "decisions.jsonl", counters["step"])
     steps_per_epoch = -(-len(prepared.train) // run.train.batch_size)
     total_steps = steps_per_epoch * run.train.epochs
     steps_this_call = 0
@@ -88,16 +90,17 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
     def checkpoint() -> None:
         save_checkpoint(output / "checkpoint", model, optimizer, counters, method.state_dict())
 
-    with open(output / "log.jsonl", "a", encoding="utf-8") as log:
+    with open(output / "log.jsonl", "a", encoding="utf-8") as log, \
+            open(output / "decisions.jsonl", "a", encoding="utf-8") as decisions:
         while counters["epoch"] < run.train.epochs:
             epoch = counters["epoch"]
             if counters["batch"] == 0:
-                method.on_epoch_start(epoch)
+                method.on_epoch_start(epoch, prepared.train.ids, prepared.pad_id)
             model.train()
             generator = torch.Generator().manual_seed(run.train.seed * 1000 + epoch)
             batches = iterate_batches(prepared.train.ids, prepared.train.labels, run.train.batch_size,
                                       prepared.pad_id, shuffle=True, generator=generator, sort_by_length=True,
-                                      start_batch=counters["batch"])
+                                      start_batch=method.loader_start(counters["batch"]))
             bar = tqdm(method.training_batches(batches), total=steps_per_epoch, initial=counters["batch"],
                        desc=f"epoch {epoch + 1}/{run.train.epochs}", disable=not progress, mininterval=1.0,
                        dynamic_ncols=True)
@@ -123,17 +126,20 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
                           "samples": len(batch), "seconds": seconds, "flop_ratio": result.flops / result.full_flops,
                           **result.extra}
                 log.write(json.dumps(record) + "\n")
+                for decision in result.records:
+                    decisions.write(json.dumps({"epoch": epoch, "step": counters["step"], **decision}) + "\n")
                 bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{len(batch) / seconds:.1f}")
                 steps_this_call += 1
-                if counters["step"] % run.train.checkpoint_every == 0:
+                stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
+                if stop or counters["step"] % run.train.checkpoint_every == 0:
                     log.flush()
+                    decisions.flush()
                     checkpoint()
-                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-                    log.flush()
-                    checkpoint()
+                if stop:
                     return None
             counters.update(epoch=epoch + 1, batch=0)
             log.flush()
+            decisions.flush()
             checkpoint()
     return finish(prepared, output, counters, progress)
 
@@ -159,10 +165,13 @@ def finish(prepared: Prepared, output: Path, counters: dict[str, Any], progress:
                   "seconds": counters["seconds"], "samples": counters["samples"], "epochs": run.train.epochs,
                   "steps": counters["step"]},
     }
+    metrics.update(prepared.method.report(output))
     save_model(output / "model.safetensors", prepared.model)
     save_method_state(output, prepared.method)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     plot_loss(output / "log.jsonl", output / "loss.png")
+    if not (output / "decisions.jsonl").stat().st_size:
+        (output / "decisions.jsonl").unlink()  # methods without per-sample decisions
     return metrics
 
 
@@ -202,8 +211,8 @@ def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
             "samples": len(split)}
 
 
-def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Re-evaluate a saved run on its test split (or another dataset folder's); write evaluation.json."""
+def load_run(run_dir: Path, data: str | None = None) -> Prepared:
+    """Rebuild a finished run (model and method state) for evaluation."""
     from safetensors.torch import load_file
 
     from dht.training.checkpoint import join_state
@@ -213,7 +222,14 @@ def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True) 
     prepared = prepare_saved(run_dir, data)
     if (run_dir / "method.json").is_file():
         tensors = load_file(str(run_dir / "method.safetensors"))
-        prepared.method.load_state_dict(join_state(json.loads((run_dir / "method.json").read_text()), tensors))
+        state = join_state(json.loads((run_dir / "method.json").read_text(encoding="utf-8")), tensors)
+        prepared.method.load_state_dict(state)
+    return prepared
+
+
+def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Re-evaluate a saved run on its test split (or another dataset folder's); write evaluation.json."""
+    prepared = load_run(run_dir, data)
     result = {"run": str(run_dir), "dataset": prepared.dataset.name, "test": evaluate(prepared, progress)}
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result

@@ -8,6 +8,7 @@ class and one ``register`` line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -29,6 +30,7 @@ class StepResult:
     full_flops: float  # FLOPs the full model would have spent on the same tokens
     flops_all_in: float | None = None  # plus overheads (probes, bandits); None means equal to flops
     extra: dict[str, Any] = field(default_factory=dict)  # logged with the step
+    records: list[dict[str, Any]] = field(default_factory=list)  # per-sample decisions (decisions.jsonl)
 
 
 @dataclass
@@ -77,13 +79,22 @@ class Method:
                     for plan, tokens in zip(per_sample, lengths))
         return flops, sum(full_train_flops(config, tokens) for tokens in lengths)
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Called before each epoch (DHT recomputes its arm features here)."""
+    def on_epoch_start(self, epoch: int, train_ids: list[list[int]], pad_id: int) -> None:
+        """Called before each epoch with the training token ids (DHT recomputes its arm features)."""
+
+    def loader_start(self, batches_done: int) -> int:
+        """Loader batches to skip when resuming mid-epoch (methods that re-queue samples track their own)."""
+        return batches_done
+
+    def report(self, output: Path) -> dict[str, Any]:
+        """Write method-specific plots into the run folder; return extra entries for metrics.json."""
+        return {}
 
     # --- inference ---------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:
-        """Logits of an evaluation batch and their cost per sample."""
+        """Logits of an evaluation batch and their cost per sample (eval mode: no dropout)."""
+        self.model.eval()
         plan = self.model.full_plan()
         logits = self.model(batch.input_ids, batch.attention_mask, plan)
         return Prediction(logits, *forward_costs(self.model, batch, [plan] * len(batch)))

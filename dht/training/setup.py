@@ -17,6 +17,8 @@ from dht.model import DynamicEncoder, EncoderConfig, resolve_backbone
 from dht.training.config import RunConfig
 from dht.training.methods import Method, make_method
 
+import dht.search.method  # noqa: E402,F401  (registers the "dht" method)
+
 
 @dataclass
 class EncodedSplit:

@@ -50,6 +50,28 @@ def test_mixed_plan_batch_equals_each_sample_alone(tiny_model):
     assert (together - alone).abs().max() <= 1e-5
 
 
+def test_same_shape_with_per_sample_heads_equals_each_sample_alone(tiny_model):
+    """Samples sharing depth and head counts run as one batch even when their heads differ."""
+    ids, mask = random_batch(batch=5)
+    plans = [ExecutionPlan.from_groups(range(4), [(0, 1), heads], group_size=2)
+             for heads in [(0, 1), (2, 3), (1, 3), (0, 2), (2, 3)]]
+    with torch.no_grad():
+        together = tiny_model(ids, mask, plans)
+        alone = torch.cat([tiny_model(ids[i:i + 1], mask[i:i + 1], plans[i]) for i in range(5)])
+    assert (together - alone).abs().max() <= 1e-5
+
+
+def test_per_sample_heads_give_the_same_gradients(tiny_model):
+    ids, mask = random_batch(batch=3)
+    plans = [ExecutionPlan.first(2, 4, heads) for heads in [(0, 1), (1, 2), (0, 3)]]
+    tiny_model(ids, mask, plans).sum().backward()
+    batched = tiny_model.layers[1].attention.qkv.weight.grad.clone()
+    tiny_model.zero_grad()
+    for i in range(3):
+        tiny_model(ids[i:i + 1], mask[i:i + 1], plans[i]).sum().backward()
+    assert torch.allclose(batched, tiny_model.layers[1].attention.qkv.weight.grad, atol=1e-5)
+
+
 def test_skipping_the_middle_equals_explicit_layers(tiny_model):
     ids, mask = random_batch()
     plan = ExecutionPlan.skip_middle(bottom=1, top=2, num_layers=4, num_heads=4, bottom_heads=(0, 3))

@@ -1,0 +1,59 @@
+"""Inference wall time against BL1: is the FLOP saving real in seconds?
+
+Evaluates saved runs on the same test split in one process, round-robin (each run once per round,
+``--rounds`` rounds, median seconds), and writes for each run its accuracy, macro-F1, inference FLOP
+ratios and the wall-time ratio to the reference run (the first one, normally BL1).
+
+Usage: python bench/inference_wall.py REFERENCE_RUN RUN [RUN ...] [--rounds 3] [--output PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+from pathlib import Path
+
+import torch
+
+from dht.training.loop import evaluate, load_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders; the first is the reference")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output", type=Path, default=Path("bench/results/ag_news/inference_wall.json"))
+    args = parser.parse_args()
+    if len(args.runs) < 2:
+        parser.error("give the reference run and at least one other")
+    prepared = [load_run(run) for run in args.runs]
+    samples = {len(p.test) for p in prepared}
+    if len(samples) != 1:
+        parser.error(f"the runs evaluate different test sets (sizes {sorted(samples)})")
+    seconds: list[list[float]] = [[] for _ in prepared]
+    results = [None] * len(prepared)
+    for _ in range(args.rounds):
+        for i, p in enumerate(prepared):
+            results[i] = evaluate(p)
+            seconds[i].append(results[i]["seconds"])
+    median = [statistics.median(s) for s in seconds]
+    rows = []
+    for run, p, result, wall in zip(args.runs, prepared, results, median):
+        rows.append({"run": str(run), "method": p.run.method, "config": p.run.options.get("config"),
+                     "accuracy": result["accuracy"], "f1_macro": result["f1_macro"],
+                     "flop_ratio": result["flop_ratio"], "flop_ratio_all_in": result["flop_ratio_all_in"],
+                     "seconds": wall, "wall_ratio": wall / median[0]})
+    out = {"reference": str(args.runs[0]), "samples": samples.pop(), "rounds": args.rounds, "rows": rows,
+           "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+           "command": "python bench/inference_wall.py " + " ".join(str(r) for r in args.runs)}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    for row in rows:
+        print(f"{row['method']:5} {str(row['config']):6} F1 {row['f1_macro']:.4f}  FLOPs {row['flop_ratio']:.3f} "
+              f"(all-in {row['flop_ratio_all_in']:.3f})  wall {row['wall_ratio']:.3f}  {row['seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

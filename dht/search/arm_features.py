@@ -1,0 +1,82 @@
+"""Arm features z: one no-grad pass of a sample of training texts before each epoch (spec §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dht.data import iterate_batches
+from dht.flops import plan_forward_flops
+from dht.model import DynamicEncoder, ExecutionPlan
+from dht.search.arms import Arm, SearchConfig
+from dht.search.features import HEAD_COUNT_POOL, TOP_POOL, head_contexts, pool, standardise
+from dht.search.layout import arm_layout, run_group, sample_plan
+
+
+@dataclass
+class ArmFeatures:
+    """Standardised arm features of every bandit, and the FLOPs it took to compute them."""
+
+    top: Tensor  # (n_arms, 84): UCB_L / UCB_cp
+    head_count: Tensor  # (n_head_options, 42): UCB_H
+    head: Tensor  # (N_h, 12): TSB
+    flops: float
+
+
+def random_kept(batch: int, num_heads: int, keep: int, generator: torch.Generator) -> Tensor:
+    """(B, N_h) bool: ``keep`` heads drawn uniformly for each sample."""
+    scores = torch.rand(batch, num_heads, generator=generator)
+    kept = torch.zeros(batch, num_heads, dtype=torch.bool)
+    return kept.scatter_(1, scores.topk(keep, dim=1).indices, True)
+
+
+def feature_passes(search: SearchConfig, arms: tuple[Arm, ...]) -> list[tuple[Arm, int | None]]:
+    """The (arm, index in ``arms``) passes to run; tree search adds full-depth passes per head option
+    (index None) so that UCB_H gets a feature for every H."""
+    passes: list[tuple[Arm, int | None]] = list(zip(arms, range(len(arms))))
+    if search.mode == "tree":
+        passes += [(Arm(search.num_layers, H), None) for H in search.head_options]
+    return passes
+
+
+@torch.no_grad()
+def compute_arm_features(model: DynamicEncoder, search: SearchConfig, arms: tuple[Arm, ...], phase_two: bool,
+                         ids: list[list[int]], pad_id: int, generator: torch.Generator,
+                         batch_size: int = 64) -> ArmFeatures:
+    """§3: pass ``ids`` through each arm's layout with random H-head choices and average the pools."""
+    was_training = model.training
+    model.eval()
+    N_h = model.config.num_heads
+    top_sum = torch.zeros(len(arms), 84, dtype=torch.float64)
+    count_sum = {H: torch.zeros(42, dtype=torch.float64) for H in search.head_options}
+    count_n = {H: 0 for H in search.head_options}
+    head_sum = torch.zeros(N_h, 12, dtype=torch.float64)
+    head_n, flops = 0, 0.0
+    for batch in iterate_batches(ids, [0] * len(ids), batch_size, pad_id, shuffle=False, sort_by_length=True):
+        mask = batch.attention_mask
+        lengths = mask.sum(1).tolist()
+        for arm, index in feature_passes(search, arms):
+            layout = arm_layout(search, arm, phase_two)
+            H = N_h if arm.heads is None else arm.heads
+            h = model.embed(batch.input_ids)
+            if layout.prefix:
+                h = model.run_plan(h, mask, ExecutionPlan.first(len(layout.prefix), N_h))
+            for group in layout.groups:
+                h = run_group(model, h, mask, group, random_kept(len(batch), N_h, H, generator))
+                if H in count_sum:
+                    count_sum[H] += pool(h, mask, HEAD_COUNT_POOL).sum(0)
+                    count_n[H] += len(batch)
+            if layout.suffix:
+                h = model.run_plan(h, mask, ExecutionPlan(layout.suffix, (tuple(range(N_h)),) * len(layout.suffix)))
+            if index is not None:
+                top_sum[index] += pool(h, mask, TOP_POOL).sum(0)
+            head_sum += head_contexts(h, mask, N_h).sum(0)
+            head_n += len(batch)
+            plan = sample_plan(layout, [tuple(range(H))] * len(layout.groups), N_h)
+            flops += sum(plan_forward_flops(model.config, plan, t, classify=False) for t in lengths)
+    model.train(was_training)
+    head_count = torch.stack([count_sum[H] / max(count_n[H], 1) for H in search.head_options])
+    return ArmFeatures(standardise(top_sum / len(ids)), standardise(head_count),
+                       standardise(head_sum / max(head_n, 1)), flops)

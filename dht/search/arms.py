@@ -1,0 +1,189 @@
+"""Search configurations and their arm lists (spec §2; paper §4.2 and §6.1).
+
+Notation: N_L layers, N_h heads; the first b layers always run with every head and produce the
+context; the rest runs in groups of c layers, one head decision per group. An arm's depth L is the
+total depth, b layers included. P-DHT's arms run the bottom d = L - k layers with H heads and then
+the top k layers with all heads, skipping the layers between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One choice of UCB_cp (or of UCB_L with heads=None in tree search)."""
+
+    depth: int  # L: layers that run (for P-DHT: bottom d + top k)
+    heads: int | None  # H: heads kept in each dynamic layer; None = chosen per group by UCB_H (tree search)
+    top: int = 0  # P-DHT: the top k layers that always run with all heads (0 otherwise)
+
+    def label(self, num_heads: int) -> str:
+        """The paper's name, e.g. '6L8H', '4L10H+2L12H', or '6L' for a tree-search depth."""
+        if self.heads is None:
+            return f"{self.depth}L"
+        if self.top:
+            bottom = self.depth - self.top
+            return (f"{bottom}L{self.heads}H+" if bottom else "") + f"{self.top}L{num_heads}H"
+        return f"{self.depth}L{self.heads}H"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of one DHT configuration (a preset or a user file); validated on construction."""
+
+    mode: str  # "tree" (UCB_L, UCB_H, TSB) or "integrated" (UCB_cp, TSB)
+    num_layers: int  # N_L
+    num_heads: int  # N_h
+    b: int  # layers always run with all heads (context)
+    c: int  # layers per head decision
+    head_options: tuple[int, ...]  # H choices
+    arms: tuple[Arm, ...]  # UCB_L's depths (tree) or UCB_cp's (L, H) list (integrated)
+    alpha: float = 1.0  # reward scale of r_L (Eq. 11) and LinUCB exploration of every UCB
+    beta_h: float = 1.0  # β₁: reward scale of r_H
+    beta_cp: float = 1.0  # β_cp: reward scale of r_cp
+    explore: float = 1.0  # LinUCB exploration α in the UCB score (Alg. 1 line 6)
+    lam: float = 1.0  # ridge λ of LinUCB and prior precision of TSB
+    q: int = 32  # queue size = training batch size (Alg. 3)
+    r_max: float = 10.0  # rewards are clipped to [0, r_max]
+    feature_samples: int = 512  # training samples passed to build the arm features each epoch
+    freeze_after: int | None = None  # P-DHT: epochs trained as F-DHT before freezing the bottom
+    top: int = 0  # P-DHT: k top layers kept trainable and always run
+    phase_two_arms: tuple[Arm, ...] = field(default=())  # P-DHT: arms after the switch
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("tree", "integrated"):
+            raise ValueError(f"mode must be 'tree' or 'integrated', got {self.mode!r}")
+        if not 1 <= self.b <= self.num_layers or self.c < 1:
+            raise ValueError(f"need 1 <= b <= N_L and c >= 1, got b={self.b}, c={self.c}")
+        if (self.num_layers - self.b) % self.c:
+            raise ValueError(f"N_L - b = {self.num_layers - self.b} is not a multiple of c = {self.c}")
+        if not self.head_options or any(not 1 <= h <= self.num_heads for h in self.head_options):
+            raise ValueError(f"head options {self.head_options} must lie in 1..{self.num_heads}")
+        if not self.arms:
+            raise ValueError("a search needs at least one arm")
+        for arm in self.arms + self.phase_two_arms:
+            self.check_arm(arm)
+        for name in ("alpha", "beta_h", "beta_cp", "lam", "r_max"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.explore < 0 or self.q < 1 or self.feature_samples < 1:
+            raise ValueError("explore must be >= 0, q >= 1 and feature_samples >= 1")
+        if (self.freeze_after is None) != (not self.phase_two_arms):
+            raise ValueError("freeze_after and phase_two_arms go together (P-DHT)")
+
+    def check_arm(self, arm: Arm) -> None:
+        """Raise ValueError if an arm does not fit this search's shape."""
+        bottom = arm.depth - arm.top
+        if arm.top:
+            if arm.top != self.top or bottom < 0 or arm.depth > self.num_layers:
+                raise ValueError(f"arm {arm} does not fit P-DHT with top {self.top} of {self.num_layers} layers")
+        elif arm.depth < self.b or arm.depth > self.num_layers or (arm.depth - self.b) % self.c:
+            raise ValueError(f"arm depth {arm.depth} must be b + a multiple of c, at most {self.num_layers}")
+        if arm.heads is not None and not 1 <= arm.heads <= self.num_heads:
+            raise ValueError(f"arm {arm} keeps {arm.heads} heads of {self.num_heads}")
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """L ∈ {b, b+c, …, N_L}."""
+        return tuple(range(self.b, self.num_layers + 1, self.c))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
+        data = dict(data)
+        for key in ("arms", "phase_two_arms"):
+            data[key] = tuple(Arm(**arm) if isinstance(arm, dict) else Arm(*arm) for arm in data.get(key, ()))
+        data["head_options"] = tuple(data["head_options"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(data) - known:
+            raise ValueError(f"unknown search settings: {', '.join(sorted(set(data) - known))}")
+        return cls(**data)
+
+
+# --- the arm-list rules (spec §2 table) ----------------------------------------------------
+def depths(num_layers: int, b: int, c: int) -> list[int]:
+    return list(range(b, num_layers + 1, c))
+
+
+def tree_arms(num_layers: int, b: int, c: int) -> tuple[Arm, ...]:
+    """T-DHT: UCB_L's arms L ∈ {b, b+c, …, N_L}; heads are chosen per group by UCB_H."""
+    return tuple(Arm(L, None) for L in depths(num_layers, b, c))
+
+
+def specialised_arms(num_layers: int, num_heads: int, b: int, c: int, head_options: tuple[int, ...]) -> tuple[Arm, ...]:
+    """S-DHT: {L·N_h for L < N_L} ∪ {N_L·H for each H}."""
+    shallow = [Arm(L, num_heads) for L in depths(num_layers, b, c) if L < num_layers]
+    return tuple(shallow + [Arm(num_layers, H) for H in sorted(head_options)])
+
+
+def full_arms(num_layers: int, num_heads: int, b: int, c: int, head_options: tuple[int, ...]) -> tuple[Arm, ...]:
+    """F-DHT: {b·N_h} ∪ {L·H for L > b, each H}."""
+    deeper = [Arm(L, H) for L in depths(num_layers, b, c) if L > b for H in sorted(head_options)]
+    return tuple([Arm(b, num_heads)] + deeper)
+
+
+def partial_arms(num_layers: int, num_heads: int, b: int, c: int, head_options: tuple[int, ...],
+                 top: int) -> tuple[Arm, ...]:
+    """P-DHT after the switch: d·H + k·N_h with d = L − k for each F-DHT depth L and each H
+    (a single arm when d = 0, where H would not matter)."""
+    arms: list[Arm] = []
+    for L in depths(num_layers, b, c):
+        if L - top < 0:
+            continue
+        options = [num_heads] if L == top else sorted(head_options)
+        arms.extend(Arm(L, H, top=top) for H in options)
+    return tuple(arms)
+
+
+def default_head_options(num_heads: int) -> tuple[int, ...]:
+    """The paper's {8, 10, 12} of 12 heads, scaled to other head counts."""
+    return tuple(sorted({max(1, round(num_heads * f)) for f in (8 / 12, 10 / 12, 1.0)}))
+
+
+def preset(name: str, num_layers: int, num_heads: int) -> SearchConfig:
+    """The four configurations of paper §6.1, by the spec's rules, for a backbone's shape.
+
+    b = c = 3 for 12 layers (the paper), 2 for a 6-layer backbone such as MiniLM-L6, else 1.
+    """
+    b = c = 3 if num_layers % 3 == 0 and num_layers >= 9 else (2 if num_layers % 2 == 0 else 1)
+    heads = default_head_options(num_heads)
+    common = dict(num_layers=num_layers, num_heads=num_heads, b=b, c=c, head_options=heads)
+    if name == "t-dht":  # tree search: most thorough, one decision per depth and per group
+        return SearchConfig(mode="tree", arms=tree_arms(num_layers, b, c), **common)
+    if name == "s-dht":  # integrated, fewest arms: shallow with all heads, or full depth with fewer heads
+        return SearchConfig(mode="integrated", arms=specialised_arms(num_layers, num_heads, b, c, heads), **common)
+    if name == "f-dht":  # integrated, every depth with every head option
+        return SearchConfig(mode="integrated", arms=full_arms(num_layers, num_heads, b, c, heads), **common)
+    if name == "p-dht":  # F-DHT for 2 epochs, then freeze all but the top k = 2 layers and skip the middle
+        return SearchConfig(mode="integrated", arms=full_arms(num_layers, num_heads, b, c, heads), freeze_after=2,
+                            top=2, phase_two_arms=partial_arms(num_layers, num_heads, b, c, heads, 2), **common)
+    raise ValueError(f"unknown DHT preset {name!r}; choose from {', '.join(PRESETS)} or give a JSON file")
+
+
+PRESETS = ("t-dht", "s-dht", "f-dht", "p-dht")
+
+
+def load_search(spec: str, num_layers: int, num_heads: int) -> SearchConfig:
+    """A preset name, or a JSON file holding SearchConfig fields (arms as {depth, heads, top})."""
+    if spec in PRESETS:
+        return preset(spec, num_layers, num_heads)
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"unknown DHT config {spec!r}: not one of {', '.join(PRESETS)} and not a file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    config = SearchConfig.from_dict(data)
+    if (config.num_layers, config.num_heads) != (num_layers, num_heads):
+        raise ValueError(f"{path}: written for {config.num_layers} layers x {config.num_heads} heads, "
+                         f"but the backbone has {num_layers} x {num_heads}")
+    return config

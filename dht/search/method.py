@@ -1,0 +1,303 @@
+"""DHT as a training method: Algorithm 2 (search) and Algorithm 3 (queues) through the loop's hooks.
+
+Per loader batch, S1: a no-grad probe of the first b layers gives each sample its context, UCB_L
+(tree) or UCB_cp (integrated) picks its arm, and the sample joins the queue of its depth. A full
+queue is released as a training batch, S2: the first b layers run again with gradients, then per
+group of c layers UCB_H (tree) picks how many heads and TSB which, the loss is computed per sample,
+the rewards of §4 update every bandit, and the loop back-propagates. Inference is greedy and reuses
+the probe. Decisions of ours where the spec is silent: the probe runs without dropout; arm features
+are standardised across arms (see features.py); the queue key is the arm's depth; P-DHT's probe
+after the switch is the first layer with all heads, and its bottom d layers form groups of c with
+the remainder first (d = 1, 4, 7, 10 -> [1], [1,3], [1,3,3], [1,3,3,3] as in the paper); the P-DHT
+preset switches after min(2, epochs - 1) epochs, so that a run as short as BL1's 2 epochs still has
+its frozen phase (the paper trains 3-6 epochs and switches after 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dht.bandits import LinUCB, LinUCBConfig, LogisticTS, LogisticTSConfig
+from dht.data import Batch, collate
+from dht.flops import (full_train_flops, linucb_flops, plan_forward_flops, plan_train_flops, thompson_flops)
+from dht.model import DynamicEncoder, ExecutionPlan
+from dht.search.arm_features import ArmFeatures, compute_arm_features
+from dht.search.arms import PRESETS, load_search
+from dht.search.features import Contexts, with_arm_features
+from dht.search.layout import arm_layout, kept_to_heads, probe_layers, run_group, sample_plan
+from dht.search.queues import DepthQueues
+from dht.search.rewards import PreviousBatch, binary_reward, cost, ratio_reward
+from dht.training.config import RunConfig
+from dht.training.methods import Method, Prediction, StepResult, forward_costs, register
+
+
+@dataclass
+class QueuedBatch(Batch):
+    """A released queue: the padded batch plus each sample's arm and S1 context."""
+
+    arms: Tensor = None  # (B,) long: index into the current arm list
+    x: Tensor = None  # (B, 84) float64: normalised S1 context
+
+
+class DHTMethod(Method):
+    """Dynamic layers and heads chosen per sample by LinUCB and logistic Thompson sampling."""
+
+    name = "dht"
+
+    def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
+        super().__init__(model, run)
+        config, spec = model.config, run.options.get("config", "s-dht")
+        search = load_search(spec, config.num_layers, config.num_heads)
+        if spec in PRESETS:  # presets queue one training batch; P-DHT always gets its frozen phase
+            switch = None if search.freeze_after is None else min(search.freeze_after, max(1, run.train.epochs - 1))
+            search = dataclasses.replace(search, q=run.train.batch_size, freeze_after=switch)
+        self.search = search
+        self.N_h = config.num_heads
+        self.groups_max = (config.num_layers - self.search.b) // self.search.c + 1
+        self.contexts = Contexts.create()
+        self.phase_two = False
+        self.ucb_top = self._top_bandit()
+        self.ucb_h = LinUCB(LinUCBConfig(len(self.search.head_options), 84 + self.groups_max,
+                                         alpha=self.search.explore, lam=self.search.lam))
+        self.tsb = LogisticTS(LogisticTSConfig(self.N_h, 24, lam=self.search.lam),
+                              generator=torch.Generator().manual_seed(run.train.seed + 1))
+        self.generator = torch.Generator().manual_seed(run.train.seed + 2)  # arm-feature sampling
+        self.previous = PreviousBatch()
+        self.features: ArmFeatures | None = None
+        self.queues: DepthQueues = DepthQueues(self.search.q)
+        self.pending: list[list[dict]] = []  # released queues not trained yet
+        self.consumed = 0  # loader batches of this epoch already queued
+        self.overhead = 0.0  # all-in FLOPs (probes, arm features, bandits) not yet charged to a step
+        self.pad_id = 0
+
+    @property
+    def arms(self):
+        return self.search.phase_two_arms if self.phase_two else self.search.arms
+
+    def _top_bandit(self) -> LinUCB:
+        return LinUCB(LinUCBConfig(len(self.arms), 168, alpha=self.search.explore, lam=self.search.lam))
+
+    # --- epochs: P-DHT's switch and the arm features -----------------------------------
+    def on_epoch_start(self, epoch: int, train_ids: list[list[int]], pad_id: int) -> None:
+        """Switch P-DHT to its frozen phase when due, then recompute the arm features (§3)."""
+        if self.search.freeze_after is not None and epoch >= self.search.freeze_after and not self.phase_two:
+            self.phase_two = True
+            self._freeze()
+            self.ucb_top = self._top_bandit()
+        self.pad_id = pad_id
+        order = torch.randperm(len(train_ids), generator=self.generator)[: self.search.feature_samples]
+        self.features = compute_arm_features(self.model, self.search, self.arms, self.phase_two,
+                                             [train_ids[i] for i in order.tolist()], pad_id, self.generator)
+        self.overhead += self.features.flops
+
+    def _freeze(self) -> None:
+        self.model.freeze_layers(range(self.search.num_layers - self.search.top))
+
+    def loader_start(self, batches_done: int) -> int:
+        return self.consumed
+
+    # --- Algorithm 3: S1 and the queues ------------------------------------------------
+    def training_batches(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        yield from self._drain()
+        for batch in batches:
+            self.pending.extend(self._enqueue(batch))
+            self.consumed += 1
+            yield from self._drain()
+        self.pending.extend(items for _, items in self.queues.flush())
+        yield from self._drain()
+        self.consumed = 0
+
+    def _drain(self) -> Iterator[QueuedBatch]:
+        while self.pending:
+            items = self.pending.pop(0)
+            batch = collate([i["ids"] for i in items], [i["label"] for i in items], [i["index"] for i in items],
+                            self.pad_id)
+            yield QueuedBatch(batch.input_ids, batch.attention_mask, batch.labels, batch.index,
+                              arms=torch.tensor([i["arm"] for i in items]), x=torch.stack([i["x"] for i in items]))
+
+    @torch.no_grad()
+    def _probe(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """S1: hidden states after the probe layers (no grad, no dropout) and the UCB's vectors w."""
+        was_training = self.model.training
+        self.model.eval()
+        mask = batch.attention_mask
+        h = self.model.run_plan(self.model.embed(batch.input_ids), mask,
+                                ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h))
+        self.model.train(was_training)
+        x = self.contexts.x_top(h, mask)
+        return h, x
+
+    def _enqueue(self, batch: Batch) -> list[list[dict]]:
+        """Alg. 2 lines 2-6 and Alg. 3: choose each sample's arm and queue it by depth."""
+        _, x = self._probe(batch)
+        chosen = self.ucb_top.select(with_arm_features(x, self.features.top)).tolist()
+        lengths = batch.attention_mask.sum(1).tolist()
+        probe = ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h)
+        self.overhead += sum(plan_forward_flops(self.model.config, probe, t, classify=False) for t in lengths)
+        self.overhead += linucb_flops(len(batch), len(self.arms), 168, update=False)
+        released = []
+        for i, arm in enumerate(chosen):
+            item = {"index": int(batch.index[i]), "ids": batch.input_ids[i, :lengths[i]].tolist(),
+                    "label": int(batch.labels[i]), "arm": arm, "x": x[i]}
+            full = self.queues.push(self.arms[arm].depth, item)
+            if full is not None:
+                released.append(full)
+        return released
+
+    # --- Algorithm 2: S2, rewards and updates ------------------------------------------
+    def training_step(self, batch: QueuedBatch) -> StepResult:
+        arms = [self.arms[a] for a in batch.arms.tolist()]
+        h, decisions = self._run_s2(batch, arms, greedy=False)
+        losses = F.cross_entropy(self.model.classify(h, batch.attention_mask), batch.labels, reduction="none")
+        rewards = self._update_bandits(batch, arms, losses, decisions)
+        return self._step_result(batch, arms, losses, decisions, rewards)
+
+    def _run_s2(self, batch: Batch, arms: list, greedy: bool, hidden: Tensor | None = None) -> tuple[Tensor, list]:
+        """Run the arms' layers (all of one depth); per group choose heads (UCB_H, TSB). Returns h and,
+        per group, (W_h, chosen option or None, W_ts, kept, H_o)."""
+        model, mask, N_h = self.model, batch.attention_mask, self.N_h
+        layout = arm_layout(self.search, arms[0], self.phase_two)
+        h = hidden
+        if h is None:
+            h = model.embed(batch.input_ids)
+            if layout.prefix:
+                h = model.run_plan(h, mask, ExecutionPlan.first(len(layout.prefix), N_h))
+        decisions = []
+        for o, group in enumerate(layout.groups):
+            W_h = choice = None
+            if self.search.mode == "tree":
+                one_hot = torch.zeros(self.groups_max, dtype=torch.float64)
+                one_hot[o] = 1.0
+                W_h = with_arm_features(self.contexts.x_head_count(h, mask), self.features.head_count, one_hot)
+                choice = self.ucb_h.select(W_h, greedy=greedy)
+                H_o = torch.tensor(self.search.head_options)[choice]
+            else:
+                H_o = torch.tensor([arm.heads for arm in arms])
+            W_ts = with_arm_features(self.contexts.x_heads(h, mask, N_h), self.features.head)
+            kept = self.tsb.select(W_ts, H_o, greedy=greedy)
+            h = run_group(model, h, mask, group, kept)
+            decisions.append((W_h, choice, W_ts, kept, H_o))
+        if layout.suffix:
+            h = model.run_plan(h, mask, ExecutionPlan(layout.suffix, (tuple(range(N_h)),) * len(layout.suffix)))
+        return h, decisions
+
+    def _update_bandits(self, batch: QueuedBatch, arms: list, losses: Tensor, decisions: list) -> dict[str, Tensor]:
+        """§4 rewards (Eqs. 10-15), then every bandit's update (Alg. 1 lines 8-9; §3.2)."""
+        s, prev = self.search, self.previous
+        L = torch.tensor([arm.depth for arm in arms], dtype=torch.float64)
+        if s.mode == "tree":
+            delta_top, scale, name = cost(losses, L), s.alpha, "L"
+        else:
+            delta_top, scale, name = cost(losses, L, torch.tensor([a.heads for a in arms])), s.beta_cp, "cp"
+        baseline = prev.baseline(name, delta_top)
+        rewards = {"top": ratio_reward(delta_top, baseline, scale, s.r_max)}
+        w_top = torch.cat([batch.x, self.features.top[batch.arms]], 1)
+        self.ucb_top.update(batch.arms, w_top, rewards["top"])
+        for o, (W_h, choice, W_ts, kept, H_o) in enumerate(decisions):
+            if s.mode == "tree":
+                delta = cost(losses, L, H_o)
+                base_h = prev.baseline(f"H{o}", delta)
+                rewards[f"H{o}"] = ratio_reward(delta, base_h, s.beta_h, s.r_max)
+                self.ucb_h.update(choice, W_h[torch.arange(len(choice)), choice], rewards[f"H{o}"])
+                rewards[f"ts{o}"] = binary_reward(delta, base_h)
+                prev.remember(f"H{o}", delta)
+            else:
+                rewards[f"ts{o}"] = binary_reward(delta_top, baseline)
+            self.tsb.update(W_ts, kept, rewards[f"ts{o}"])
+        prev.remember(name, delta_top)
+        return rewards
+
+    def _step_result(self, batch: QueuedBatch, arms: list, losses: Tensor, decisions: list,
+                     rewards: dict[str, Tensor]) -> StepResult:
+        """Cost of the step (paper-style and all-in) and one decision record per sample."""
+        config, B = self.model.config, len(batch)
+        layout = arm_layout(self.search, arms[0], self.phase_two)
+        per_group = [kept_to_heads(kept) for _, _, _, kept, _ in decisions]
+        plans = [sample_plan(layout, [g[i] for g in per_group], self.N_h) for i in range(B)]
+        lengths = batch.attention_mask.sum(1).tolist()
+        frozen = self.model.frozen_layers()
+        embeddings_trainable = any(p.requires_grad for p in self.model.embeddings.parameters())
+        flops = sum(plan_train_flops(config, p, t, frozen, embeddings_trainable) for p, t in zip(plans, lengths))
+        full = sum(full_train_flops(config, t) for t in lengths)
+        bandits = linucb_flops(B, len(self.arms), 168, update=True) + len(decisions) * (
+            thompson_flops(B, self.N_h, 24, False) + thompson_flops(B, self.N_h, 24, True))
+        if self.search.mode == "tree":
+            bandits += len(decisions) * (linucb_flops(B, len(self.search.head_options), 84 + self.groups_max, False)
+                                         + linucb_flops(B, 1, 84 + self.groups_max, True))
+        all_in, self.overhead = flops + self.overhead + bandits, 0.0
+        records = [{"index": int(batch.index[i]), "arm": arms[i].label(self.N_h), "depth": arms[i].depth,
+                    "heads": [list(g[i]) for g in per_group], "loss": float(losses[i].detach()),
+                    "rewards": {k: round(float(v[i]), 4) for k, v in rewards.items()}} for i in range(B)]
+        return StepResult(losses.mean(), flops, full, all_in, extra={"phase_two": self.phase_two}, records=records)
+
+    # --- inference: greedy, the probe reused -------------------------------------------
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        """Greedy arms and heads; the S1 probe's states continue into the chosen layers."""
+        self.model.eval()
+        self.contexts.train(False)
+        h_probe, x = self._probe(batch)
+        chosen = self.ucb_top.select(with_arm_features(x, self.features.top), greedy=True)
+        logits = torch.empty(len(batch), self.model.config.num_classes)
+        plans: list[ExecutionPlan | None] = [None] * len(batch)
+        overhead = torch.full((len(batch),), linucb_flops(1, len(self.arms), 168, update=False), dtype=torch.float64)
+        for depth in sorted({self.arms[a].depth for a in chosen.tolist()}):
+            rows = torch.nonzero(torch.tensor([self.arms[a].depth == depth for a in chosen.tolist()])).flatten()
+            part = Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.labels[rows], batch.index[rows])
+            arms = [self.arms[a] for a in chosen[rows].tolist()]
+            reuse = not self.phase_two  # the probe is exactly the arms' all-heads prefix
+            h, decisions = self._run_s2(part, arms, greedy=True, hidden=h_probe[rows] if reuse else None)
+            logits[rows] = self.model.classify(h, part.attention_mask)
+            layout = arm_layout(self.search, arms[0], self.phase_two)
+            per_group = [kept_to_heads(kept) for _, _, _, kept, _ in decisions]
+            for j, row in enumerate(rows.tolist()):
+                plans[row] = sample_plan(layout, [g[j] for g in per_group], self.N_h)
+            overhead[rows] += len(decisions) * thompson_flops(1, self.N_h, 24, False)
+        flops, full = forward_costs(self.model, batch, plans)
+        if self.phase_two:  # the first-layer probe was not part of the plan
+            probe = ExecutionPlan.first(1, self.N_h)
+            overhead += torch.tensor([plan_forward_flops(self.model.config, probe, t, classify=False)
+                                      for t in batch.attention_mask.sum(1).tolist()], dtype=torch.float64)
+        self.contexts.train(True)
+        return Prediction(logits, flops, full, flops + overhead)
+
+    # --- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        features = None if self.features is None else dataclasses.asdict(self.features)
+        return {"phase_two": self.phase_two, "consumed": self.consumed, "overhead": self.overhead, "pad_id": self.pad_id,
+                "ucb_top": self.ucb_top.state_dict(), "ucb_h": self.ucb_h.state_dict(),
+                "tsb": self.tsb.state_dict(), "contexts": self.contexts.state_dict(),
+                "previous": self.previous.state_dict(), "features": features,
+                "generator": self.generator.get_state(), "pending": self.pending,
+                "queues": {str(k): v for k, v in self.queues.queues.items()},
+                "search": self.search.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.phase_two = bool(state["phase_two"])
+        if self.phase_two:
+            self._freeze()
+            self.ucb_top = self._top_bandit()
+        self.consumed, self.overhead, self.pad_id = int(state["consumed"]), float(state["overhead"]), int(state["pad_id"])
+        self.ucb_top.load_state_dict(state["ucb_top"])
+        self.ucb_h.load_state_dict(state["ucb_h"])
+        self.tsb.load_state_dict(state["tsb"])
+        self.contexts.load_state_dict(state["contexts"])
+        self.previous.load_state_dict(state["previous"])
+        self.features = None if state["features"] is None else ArmFeatures(**state["features"])
+        self.generator.set_state(state["generator"])
+        self.pending = state["pending"]
+        self.queues.queues = {int(k): v for k, v in state["queues"].items()}
+
+    def report(self, output: Path) -> dict[str, Any]:
+        from dht.search.records import write_selection_report
+        return write_selection_report(output, self.N_h)
+
+
+register("dht", DHTMethod)

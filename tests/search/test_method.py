@@ -1,0 +1,91 @@
+"""DHT end to end on the tiny backbone: freezing, greedy inference, resume, records and costs."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dht.search.arms import Arm, preset
+from dht.search.layout import arm_layout
+from dht.training.config import RunConfig, TrainConfig
+from dht.training.loop import train
+from dht.training.setup import prepare
+
+SMALL = TrainConfig(epochs=2, batch_size=8, max_train=48, max_test=24, seed=5, checkpoint_every=2)
+
+
+def p_dht_file(tmp_path, freeze_after=1):
+    """P-DHT for the tiny 4-layer, 4-head backbone, switching after ``freeze_after`` epochs."""
+    search = dataclasses.replace(preset("p-dht", 4, 4), freeze_after=freeze_after, feature_samples=16)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(search.to_dict()))
+    return str(path)
+
+
+def dht_run(config="s-dht"):
+    return RunConfig(method="dht", backbone="tiny", train=SMALL, options={"config": config})
+
+
+def test_p_dht_layouts_group_the_bottom_like_the_paper():
+    search = preset("p-dht", 12, 12)
+    groups = {arm.depth - arm.top: arm_layout(search, arm, phase_two=True).groups for arm in search.phase_two_arms}
+    assert [len(g) for g in groups[1]] == [1] and [len(g) for g in groups[10]] == [1, 3, 3, 3]
+    assert arm_layout(search, Arm(6, 8, top=2), phase_two=True).suffix == (10, 11)
+    assert arm_layout(search, Arm(9, 10), phase_two=False).prefix == (0, 1, 2)
+    assert arm_layout(search, Arm(9, 10), phase_two=False).groups == ((3, 4, 5), (6, 7, 8))
+
+
+def test_p_dht_freezes_all_but_the_top_layers(tmp_path):
+    prepared = prepare(dht_run(p_dht_file(tmp_path)))
+    method = prepared.method
+    method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
+    assert not method.phase_two and prepared.model.frozen_layers() == frozenset()
+    method.on_epoch_start(1, prepared.train.ids, prepared.pad_id)
+    assert method.phase_two and prepared.model.frozen_layers() == frozenset({0, 1})
+    assert not prepared.model.embeddings.position.weight.requires_grad
+    assert all(arm.top == 2 for arm in method.arms)
+
+
+def test_greedy_inference_is_deterministic_and_cheaper():
+    prepared = prepare(dht_run("f-dht"))
+    method = prepared.method
+    method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
+    from dht.data import collate
+    batch = collate(prepared.test.ids[:12], prepared.test.labels[:12], list(range(12)), prepared.pad_id)
+    first, second = method.predict(batch), method.predict(batch)
+    assert torch.equal(first.logits, second.logits) and torch.equal(first.flops, second.flops)
+    assert (first.flops <= first.full_flops).all()
+    # The probe (half the full cost on this 4-layer model) is reused: all-in adds only the bandits,
+    # a few percent on this tiny model and far less on real ones.
+    assert ((first.flops_all_in - first.flops) < 0.05 * first.full_flops).all()
+    assert (first.flops_all_in > first.flops).all()
+
+
+@pytest.mark.parametrize("config", ["t-dht", "p-dht"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, config):
+    spec = p_dht_file(tmp_path) if config == "p-dht" else config
+    whole = train(dht_run(spec), tmp_path / "whole", progress=False)
+    assert train(dht_run(spec), tmp_path / "cut", stop_after_steps=4, progress=False) is None
+    resumed = train(dht_run(spec), tmp_path / "cut", resume=True, progress=False)
+    a, b = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    decisions = lambda run: (tmp_path / run / "decisions.jsonl").read_text()  # noqa: E731
+    assert decisions("whole") == decisions("cut")
+    assert resumed["test"] == {**whole["test"], "seconds": resumed["test"]["seconds"]}
+    assert resumed["selection"] == whole["selection"]
+
+
+def test_run_records_costs_and_plots(tmp_path):
+    metrics = train(dht_run("s-dht"), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert {"selection.png", "heads.png", "loss.png", "decisions.jsonl", "method.json"} <= {p.name for p in run.iterdir()}
+    records = [json.loads(line) for line in (run / "decisions.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * 48  # every training sample once per epoch, queues flushed
+    assert {r["index"] for r in records if r["epoch"] == 0} == set(range(48))
+    assert set(records[0]) >= {"epoch", "step", "index", "depth", "heads", "rewards"}
+    train_cost, test_cost = metrics["train"], metrics["test"]
+    assert 0 < train_cost["flop_ratio"] < train_cost["flop_ratio_all_in"]
+    assert 0 < test_cost["flop_ratio"] <= test_cost["flop_ratio_all_in"] <= 1.05
+    assert sum(metrics["selection"]["arms"][0].values()) == pytest.approx(1.0)
