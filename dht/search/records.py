@@ -40,33 +40,48 @@ def selection_summary(records: list[dict[str, Any]], num_heads: int) -> dict[str
     }
 
 
-def windows(records: list[dict[str, Any]], key, count: int = 40) -> tuple[list[float], dict[Any, list[float]]]:
-    """Share of each value of key(record) in ``count`` consecutive windows of training."""
-    size = max(1, len(records) // count)
+def windows(records: list[dict[str, Any]], key, max_windows: int = 30,
+            min_steps: int = 10) -> tuple[list[float], dict[Any, list[float]]]:
+    """Share of each value of key(record) per window of training steps.
+
+    A released queue holds one depth, so a window spans at least ``min_steps`` steps (many queues)
+    to show shares rather than single batches.
+    """
+    steps = sorted({r["step"] for r in records})
+    count = max(1, min(max_windows, len(steps) // min_steps))
+    edges = [steps[min(len(steps) - 1, (i + 1) * len(steps) // count - 1)] for i in range(count)]
     values = sorted({key(r) for r in records})
     xs, series = [], {v: [] for v in values}
-    for start in range(0, len(records), size):
-        chunk = records[start:start + size]
+    start = 0
+    ordered = sorted(records, key=lambda r: r["step"])
+    for edge in edges:
+        chunk = []
+        while start < len(ordered) and ordered[start]["step"] <= edge:
+            chunk.append(ordered[start])
+            start += 1
+        if not chunk:
+            continue
         counts = Counter(key(r) for r in chunk)
-        xs.append(chunk[-1]["step"])
+        xs.append(edge)
         for v in values:
             series[v].append(counts[v] / len(chunk))
     return xs, series
 
 
 def plot_selection(records: list[dict[str, Any]], num_heads: int, out: Path) -> None:
-    """Share of each depth and each head count over training (paper Figure 2)."""
+    """Share of each depth and each head count over training (paper Figure 2), as stacked areas."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, title in ((axes[0], lambda r: r["depth"], "layers (depth L)"),
                            (axes[1], lambda r: head_count(r, num_heads), "heads per dynamic layer (H)")):
         xs, series = windows(records, key)
-        for value, ys in series.items():
-            ax.plot(xs, ys, label=str(value))
+        ax.stackplot(xs, *series.values(), labels=[str(v) for v in series], alpha=0.85)
         ax.set_xlabel("training step")
         ax.set_ylabel("share of samples")
         ax.set_ylim(0, 1)
+        if len(xs) > 1:
+            ax.set_xlim(xs[0], xs[-1])
         ax.set_title(f"Selected {title}")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
