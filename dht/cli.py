@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from dht.training.config import RunConfig, TrainConfig
+import dht.baselines  # noqa: F401  (registers "distil" and "fastbert")
 import dht.search.method  # noqa: F401  (registers the "dht" method)
 from dht.search.arms import PRESETS
 from dht.training.methods import METHODS
@@ -24,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", default="full", choices=sorted(METHODS), help="what to train (default: full)")
     train.add_argument("--config", default="s-dht",
                        help=f"DHT search: one of {', '.join(PRESETS)} or a JSON file (method dht only)")
+    train.add_argument("--teacher", default="", help="BL1 run folder (methods distil and fastbert)")
+    train.add_argument("--layers", type=int, default=None, help="student depth (method distil; default half)")
+    train.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (method distil)")
+    train.add_argument("--speed", type=float, default=0.5, help="entropy threshold of early exit (method fastbert)")
     train.add_argument("--data", default="", help="dataset folder with train.csv, test.csv, classes.txt "
                                                    "(default: the embedded AG News)")
     train.add_argument("--backbone", default="minilm-l6",
@@ -54,7 +59,12 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
                         max_train=args.max_train, max_test=args.max_test, seed=args.seed, pooling=args.pooling,
                         freeze_word_embeddings=not args.train_word_embeddings)
-    options = {"config": args.config} if args.method == "dht" else {}
+    options = {
+        "dht": {"config": args.config},
+        "distil": {"teacher": args.teacher, "layers": args.layers, "temperature": args.temperature},
+        "fastbert": {"teacher": args.teacher, "speed": args.speed},
+    }.get(args.method, {})
+    options = {k: v for k, v in options.items() if v is not None}
     return RunConfig(method=args.method, data=args.data, backbone=args.backbone, train=train, options=options)
 
 

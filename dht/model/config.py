@@ -26,6 +26,7 @@ class EncoderConfig:
     num_classes: int = 2  # C
     pooling: str = "mean"  # "mean" over real tokens (spec §2) or "cls" (first token)
     pad_token_id: int = 0
+    branch_classifiers: bool = False  # FastBERT: one extra classifier after each layer but the last
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads",

@@ -136,6 +136,9 @@ class DynamicEncoder(nn.Module):
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers))
         self.classifier_dropout = nn.Dropout(config.hidden_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_classes)
+        if config.branch_classifiers:  # FastBERT's students: exits after layers 0 .. N_L - 2
+            self.branches = nn.ModuleList(nn.Linear(config.hidden_size, config.num_classes)
+                                          for _ in range(config.num_layers - 1))
         self.apply(self._init_weights)
 
     @staticmethod
@@ -207,6 +210,14 @@ class DynamicEncoder(nn.Module):
         input_ids, mask = input_ids[:, :T], mask[:, :T]
         h = self.embed(input_ids) if hidden is None else hidden[:, :T]
         return self.classify(self.run_plan(h, mask, plan), mask)
+
+    def add_branch_classifiers(self) -> None:
+        """Give the model FastBERT's per-layer classifiers (no-op if it has them)."""
+        if not self.config.branch_classifiers:
+            self.config = self.config.replace(branch_classifiers=True)
+            self.branches = nn.ModuleList(nn.Linear(self.config.hidden_size, self.config.num_classes)
+                                          for _ in range(self.config.num_layers - 1))
+            self.branches.apply(self._init_weights)
 
     def freeze_layers(self, layers: Sequence[int], embeddings: bool = True) -> None:
         """Stop gradients for the given layers (and the embeddings); used by P-DHT."""

@@ -52,6 +52,10 @@ class Method:
         self.model = model
         self.run = run
 
+    def initialise(self) -> None:
+        """Set up weights before training (e.g. copy a teacher's); a resumed run's checkpoint is loaded
+        afterwards, and a saved run that is only evaluated never calls this."""
+
     # --- training ----------------------------------------------------------------------
     def training_batches(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         """Turn the loader's batches into the batches that are trained on (DHT re-queues them)."""
@@ -95,7 +99,7 @@ class Method:
     def predict(self, batch: Batch) -> Prediction:
         """Logits of an evaluation batch and their cost per sample (eval mode: no dropout)."""
         self.model.eval()
-        plan = self.model.full_plan()
+        plan = self.plans(batch)
         logits = self.model(batch.input_ids, batch.attention_mask, plan)
         return Prediction(logits, *forward_costs(self.model, batch, [plan] * len(batch)))
 

@@ -17,6 +17,7 @@ from dht.model import DynamicEncoder, EncoderConfig, resolve_backbone
 from dht.training.config import RunConfig
 from dht.training.methods import Method, make_method
 
+import dht.baselines  # noqa: E402,F401  (registers "distil" and "fastbert")
 import dht.search.method  # noqa: E402,F401  (registers the "dht" method)
 
 
@@ -61,7 +62,9 @@ def prepare(run: RunConfig, data: str | None = None) -> Prepared:
     torch.manual_seed(run.train.seed)  # the classifier's initialisation
     model = backbone.build(dataset.num_classes, pooling=run.train.pooling)
     model.embeddings.word.weight.requires_grad_(not run.train.freeze_word_embeddings)
-    return _assemble(run, dataset, backbone.tokenizer_json, model)
+    prepared = _assemble(run, dataset, backbone.tokenizer_json, model)
+    prepared.method.initialise()
+    return prepared
 
 
 def prepare_saved(run_dir: Path, data: str | None = None) -> Prepared:

@@ -1,0 +1,111 @@
+"""BL3: FastBERT (Liu et al. 2020; spec §8): self-distilled exits after every layer, batched early exit.
+
+Training takes a fine-tuned BL1 run, adds a classifier after every layer but the last (on the same
+mean-pooled states as the final classifier), freezes everything else and trains those branches to match
+the final classifier's distribution on the training texts (KL, no labels). Inference exits a sample at
+the first layer whose normalised prediction entropy H(p) / log C is below ``speed``; at each layer the
+samples still running are regrouped into one smaller batch. A sample's FLOPs are the layers it ran plus
+every branch classifier it passed through.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dht.baselines.teacher import load_teacher_weights, teacher_dir
+from dht.data import Batch
+from dht.flops import classifier_flops, full_forward_flops, full_train_flops, plan_forward_flops
+from dht.model import DynamicEncoder, ExecutionPlan
+from dht.training.config import RunConfig
+from dht.training.methods import Method, Prediction, StepResult, register
+
+
+def normalised_entropy(logits: Tensor) -> Tensor:
+    """H(softmax(logits)) / log C for logits (B, C) -> (B,), in [0, 1]."""
+    log_p = F.log_softmax(logits, -1)
+    return -(log_p.exp() * log_p).sum(-1) / math.log(logits.shape[-1])
+
+
+@torch.no_grad()
+def early_exit_predict(model: DynamicEncoder, input_ids: Tensor, mask: Tensor, speed: float) -> tuple[Tensor, Tensor]:
+    """Classify with early exit; return logits (B, C) and the number of layers each sample ran (B,)."""
+    B, L = input_ids.shape[0], model.config.num_layers
+    everything = tuple(range(model.config.num_heads))
+    logits = torch.empty(B, model.config.num_classes)
+    depth = torch.full((B,), L, dtype=torch.long)
+    active = torch.arange(B)  # rows of the original batch still running
+    h = model.embed(input_ids)
+    for layer in range(L):
+        h = model.layers[layer](h, mask[:, None, None, :], everything)
+        if layer == L - 1:
+            logits[active] = model.classify(h, mask)
+            break
+        branch = model.branches[layer](model.pool(h, mask))
+        done = normalised_entropy(branch) < speed
+        logits[active[done]] = branch[done]
+        depth[active[done]] = layer + 1
+        if done.all():
+            break
+        keep = ~done
+        active, h, mask = active[keep], h[keep], mask[keep]
+        T = int(mask.sum(1).max())  # the remaining samples may need less padding
+        h, mask = h[:, :T], mask[:, :T]
+    return logits, depth
+
+
+class FastBERTMethod(Method):
+    """BL3: branch classifiers self-distilled from the final one; early-exit inference."""
+
+    name = "fastbert"
+
+    def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
+        super().__init__(model, run)
+        self.teacher_path = teacher_dir(run.options, self.name)
+        self.speed = float(run.options.get("speed", 0.5))
+        if not 0 <= self.speed <= 1:
+            raise ValueError(f"--speed must be in [0, 1], got {self.speed}")
+        model.add_branch_classifiers()
+        model.requires_grad_(False)
+        model.branches.requires_grad_(True)
+
+    def initialise(self) -> None:
+        load_teacher_weights(self.model, self.teacher_path)
+
+    def training_step(self, batch: Batch) -> StepResult:
+        """Self-distillation: every branch matches the final classifier's distribution (KL)."""
+        model, mask = self.model, batch.attention_mask
+        everything = tuple(range(model.config.num_heads))
+        with torch.no_grad():
+            h = model.embed(batch.input_ids)
+            pooled = []
+            for layer in model.layers:
+                h = layer(h, mask[:, None, None, :], everything)
+                pooled.append(model.pool(h, mask))
+            target = F.log_softmax(model.classifier(pooled[-1]), -1)
+        losses = [F.kl_div(F.log_softmax(branch(p), -1), target, reduction="batchmean", log_target=True)
+                  for branch, p in zip(model.branches, pooled)]
+        lengths = mask.sum(1).tolist()
+        branch_cost = 3 * classifier_flops(model.config) * len(model.branches)  # forward + both grads
+        flops = sum(full_forward_flops(model.config, t) + branch_cost for t in lengths)
+        full = sum(full_train_flops(model.config, t) for t in lengths)
+        return StepResult(torch.stack(losses).mean(), flops, full)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        self.model.eval()
+        logits, depth = early_exit_predict(self.model, batch.input_ids, batch.attention_mask, self.speed)
+        config, L = self.model.config, self.model.config.num_layers
+        flops, full = [], []
+        for t, d in zip(batch.attention_mask.sum(1).tolist(), depth.tolist()):
+            branches = d if d < L else L - 1  # each branch passed costs one small classifier
+            flops.append(plan_forward_flops(config, ExecutionPlan.first(d, config.num_heads), t, classify=d == L)
+                         + branches * classifier_flops(config))
+            full.append(full_forward_flops(config, t))
+        return Prediction(logits, torch.tensor(flops, dtype=torch.float64), torch.tensor(full, dtype=torch.float64))
+
+
+register("fastbert", FastBERTMethod)

@@ -1,0 +1,121 @@
+"""BL2 students and BL3 FastBERT on the tiny backbone."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import random_batch
+from dht.baselines import distillation_loss, early_exit_predict, normalised_entropy, student_layers
+from dht.cli import main
+from dht.data import Batch
+from dht.model import DynamicEncoder, ExecutionPlan
+from dht.training.config import RunConfig, TrainConfig
+from dht.training.loop import train
+from dht.training.setup import prepare
+
+SMALL = TrainConfig(epochs=1, batch_size=16, max_train=48, max_test=32, seed=1)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A finished tiny BL1 run."""
+    path = tmp_path_factory.mktemp("bl1") / "run"
+    train(RunConfig(backbone="tiny", train=SMALL), path, progress=False)
+    return path
+
+
+def test_student_layers_are_uniformly_spaced():
+    assert student_layers(6, 3) == (0, 2, 4)
+    assert student_layers(12, 6) == (0, 2, 4, 6, 8, 10)
+    assert student_layers(6, 1) == (0,)
+    assert student_layers(4, 4) == (0, 1, 2, 3)
+    with pytest.raises(ValueError, match="--layers"):
+        student_layers(6, 7)
+
+
+def test_student_starts_as_the_teacher_over_its_layers(teacher):
+    prepared = prepare(RunConfig(method="distil", backbone="tiny", train=SMALL,
+                                 options={"teacher": str(teacher), "layers": 2}))
+    method = prepared.method
+    ids, mask = random_batch(vocab=1000)
+    batch = Batch(ids, mask, torch.zeros(len(ids), dtype=torch.long), torch.arange(len(ids)))
+    student = method.predict(batch).logits
+    saved = DynamicEncoder(method.teacher.config).eval()
+    saved.load_state_dict(method.teacher.state_dict())
+    with torch.no_grad():
+        expected = saved(ids, mask, ExecutionPlan((0, 2), ((0, 1, 2, 3),) * 2))
+    assert torch.allclose(student, expected, atol=1e-6)
+
+
+def test_distillation_loss_by_hand():
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    teacher = torch.tensor([[1.0, 0.5, 0.0], [0.0, 3.0, -1.0]])
+    labels = torch.tensor([0, 1])
+    assert distillation_loss(student, teacher, labels, 2.0, 0.0) == pytest.approx(float(F.cross_entropy(student, labels)))
+    assert distillation_loss(teacher, teacher, labels, 3.0, 1.0) == pytest.approx(0.0, abs=1e-7)
+    p_t, p_s = F.softmax(teacher / 2, -1), F.softmax(student / 2, -1)
+    kl = float((p_t * (p_t.log() - p_s.log())).sum(-1).mean())
+    expected = 0.3 * 4 * kl + 0.7 * float(F.cross_entropy(student, labels))
+    assert distillation_loss(student, teacher, labels, 2.0, 0.3) == pytest.approx(expected, rel=1e-6)
+
+
+def test_normalised_entropy_and_exit_rule():
+    assert normalised_entropy(torch.zeros(1, 4)).item() == pytest.approx(1.0)
+    assert normalised_entropy(torch.tensor([[50.0, 0, 0, 0]])).item() < 1e-6
+    p = torch.tensor([[0.7, 0.1, 0.1, 0.1]])
+    assert normalised_entropy(p.log()).item() == pytest.approx(float(-(p * p.log()).sum() / math.log(4)), rel=1e-6)
+
+
+def branchy_model(seed=0):
+    """A tiny model with sharp random branch classifiers, so samples exit at different layers."""
+    from conftest import tiny_config
+    torch.manual_seed(seed)
+    model = DynamicEncoder(tiny_config(branch_classifiers=True)).eval()
+    for branch in model.branches:
+        torch.nn.init.normal_(branch.weight, std=0.5)
+    return model
+
+
+def test_batched_early_exit_equals_each_sample_alone():
+    model = branchy_model()
+    ids, mask = random_batch(batch=8, length=10)
+    logits, depth = early_exit_predict(model, ids, mask, speed=0.5)
+    assert len(set(depth.tolist())) > 1  # the batch really splits
+    for i in range(8):
+        n = int(mask[i].sum())
+        alone, alone_depth = early_exit_predict(model, ids[i:i + 1, :n], mask[i:i + 1, :n], speed=0.5)
+        assert alone_depth.item() == depth[i].item()
+        assert torch.allclose(alone[0], logits[i], atol=1e-5)
+
+
+def test_exiting_at_the_last_layer_equals_the_full_model():
+    model = branchy_model()
+    ids, mask = random_batch(batch=6)
+    logits, depth = early_exit_predict(model, ids, mask, speed=0.0)
+    assert (depth == 4).all()
+    with torch.no_grad():
+        assert torch.allclose(logits, model(ids, mask), atol=1e-6)
+
+
+def test_fastbert_trains_only_its_branches_and_saves_them(teacher, tmp_path):
+    run = RunConfig(method="fastbert", backbone="tiny", train=SMALL, options={"teacher": str(teacher), "speed": 0.3})
+    metrics = train(run, tmp_path / "fb", progress=False)
+    from safetensors.torch import load_file
+    before, after = load_file(str(teacher / "model.safetensors")), load_file(str(tmp_path / "fb" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(k.startswith("branches.") for k in after)
+    assert 0.33 < metrics["train"]["flop_ratio"] < 0.4  # a frozen forward plus tiny branch updates
+    # An unsure model exits late and pays for the branches on top of the full model; speed 1 exits at layer 1.
+    assert 0.25 < metrics["test"]["flop_ratio"] < 1.01
+    eager = train(RunConfig(method="fastbert", backbone="tiny", train=SMALL, options={"teacher": str(teacher), "speed": 1.0}),
+                  tmp_path / "eager", progress=False)
+    assert eager["test"]["flop_ratio"] == pytest.approx(0.25, abs=0.01)
+
+
+def test_methods_that_need_a_teacher_say_so(tmp_path, capsys):
+    for method in ("distil", "fastbert"):
+        code = main(["train", "--method", method, "--backbone", "tiny", "--output", str(tmp_path / method), "--quiet"])
+        assert code == 2 and "--teacher" in capsys.readouterr().err
+        assert not (tmp_path / method).exists()
