@@ -63,6 +63,11 @@ def bench_dht(W: torch.Tensor, rewards: torch.Tensor, gen: torch.Generator) -> d
 
     r = {}
     r["linucb_select_10k_s"] = timed(in_batches(lambda lo, hi: linucb.select(W[lo:hi])))
+    threads = torch.get_num_threads()
+    for n in sorted({1, os.cpu_count() or 1}):  # the headline figure on one and on all cores
+        torch.set_num_threads(n)
+        r[f"linucb_select_10k_{n}_threads_s"] = timed(in_batches(lambda lo, hi: linucb.select(W[lo:hi])))
+    torch.set_num_threads(threads)
     r["linucb_select_10k_one_call_s"] = timed(lambda: linucb.select(W))
     r["linucb_select_10k_float64_s"] = timed(in_batches(lambda lo, hi: linucb.select(W64[lo:hi])), 3)
     r["linucb_select_10k_greedy_s"] = timed(in_batches(lambda lo, hi: linucb.select(W[lo:hi], greedy=True)))
@@ -116,6 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    load_at_start = os.getloadavg()[0]
     gen = torch.Generator().manual_seed(0)
     W = torch.randn(N_DECISIONS, N_ARMS, DIM, generator=gen) / DIM**0.5  # (n, N, d) float32
     rewards = torch.randn(N_DECISIONS, generator=gen, dtype=torch.float64)
@@ -124,6 +130,8 @@ def main() -> None:
     result["medians_s"] = {k: v[1] for k, v in timings.items() if isinstance(v, tuple)}
     ours, theirs = result["linucb_select_10k_s"], result.get("mabwiser_linucb_select_10k_s")
     result["mabwiser_over_dht_linucb_select"] = theirs / ours if theirs else None
+    ours64 = result["linucb_select_10k_float64_s"]
+    result["mabwiser_over_dht_linucb_select_float64"] = theirs / ours64 if theirs else None
     result["target_linucb_select_10k_s"] = 0.10
     result["meets_target"] = ours <= 0.10
     result["setup"] = {
@@ -137,9 +145,12 @@ def main() -> None:
         "(3 for float64, TS update and mabwiser select; 2 for mabwiser update)",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "command": "python bench/bandit_speed.py" + " ".join([""] + sys.argv[1:]),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
+        "load_average_1min": [load_at_start, os.getloadavg()[0]],  # at start and end
+        "note": "the 2 cores are shared with other jobs; when another process holds a core, 2-thread "
+        "OpenMP runs stall at barriers, so linucb_select_10k_{1,2}_threads_s report both settings",
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 from pathlib import Path
 
 import torch
 
-from dht.training.loop import evaluate, load_run
+from dht.benchmark import time_inference
+from dht.training.loop import load_run
 
 
 def main() -> None:
@@ -32,13 +32,7 @@ def main() -> None:
     samples = {len(p.test) for p in prepared}
     if len(samples) != 1:
         parser.error(f"the runs evaluate different test sets (sizes {sorted(samples)})")
-    seconds: list[list[float]] = [[] for _ in prepared]
-    results = [None] * len(prepared)
-    for _ in range(args.rounds):
-        for i, p in enumerate(prepared):
-            results[i] = evaluate(p)
-            seconds[i].append(results[i]["seconds"])
-    median = [statistics.median(s) for s in seconds]
+    results, median = time_inference(prepared, args.rounds)
     rows = []
     for run, p, result, wall in zip(args.runs, prepared, results, median):
         rows.append({"run": str(run), "method": p.run.method, "config": p.run.options.get("config"),

@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", default=None, help="dataset folder (default: the run's own)")
     evaluate.add_argument("--quiet", action="store_true")
+    bench = commands.add_parser("bench", help="run every method and write the paper's Tables 1-2 and a Pareto plot")
+    bench.add_argument("--quick", action="store_true", help="1 epoch on 1,000 training and 500 test rows")
+    bench.add_argument("--data", default="", help="dataset folder (default: the embedded AG News)")
+    bench.add_argument("--backbone", default="minilm-l6")
+    bench.add_argument("--output", type=Path, default=Path("runs/bench"))
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -89,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             metrics = train(run_config(args), output, resume=args.resume, progress=not args.quiet)
             print(summary(metrics))
             print(f"run folder: {output}")
+        elif args.command == "bench":
+            from dht.benchmark import run_bench
+
+            run_bench(args.data, args.backbone, args.output, args.quick, args.seed, progress=not args.quiet)
+            print((args.output / "table1.md").read_text() + "\n" + (args.output / "table2.md").read_text())
+            print(f"bench folder: {args.output}")
         else:
             result = evaluate_run(args.run_dir, args.data, progress=not args.quiet)
             test = result["test"]

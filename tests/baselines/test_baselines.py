@@ -119,3 +119,19 @@ def test_methods_that_need_a_teacher_say_so(tmp_path, capsys):
         code = main(["train", "--method", method, "--backbone", "tiny", "--output", str(tmp_path / method), "--quiet"])
         assert code == 2 and "--teacher" in capsys.readouterr().err
         assert not (tmp_path / method).exists()
+
+
+def test_bench_runs_every_method_and_skips_finished_runs(tmp_path, monkeypatch):
+    import dht.benchmark as bench
+    monkeypatch.setitem(bench.QUICK, "max_train", 32)
+    monkeypatch.setitem(bench.QUICK, "max_test", 16)
+    rows = bench.run_bench("", "tiny", tmp_path, quick=True, rounds=1, progress=False)
+    names = [r["config"] for r in rows]
+    assert names[0] == "full" and {"distil-1", "distil-2", "fastbert-0.5", "s-dht", "p-dht"} <= set(names)
+    assert rows[0]["test_wall_ratio"] == 1.0
+    assert all(0 < r["test_flop_ratio"] <= 1.01 for r in rows)
+    for name in ("table1.md", "table2.md", "results.json", "pareto.png", "selection-s-dht.png"):
+        assert (tmp_path / name).is_file()
+    stamp = (tmp_path / "runs" / "full" / "metrics.json").stat().st_mtime
+    bench.run_bench("", "tiny", tmp_path, quick=True, rounds=1, progress=False)
+    assert (tmp_path / "runs" / "full" / "metrics.json").stat().st_mtime == stamp  # not redone

@@ -1,0 +1,143 @@
+"""`dht bench`: every method on the same data, budget and seed, one FLOP counter and one clock.
+
+Runs BL1 (full model), BL2 (students of 1, 3 and N_L/2 layers), BL3 (FastBERT at speeds 0.1, 0.5,
+0.8) and the four DHT presets into OUTPUT/runs/NAME (a finished run is not redone; an interrupted one
+is resumed), then times every run's inference in one process, round-robin, and writes the paper's
+Table 1 (training) and Table 2 (inference) as markdown, ``results.json`` and ``pareto.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from dht.training.config import RunConfig, TrainConfig
+from dht.training.loop import evaluate, load_run, train
+from dht.training.setup import Prepared
+
+QUICK = {"max_train": 1000, "max_test": 500, "epochs": 1}  # --quick: minutes on a laptop CPU
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One run of the bench: its folder name, method and method options."""
+
+    name: str
+    method: str
+    options: dict[str, Any]
+
+
+def entries(num_layers: int, teacher: Path) -> list[Entry]:
+    """The bench's runs; BL1 comes first because BL2 and BL3 start from it."""
+    depths = sorted({1, min(3, num_layers), max(1, num_layers // 2)})
+    runs = [Entry("full", "full", {})]
+    runs += [Entry(f"distil-{d}", "distil", {"teacher": str(teacher), "layers": d}) for d in depths]
+    runs += [Entry(f"fastbert-{s}", "fastbert", {"teacher": str(teacher), "speed": s}) for s in (0.1, 0.5, 0.8)]
+    runs += [Entry(preset, "dht", {"config": preset}) for preset in ("t-dht", "s-dht", "f-dht", "p-dht")]
+    return runs
+
+
+def train_all(base: RunConfig, output: Path, num_layers: int, progress: bool) -> list[Entry]:
+    """Train every entry that has no metrics.json yet (resuming those with a checkpoint)."""
+    runs = entries(num_layers, output / "runs" / "full")
+    for i, entry in enumerate(runs, 1):
+        folder = output / "runs" / entry.name
+        if (folder / "metrics.json").is_file():
+            print(f"[{i}/{len(runs)}] {entry.name}: done already")
+            continue
+        print(f"[{i}/{len(runs)}] {entry.name}: training")
+        resume = (folder / "checkpoint" / "state.json").is_file()
+        train(replace(base, method=entry.method, options=entry.options), folder, resume=resume, progress=progress)
+    return runs
+
+
+def time_inference(prepared: list[Prepared], rounds: int) -> tuple[list[dict[str, Any]], list[float]]:
+    """Evaluate each run ``rounds`` times, round-robin; return the last results and median seconds."""
+    seconds: list[list[float]] = [[] for _ in prepared]
+    results: list[dict[str, Any]] = [{} for _ in prepared]
+    for _ in range(rounds):
+        for i, p in enumerate(prepared):
+            results[i] = evaluate(p)
+            seconds[i].append(results[i]["seconds"])
+    return results, [statistics.median(s) for s in seconds]
+
+
+def result_rows(output: Path, runs: list[Entry], rounds: int) -> list[dict[str, Any]]:
+    """One row per run: training figures from its metrics.json, inference timed here, on one clock."""
+    prepared = [load_run(output / "runs" / entry.name) for entry in runs]
+    tests, seconds = time_inference(prepared, rounds)
+    rows = []
+    for entry, test, wall in zip(runs, tests, seconds):
+        trained = json.loads((output / "runs" / entry.name / "metrics.json").read_text(encoding="utf-8"))["train"]
+        config = {k: v for k, v in entry.options.items() if k != "teacher"}
+        rows.append({"method": entry.method, "config": entry.name, "options": config,
+                     "f1_macro": test["f1_macro"], "accuracy": test["accuracy"],
+                     "train_flop_ratio": trained["flop_ratio"], "train_flop_ratio_all_in": trained["flop_ratio_all_in"],
+                     "test_flop_ratio": test["flop_ratio"], "test_flop_ratio_all_in": test["flop_ratio_all_in"],
+                     "test_wall_ratio": wall / seconds[0], "train_seconds": trained["seconds"], "test_seconds": wall})
+    return rows
+
+
+def tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """Table 1 (training) and Table 2 (inference) in markdown."""
+    one = ["| run | macro-F1 | train FLOP ratio | train FLOP ratio (all-in) | train seconds |", "|---|---|---|---|---|"]
+    two = ["| run | macro-F1 | accuracy | inference FLOP ratio | inference FLOP ratio (all-in) | wall-time ratio vs BL1 |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        one.append(f"| {r['config']} | {r['f1_macro']:.4f} | {r['train_flop_ratio']:.3f} "
+                   f"| {r['train_flop_ratio_all_in']:.3f} | {r['train_seconds']:.0f} |")
+        two.append(f"| {r['config']} | {r['f1_macro']:.4f} | {r['accuracy']:.4f} | {r['test_flop_ratio']:.3f} "
+                   f"| {r['test_flop_ratio_all_in']:.3f} | {r['test_wall_ratio']:.3f} |")
+    return "\n".join(one) + "\n", "\n".join(two) + "\n"
+
+
+def plot_pareto(rows: list[dict[str, Any]], out: Path) -> None:
+    """Macro-F1 against inference FLOP ratio (all-in), one marker per method, BL1 marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"full": "*", "distil": "s", "fastbert": "^", "dht": "o"}
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for method, marker in markers.items():
+        chosen = [r for r in rows if r["method"] == method]
+        if chosen:
+            ax.scatter([r["test_flop_ratio_all_in"] for r in chosen], [r["f1_macro"] for r in chosen],
+                       marker=marker, s=160 if method == "full" else 60, label=method)
+            for r in chosen:
+                ax.annotate(r["config"], (r["test_flop_ratio_all_in"], r["f1_macro"]), fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("inference FLOP ratio vs BL1 (all-in)")
+    ax.set_ylabel("test macro-F1")
+    ax.set_title("Accuracy against inference cost")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def run_bench(data: str, backbone: str, output: Path, quick: bool, seed: int = 0, rounds: int = 2,
+              progress: bool = True) -> list[dict[str, Any]]:
+    """Train what is missing, time inference, write the tables, results.json and the plots."""
+    from dht.model import resolve_backbone
+
+    train_config = TrainConfig(seed=seed, **(QUICK if quick else {}))
+    base = RunConfig(data=data, backbone=backbone, train=train_config)
+    num_layers = resolve_backbone(backbone).config.num_layers
+    runs = train_all(base, output, num_layers, progress)
+    print("timing inference of every run, round-robin")
+    rows = result_rows(output, runs, rounds)
+    table1, table2 = tables(rows)
+    (output / "table1.md").write_text(table1, encoding="utf-8")
+    (output / "table2.md").write_text(table2, encoding="utf-8")
+    (output / "results.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    plot_pareto(rows, output / "pareto.png")
+    for entry in runs:
+        if entry.method == "dht" and (output / "runs" / entry.name / "selection.png").is_file():
+            shutil.copy(output / "runs" / entry.name / "selection.png", output / f"selection-{entry.name}.png")
+    return rows
