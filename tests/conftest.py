@@ -27,3 +27,12 @@ def random_batch(batch: int = 5, length: int = 12, vocab: int = 100, seed: int =
     lengths[0] = length
     mask = torch.arange(length)[None, :] < lengths[:, None]
     return ids.masked_fill(~mask, 0), mask
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run single-threaded: on a shared 2-core machine OpenMP barriers stall tiny ops."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

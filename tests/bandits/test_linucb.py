@@ -8,13 +8,7 @@ from dht.bandits import LinUCB, LinUCBConfig
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run single-threaded: on a shared 2-core machine OpenMP barriers stall tiny ops."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ridge(X, r, lam):
@@ -66,6 +60,27 @@ def test_scores_follow_algorithm_1_line_6():
     torch.testing.assert_close(bandit.scores(W.float()), expected.float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(bandit.scores(W, greedy=True), torch.einsum("bnd,nd->bn", W, bandit.theta))
     assert torch.equal(bandit.select(W), expected.argmax(dim=1))
+
+
+@pytest.mark.parametrize("dim", [1, 2, 7])
+def test_scores_for_small_and_odd_dims(dim):
+    bandit, *_ = _fed(dim=dim, rows=80)
+    W = torch.randn(9, 4, dim, dtype=F64, generator=torch.Generator().manual_seed(7))
+    width = torch.einsum("bnd,nde,bne->bn", W, bandit.A_inv, W).sqrt()
+    expected = torch.einsum("bnd,nd->bn", W, bandit.theta) + width
+    torch.testing.assert_close(bandit.scores(W), expected, rtol=0, atol=1e-12)
+
+
+def test_a_inv_indefinite_by_rounding_still_scores():
+    """A loaded A⁻¹ whose smallest eigenvalue rounds below 0 is factored with a tiny ridge."""
+    bandit = LinUCB(LinUCBConfig(1, 3))
+    state = bandit.state_dict()
+    state["A_inv"] = torch.tensor([[[1.0, 1.0, 0.5], [1.0, 1.0 - 1e-15, 0.5], [0.5, 0.5, 1.0]]], dtype=F64)
+    assert torch.linalg.eigvalsh(state["A_inv"]).min() < 0
+    bandit.load_state_dict(state)
+    W = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]], dtype=F64)[:, None, :]
+    expected = torch.tensor([[0.0], [1.0], [7.0**0.5]], dtype=F64)  # sqrt(wᵀA⁻¹w), θ = 0
+    torch.testing.assert_close(bandit.scores(W), expected, rtol=0, atol=1e-5)
 
 
 def test_alpha_zero_is_greedy():

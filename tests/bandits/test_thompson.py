@@ -9,13 +9,7 @@ from dht.bandits import LogisticTS, LogisticTSConfig
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run single-threaded: on a shared 2-core machine OpenMP barriers stall tiny ops."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_batch(B, n, d, seed, scale=1.0):
