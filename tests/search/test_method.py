@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from dht.search.arms import Arm, preset
 from dht.search.layout import arm_layout
 from dht.training.config import RunConfig, TrainConfig
-from dht.training.loop import train
+from dht.training.loop import evaluate_run, train
 from dht.training.setup import prepare
 
 SMALL = TrainConfig(epochs=2, batch_size=8, max_train=48, max_test=24, seed=5, checkpoint_every=2)
@@ -89,3 +89,6 @@ def test_run_records_costs_and_plots(tmp_path):
     assert 0 < train_cost["flop_ratio"] < train_cost["flop_ratio_all_in"]
     assert 0 < test_cost["flop_ratio"] <= test_cost["flop_ratio_all_in"] <= 1.05
     assert sum(metrics["selection"]["arms"][0].values()) == pytest.approx(1.0)
+    again = evaluate_run(run, progress=False)  # bandits, normalisers and features reload from method.json
+    assert {k: again["test"][k] for k in ("accuracy", "f1_macro", "flop_ratio")} == \
+        {k: metrics["test"][k] for k in ("accuracy", "f1_macro", "flop_ratio")}
