@@ -124,7 +124,7 @@ class DHTMethod(Method):
 
     @torch.no_grad()
     def _probe(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """S1: hidden states after the probe layers (no grad, no dropout) and the UCB's vectors w."""
+        """S1: hidden states after the probe layers (no grad, no dropout) and the normalised context x."""
         was_training = self.model.training
         self.model.eval()
         mask = batch.attention_mask
@@ -141,7 +141,7 @@ class DHTMethod(Method):
         lengths = batch.attention_mask.sum(1).tolist()
         probe = ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h)
         self.overhead += sum(plan_forward_flops(self.model.config, probe, t, classify=False) for t in lengths)
-        self.overhead += linucb_flops(len(batch), len(self.arms), 168, update=False)
+        self.overhead += linucb_flops(len(batch), len(self.arms), self.ucb_top.config.dim, update=False)
         released = []
         for i, arm in enumerate(chosen):
             item = {"index": int(batch.index[i]), "ids": batch.input_ids[i, :lengths[i]].tolist(),
@@ -226,11 +226,12 @@ class DHTMethod(Method):
         embeddings_trainable = any(p.requires_grad for p in self.model.embeddings.parameters())
         flops = sum(plan_train_flops(config, p, t, frozen, embeddings_trainable) for p, t in zip(plans, lengths))
         full = sum(full_train_flops(config, t) for t in lengths)
-        bandits = linucb_flops(B, len(self.arms), 168, update=True) + len(decisions) * (
-            thompson_flops(B, self.N_h, 24, False) + thompson_flops(B, self.N_h, 24, True))
+        top, heads, ts = self.ucb_top.config.dim, self.ucb_h.config.dim, self.tsb.config.dim
+        bandits = linucb_flops(B, len(self.arms), top, update=True) + len(decisions) * (
+            thompson_flops(B, self.N_h, ts, False) + thompson_flops(B, self.N_h, ts, True))
         if self.search.mode == "tree":
-            bandits += len(decisions) * (linucb_flops(B, len(self.search.head_options), 84 + self.groups_max, False)
-                                         + linucb_flops(B, 1, 84 + self.groups_max, True))
+            bandits += len(decisions) * (linucb_flops(B, len(self.search.head_options), heads, False)
+                                         + linucb_flops(B, 1, heads, True))
         all_in, self.overhead = flops + self.overhead + bandits, 0.0
         records = [{"index": int(batch.index[i]), "arm": arms[i].label(self.N_h), "depth": arms[i].depth,
                     "heads": [list(g[i]) for g in per_group], "loss": float(losses[i].detach()),
@@ -247,7 +248,8 @@ class DHTMethod(Method):
         chosen = self.ucb_top.select(with_arm_features(x, self.features.top), greedy=True)
         logits = torch.empty(len(batch), self.model.config.num_classes)
         plans: list[ExecutionPlan | None] = [None] * len(batch)
-        overhead = torch.full((len(batch),), linucb_flops(1, len(self.arms), 168, update=False), dtype=torch.float64)
+        overhead = torch.full((len(batch),), linucb_flops(1, len(self.arms), self.ucb_top.config.dim, update=False),
+                              dtype=torch.float64)
         for depth in sorted({self.arms[a].depth for a in chosen.tolist()}):
             rows = torch.nonzero(torch.tensor([self.arms[a].depth == depth for a in chosen.tolist()])).flatten()
             part = Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.labels[rows], batch.index[rows])
@@ -259,7 +261,7 @@ class DHTMethod(Method):
             per_group = [kept_to_heads(kept) for _, _, _, kept, _ in decisions]
             for j, row in enumerate(rows.tolist()):
                 plans[row] = sample_plan(layout, [g[j] for g in per_group], self.N_h)
-            overhead[rows] += len(decisions) * thompson_flops(1, self.N_h, 24, False)
+            overhead[rows] += len(decisions) * thompson_flops(1, self.N_h, self.tsb.config.dim, False)
         flops, full = forward_costs(self.model, batch, plans)
         if self.phase_two:  # the first-layer probe was not part of the plan
             probe = ExecutionPlan.first(1, self.N_h)
