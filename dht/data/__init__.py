@@ -1,7 +1,7 @@
 """Data path: read dataset folders, tokenise texts, pad them into batches."""
 
 from dht.data.batching import Batch, collate, iterate_batches
-from dht.data.dataset import DataError, Dataset, TextSplit, default_dataset_dir, load_dataset
+from dht.data.dataset import DataError, Dataset, TextSplit, default_dataset_dir, read_dataset
 from dht.data.tokenize import TextTokenizer
 
 __all__ = [
@@ -13,5 +13,5 @@ __all__ = [
     "collate",
     "default_dataset_dir",
     "iterate_batches",
-    "load_dataset",
+    "read_dataset",
 ]

@@ -111,7 +111,7 @@ def default_dataset_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "datasets" / "ag_news"
 
 
-def load_dataset(directory: str | Path) -> Dataset:
+def read_dataset(directory: str | Path) -> Dataset:
     """Read classes.txt, train.csv and test.csv from a folder, checking every row."""
     if not isinstance(directory, (str, Path)):
         raise TypeError(f"directory must be str or Path, got {type(directory).__name__}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dht.data import Dataset, TextSplit, TextTokenizer, default_dataset_dir, load_dataset
+from dht.data import Dataset, TextSplit, TextTokenizer, default_dataset_dir, read_dataset
 from dht.model import DynamicEncoder, EncoderConfig, resolve_backbone
 from dht.training.config import RunConfig
 from dht.training.methods import Method, make_method
@@ -57,7 +57,7 @@ def encode_split(tokenizer: TextTokenizer, split: TextSplit) -> EncodedSplit:
 
 def prepare(run: RunConfig, data: str | None = None) -> Prepared:
     """Build a fresh run from its settings (pretrained backbone, new classifier, seeded)."""
-    dataset = load_dataset(dataset_dir(run) if data is None else Path(data))
+    dataset = read_dataset(dataset_dir(run) if data is None else Path(data))
     backbone = resolve_backbone(run.backbone)
     torch.manual_seed(run.train.seed)  # the classifier's initialisation
     model = backbone.build(dataset.num_classes, pooling=run.train.pooling)
@@ -73,7 +73,7 @@ def prepare_saved(run_dir: Path, data: str | None = None) -> Prepared:
 
     saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     run = RunConfig.from_dict(saved["run"])
-    dataset = load_dataset(dataset_dir(run) if data is None else Path(data))
+    dataset = read_dataset(dataset_dir(run) if data is None else Path(data))
     config = EncoderConfig.from_dict(saved["encoder"])
     if dataset.num_classes != config.num_classes:
         raise ValueError(f"{run_dir} was trained for {config.num_classes} classes, "

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dht.data import DataError, Dataset, TextSplit, default_dataset_dir, load_dataset
+from dht.data import DataError, Dataset, TextSplit, default_dataset_dir, read_dataset
 
 CLASSES = "World\nSports\nBusiness\nSci/Tech\n"
 
@@ -23,7 +23,7 @@ def make_dataset(root: Path, train, test="label,text\n1,a test\n", classes=CLASS
 def raises_at(directory: Path, file: str, line: int | None) -> DataError:
     """Load directory, expect a one-line DataError naming file and line, and return it."""
     with pytest.raises(DataError) as info:
-        load_dataset(directory)
+        read_dataset(directory)
     message = str(info.value)
     assert "\n" not in message
     expected = f"{directory / file}:{line}: " if line is not None else f"{directory / file}: "
@@ -37,7 +37,7 @@ def raises_at(directory: Path, file: str, line: int | None) -> DataError:
 
 def test_header_form_loads_with_zero_based_labels(tmp_path):
     d = make_dataset(tmp_path / "tiny", "label,text\n1,first\n4,\"second, with comma\"\n")
-    ds = load_dataset(d)
+    ds = read_dataset(d)
     assert ds.name == "tiny"
     assert ds.classes == ("World", "Sports", "Business", "Sci/Tech")
     assert ds.num_classes == 4
@@ -48,32 +48,32 @@ def test_header_form_loads_with_zero_based_labels(tmp_path):
 
 
 def test_headerless_two_column_form_loads(tmp_path):
-    ds = load_dataset(make_dataset(tmp_path, "2,hello\n3,world\n"))
+    ds = read_dataset(make_dataset(tmp_path, "2,hello\n3,world\n"))
     assert ds.train.texts == ("hello", "world")
     assert ds.train.labels == (1, 2)
 
 
 def test_official_three_column_form_joins_title_and_description(tmp_path):
     train = '"3","Wall St. Bears","Short-sellers are seeing green."\n"1","Title","Desc"\n'
-    ds = load_dataset(make_dataset(tmp_path, train, test='"2","T","D"\n'))
+    ds = read_dataset(make_dataset(tmp_path, train, test='"2","T","D"\n'))
     assert ds.train.texts == ("Wall St. Bears Short-sellers are seeing green.", "Title Desc")
     assert ds.train.labels == (2, 0)
     assert ds.test.labels == (1,)
 
 
 def test_three_column_header_is_skipped(tmp_path):
-    ds = load_dataset(make_dataset(tmp_path, "label,title,description\n1,t,d\n"))
+    ds = read_dataset(make_dataset(tmp_path, "label,title,description\n1,t,d\n"))
     assert ds.train.texts == ("t d",)
 
 
 def test_bom_crlf_blank_lines_and_multiline_fields_load(tmp_path):
     train = b'\xef\xbb\xbflabel,text\r\n1,"two\r\nlines"\r\n\r\n2,x\r\n'
-    ds = load_dataset(make_dataset(tmp_path, train))
+    ds = read_dataset(make_dataset(tmp_path, train))
     assert ds.train.texts == ("two\r\nlines", "x")
 
 
 def test_embedded_dataset_loads():
-    ds = load_dataset(default_dataset_dir())
+    ds = read_dataset(default_dataset_dir())
     assert ds.name == "ag_news"
     assert (len(ds.train), len(ds.test)) == (10_601, 7_600)
     assert ds.num_classes == 4
@@ -125,11 +125,11 @@ def test_missing_files_and_directory(tmp_path):
     raises_at(make_dataset(tmp_path / "b", None), "train.csv", None)
     raises_at(make_dataset(tmp_path / "c", "1,ok\n", classes=None), "classes.txt", None)
     with pytest.raises(DataError, match="no such directory"):
-        load_dataset(tmp_path / "nowhere")
+        read_dataset(tmp_path / "nowhere")
     with pytest.raises(DataError, match="not a directory"):
-        load_dataset(tmp_path / "a" / "train.csv")
+        read_dataset(tmp_path / "a" / "train.csv")
     with pytest.raises(TypeError):
-        load_dataset(3)
+        read_dataset(3)
 
 
 @pytest.mark.parametrize(
