@@ -94,6 +94,9 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
             open(output / "decisions.jsonl", "a", encoding="utf-8") as decisions:
         while counters["epoch"] < run.train.epochs:
             epoch = counters["epoch"]
+            # The clock runs from here to each step's end: it includes the method's work between steps
+            # (DHT's S1 probes, queueing and arm features), not checkpoint writing.
+            mark = time.perf_counter()
             if counters["batch"] == 0:
                 method.on_epoch_start(epoch, prepared.train.ids, prepared.pad_id)
             model.train()
@@ -105,7 +108,6 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
                        desc=f"epoch {epoch + 1}/{run.train.epochs}", disable=not progress, mininterval=1.0,
                        dynamic_ncols=True)
             for batch in bar:
-                started = time.perf_counter()
                 lr = learning_rate(counters["step"], total_steps, run.train.lr, run.train.warmup_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -114,7 +116,8 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
                 result.loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
                 optimizer.step()
-                seconds = time.perf_counter() - started
+                now = time.perf_counter()
+                seconds, mark = now - mark, now
                 all_in = result.flops if result.flops_all_in is None else result.flops_all_in
                 counters.update(batch=counters["batch"] + 1, step=counters["step"] + 1,
                                 seconds=counters["seconds"] + seconds, flops=counters["flops"] + result.flops,
@@ -135,6 +138,7 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
                     log.flush()
                     decisions.flush()
                     checkpoint()
+                    mark = time.perf_counter()
                 if stop:
                     return None
             counters.update(epoch=epoch + 1, batch=0)
