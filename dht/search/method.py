@@ -188,6 +188,13 @@ class DHTMethod(Method):
             h = model.run_plan(h, mask, ExecutionPlan(layout.suffix, (tuple(range(N_h)),) * len(layout.suffix)))
         return h, decisions
 
+    def _sample_plans(self, arms: list, decisions: list) -> tuple[list[list[tuple[int, ...]]], list[ExecutionPlan]]:
+        """Each group's kept heads per sample, and the ExecutionPlan each sample followed."""
+        layout = arm_layout(self.search, arms[0], self.phase_two)
+        per_group = [kept_to_heads(kept) for _, _, _, kept, _ in decisions]
+        plans = [sample_plan(layout, [g[i] for g in per_group], self.N_h) for i in range(len(arms))]
+        return per_group, plans
+
     def _update_bandits(self, batch: QueuedBatch, arms: list, losses: Tensor, decisions: list) -> dict[str, Tensor]:
         """§4 rewards (Eqs. 10-15), then every bandit's update (Alg. 1 lines 8-9; §3.2)."""
         s, prev = self.search, self.previous
@@ -218,9 +225,7 @@ class DHTMethod(Method):
                      rewards: dict[str, Tensor]) -> StepResult:
         """Cost of the step (paper-style and all-in) and one decision record per sample."""
         config, B = self.model.config, len(batch)
-        layout = arm_layout(self.search, arms[0], self.phase_two)
-        per_group = [kept_to_heads(kept) for _, _, _, kept, _ in decisions]
-        plans = [sample_plan(layout, [g[i] for g in per_group], self.N_h) for i in range(B)]
+        per_group, plans = self._sample_plans(arms, decisions)
         lengths = batch.attention_mask.sum(1).tolist()
         frozen = self.model.frozen_layers()
         embeddings_trainable = any(p.requires_grad for p in self.model.embeddings.parameters())
@@ -257,10 +262,8 @@ class DHTMethod(Method):
             reuse = not self.phase_two  # the probe is exactly the arms' all-heads prefix
             h, decisions = self._run_s2(part, arms, greedy=True, hidden=h_probe[rows] if reuse else None)
             logits[rows] = self.model.classify(h, part.attention_mask)
-            layout = arm_layout(self.search, arms[0], self.phase_two)
-            per_group = [kept_to_heads(kept) for _, _, _, kept, _ in decisions]
-            for j, row in enumerate(rows.tolist()):
-                plans[row] = sample_plan(layout, [g[j] for g in per_group], self.N_h)
+            for row, plan in zip(rows.tolist(), self._sample_plans(arms, decisions)[1]):
+                plans[row] = plan
             overhead[rows] += len(decisions) * thompson_flops(1, self.N_h, self.tsb.config.dim, False)
         flops, full = forward_costs(self.model, batch, plans)
         if self.phase_two:  # the first-layer probe was not part of the plan

@@ -118,11 +118,10 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
                 optimizer.step()
                 now = time.perf_counter()
                 seconds, mark = now - mark, now
-                all_in = result.flops if result.flops_all_in is None else result.flops_all_in
                 counters.update(batch=counters["batch"] + 1, step=counters["step"] + 1,
                                 seconds=counters["seconds"] + seconds, flops=counters["flops"] + result.flops,
                                 full_flops=counters["full_flops"] + result.full_flops,
-                                flops_all_in=counters["flops_all_in"] + all_in,
+                                flops_all_in=counters["flops_all_in"] + result.all_in,
                                 samples=counters["samples"] + len(batch))
                 loss = result.loss.item()
                 record = {"epoch": epoch, "step": counters["step"], "loss": loss, "lr": lr,
@@ -206,7 +205,7 @@ def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
         predictions[batch.index] = result.logits.argmax(-1)
         flops += float(result.flops.sum())
         full += float(result.full_flops.sum())
-        all_in += float((result.flops if result.flops_all_in is None else result.flops_all_in).sum())
+        all_in += float(result.all_in.sum())
     seconds = time.perf_counter() - started
     labels = torch.tensor(split.labels)
     num_classes = prepared.dataset.num_classes

@@ -32,6 +32,11 @@ class StepResult:
     extra: dict[str, Any] = field(default_factory=dict)  # logged with the step
     records: list[dict[str, Any]] = field(default_factory=list)  # per-sample decisions (decisions.jsonl)
 
+    @property
+    def all_in(self) -> float:
+        """FLOPs including overheads (equal to ``flops`` for methods without any)."""
+        return self.flops if self.flops_all_in is None else self.flops_all_in
+
 
 @dataclass
 class Prediction:
@@ -41,6 +46,11 @@ class Prediction:
     flops: Tensor  # (B,) FLOPs that ran for each sample
     full_flops: Tensor  # (B,) the full model's FLOPs on the same tokens
     flops_all_in: Tensor | None = None  # (B,) plus overheads; None means equal to flops
+
+    @property
+    def all_in(self) -> Tensor:
+        """Per-sample FLOPs including overheads (equal to ``flops`` for methods without any)."""
+        return self.flops if self.flops_all_in is None else self.flops_all_in
 
 
 class Method:
