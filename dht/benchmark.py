@@ -1,9 +1,11 @@
 """`dht bench`: every method on the same data, budget and seed, one FLOP counter and one clock.
 
 Runs BL1 (full model), BL2 (students of 1, 3 and N_L/2 layers), BL3 (FastBERT at speeds 0.1, 0.5,
-0.8) and the four DHT presets into OUTPUT/runs/NAME (a finished run is not redone; an interrupted one
+0.8) and the four DHT presets into OUTPUT/runs/FOLDER (a finished run is not redone; an interrupted one
 is resumed), then times every run's inference in one process, round-robin, and writes the paper's
 Table 1 (training) and Table 2 (inference) as markdown, ``results.json`` and ``pareto.png``.
+FastBERT's speed only decides where inference exits, so its branches are trained once and the three
+speeds are three evaluations of that one run (as FastBERT itself is used).
 """
 
 from __future__ import annotations
@@ -24,11 +26,18 @@ QUICK = {"max_train": 1000, "max_test": 500, "epochs": 1}  # --quick: minutes on
 
 @dataclass(frozen=True)
 class Entry:
-    """One run of the bench: its folder name, method and method options."""
+    """One row of the bench: its name, method and options, the run folder it trains (several rows may
+    share one) and the inference options it is evaluated with."""
 
     name: str
     method: str
     options: dict[str, Any]
+    folder: str = ""
+    overrides: dict[str, Any] | None = None
+
+    @property
+    def run(self) -> str:
+        return self.folder or self.name
 
 
 def entries(num_layers: int, teacher: Path) -> list[Entry]:
@@ -36,7 +45,8 @@ def entries(num_layers: int, teacher: Path) -> list[Entry]:
     depths = sorted({1, min(3, num_layers), max(1, num_layers // 2)})
     runs = [Entry("full", "full", {})]
     runs += [Entry(f"distil-{d}", "distil", {"teacher": str(teacher), "layers": d}) for d in depths]
-    runs += [Entry(f"fastbert-{s}", "fastbert", {"teacher": str(teacher), "speed": s}) for s in (0.1, 0.5, 0.8)]
+    runs += [Entry(f"fastbert-{s}", "fastbert", {"teacher": str(teacher), "speed": s}, "fastbert", {"speed": s})
+             for s in (0.1, 0.5, 0.8)]
     runs += [Entry(preset, "dht", {"config": preset}) for preset in ("t-dht", "s-dht", "f-dht", "p-dht")]
     return runs
 
@@ -45,11 +55,11 @@ def train_all(base: RunConfig, output: Path, num_layers: int, progress: bool) ->
     """Train every entry that has no metrics.json yet (resuming those with a checkpoint)."""
     runs = entries(num_layers, output / "runs" / "full")
     for i, entry in enumerate(runs, 1):
-        folder = output / "runs" / entry.name
+        folder = output / "runs" / entry.run
         if (folder / "metrics.json").is_file():
-            print(f"[{i}/{len(runs)}] {entry.name}: done already")
+            print(f"[{i}/{len(runs)}] {entry.name}: trained already ({folder})")
             continue
-        print(f"[{i}/{len(runs)}] {entry.name}: training")
+        print(f"[{i}/{len(runs)}] {entry.name}: training {folder}")
         resume = (folder / "checkpoint" / "state.json").is_file()
         train(replace(base, method=entry.method, options=entry.options), folder, resume=resume, progress=progress)
     return runs
@@ -68,11 +78,11 @@ def time_inference(prepared: list[Prepared], rounds: int) -> tuple[list[dict[str
 
 def result_rows(output: Path, runs: list[Entry], rounds: int) -> list[dict[str, Any]]:
     """One row per run: training figures from its metrics.json, inference timed here, on one clock."""
-    prepared = [load_run(output / "runs" / entry.name) for entry in runs]
+    prepared = [load_run(output / "runs" / entry.run, overrides=entry.overrides) for entry in runs]
     tests, seconds = time_inference(prepared, rounds)
     rows = []
     for entry, test, wall in zip(runs, tests, seconds):
-        trained = json.loads((output / "runs" / entry.name / "metrics.json").read_text(encoding="utf-8"))["train"]
+        trained = json.loads((output / "runs" / entry.run / "metrics.json").read_text(encoding="utf-8"))["train"]
         config = {k: v for k, v in entry.options.items() if k != "teacher"}
         rows.append({"method": entry.method, "config": entry.name, "options": config,
                      "f1_macro": test["f1_macro"], "accuracy": test["accuracy"],
@@ -138,6 +148,6 @@ def run_bench(data: str, backbone: str, output: Path, quick: bool, seed: int = 0
     (output / "results.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     plot_pareto(rows, output / "pareto.png")
     for entry in runs:
-        if entry.method == "dht" and (output / "runs" / entry.name / "selection.png").is_file():
-            shutil.copy(output / "runs" / entry.name / "selection.png", output / f"selection-{entry.name}.png")
+        if entry.method == "dht" and (output / "runs" / entry.run / "selection.png").is_file():
+            shutil.copy(output / "runs" / entry.run / "selection.png", output / f"selection-{entry.name}.png")
     return rows

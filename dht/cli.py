@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layers", type=int, default=None, help="student depth (method distil; default half)")
     train.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (method distil)")
     train.add_argument("--speed", type=float, default=0.5, help="entropy threshold of early exit (method fastbert)")
+    train.add_argument("--branch-lr", type=float, default=None,
+                       help="peak learning rate of FastBERT's branch classifiers (default 1e-3)")
     train.add_argument("--data", default="", help="dataset folder with train.csv, test.csv, classes.txt "
                                                    "(default: the embedded AG News)")
     train.add_argument("--backbone", default="minilm-l6",
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="re-evaluate a saved run")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", default=None, help="dataset folder (default: the run's own)")
+    evaluate.add_argument("--speed", type=float, default=None,
+                          help="early-exit threshold to evaluate a FastBERT run at (default: its own)")
     evaluate.add_argument("--quiet", action="store_true")
     bench = commands.add_parser("bench", help="run every method and write the paper's Tables 1-2 and a Pareto plot")
     bench.add_argument("--quick", action="store_true", help="1 epoch on 1,000 training and 500 test rows")
@@ -69,7 +73,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     options = {
         "dht": {"config": args.config},
         "distil": {"teacher": args.teacher, "layers": args.layers, "temperature": args.temperature},
-        "fastbert": {"teacher": args.teacher, "speed": args.speed},
+        "fastbert": {"teacher": args.teacher, "speed": args.speed, "branch_lr": args.branch_lr},
     }.get(args.method, {})
     options = {k: v for k, v in options.items() if v is not None}
     return RunConfig(method=args.method, data=args.data, backbone=args.backbone, train=train, options=options)
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             print((args.output / "table1.md").read_text() + "\n" + (args.output / "table2.md").read_text())
             print(f"bench folder: {args.output}")
         else:
-            result = evaluate_run(args.run_dir, args.data, progress=not args.quiet)
+            overrides = {"speed": args.speed} if args.speed is not None else None
+            result = evaluate_run(args.run_dir, args.data, progress=not args.quiet, overrides=overrides)
             test = result["test"]
             print(f"{args.run_dir} on {result['dataset']}: accuracy {test['accuracy']:.4f}, "
                   f"macro-F1 {test['f1_macro']:.4f}, FLOP ratio {test['flop_ratio']:.3f}, {test['seconds']:.1f} s")

@@ -108,7 +108,7 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
                        desc=f"epoch {epoch + 1}/{run.train.epochs}", disable=not progress, mininterval=1.0,
                        dynamic_ncols=True)
             for batch in bar:
-                lr = learning_rate(counters["step"], total_steps, run.train.lr, run.train.warmup_ratio)
+                lr = learning_rate(counters["step"], total_steps, method.peak_lr(), run.train.warmup_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 result = method.training_step(batch)
@@ -214,15 +214,15 @@ def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
             "samples": len(split)}
 
 
-def load_run(run_dir: Path, data: str | None = None) -> Prepared:
-    """Rebuild a finished run (model and method state) for evaluation."""
+def load_run(run_dir: Path, data: str | None = None, overrides: dict | None = None) -> Prepared:
+    """Rebuild a finished run (model and method state) for evaluation, with inference ``overrides``."""
     from safetensors.torch import load_file
 
     from dht.training.checkpoint import join_state
 
     if not (run_dir / "model.safetensors").is_file():
         raise ValueError(f"{run_dir}: not a finished run (no model.safetensors)")
-    prepared = prepare_saved(run_dir, data)
+    prepared = prepare_saved(run_dir, data, overrides)
     if (run_dir / "method.json").is_file():
         tensors = load_file(str(run_dir / "method.safetensors"))
         state = join_state(json.loads((run_dir / "method.json").read_text(encoding="utf-8")), tensors)
@@ -230,9 +230,11 @@ def load_run(run_dir: Path, data: str | None = None) -> Prepared:
     return prepared
 
 
-def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True) -> dict[str, Any]:
+def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True,
+                 overrides: dict | None = None) -> dict[str, Any]:
     """Re-evaluate a saved run on its test split (or another dataset folder's); write evaluation.json."""
-    prepared = load_run(run_dir, data)
-    result = {"run": str(run_dir), "dataset": prepared.dataset.name, "test": evaluate(prepared, progress)}
+    prepared = load_run(run_dir, data, overrides)
+    result = {"run": str(run_dir), "dataset": prepared.dataset.name, "options": prepared.run.options,
+              "test": evaluate(prepared, progress)}
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result

@@ -67,6 +67,10 @@ class Method:
         afterwards, and a saved run that is only evaluated never calls this."""
 
     # --- training ----------------------------------------------------------------------
+    def peak_lr(self) -> float:
+        """The peak of the learning-rate schedule: the run's --lr (FastBERT's new heads use their own)."""
+        return self.run.train.lr
+
     def training_batches(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         """Turn the loader's batches into the batches that are trained on (DHT re-queues them)."""
         return batches

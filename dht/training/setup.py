@@ -7,7 +7,7 @@ input writes nothing.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -67,12 +67,17 @@ def prepare(run: RunConfig, data: str | None = None) -> Prepared:
     return prepared
 
 
-def prepare_saved(run_dir: Path, data: str | None = None) -> Prepared:
-    """Rebuild a saved run (its config.json, tokenizer.json and model.safetensors)."""
+def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None = None) -> Prepared:
+    """Rebuild a saved run (its config.json, tokenizer.json and model.safetensors); ``overrides`` replaces
+    inference options the run already has (e.g. FastBERT's speed)."""
     from dht.training.checkpoint import load_model
 
     saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     run = RunConfig.from_dict(saved["run"])
+    for key in overrides or {}:
+        if key not in run.options:
+            raise ValueError(f"{run_dir}: a {run.method} run has no option {key!r} to change")
+    run = replace(run, options={**run.options, **(overrides or {})})
     dataset = read_dataset(dataset_dir(run) if data is None else Path(data))
     config = EncoderConfig.from_dict(saved["encoder"])
     if dataset.num_classes != config.num_classes:

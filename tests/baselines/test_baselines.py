@@ -1,5 +1,6 @@
 """BL2 students and BL3 FastBERT on the tiny backbone."""
 
+import json
 import math
 
 import pytest
@@ -114,6 +115,30 @@ def test_fastbert_trains_only_its_branches_and_saves_them(teacher, tmp_path):
     assert eager["test"]["flop_ratio"] == pytest.approx(0.25, abs=0.01)
 
 
+def test_fastbert_branches_start_as_the_final_classifier_and_train_at_their_own_rate(teacher):
+    prepared = prepare(RunConfig(method="fastbert", backbone="tiny", train=SMALL, options={"teacher": str(teacher)}))
+    final = prepared.model.classifier
+    assert len(prepared.model.branches) == 3
+    for branch in prepared.model.branches:
+        assert torch.equal(branch.weight, final.weight) and torch.equal(branch.bias, final.bias)
+    assert prepared.method.peak_lr() == 1e-3 != SMALL.lr
+    custom = prepare(RunConfig(method="fastbert", backbone="tiny", train=SMALL,
+                               options={"teacher": str(teacher), "branch_lr": 5e-3}))
+    assert custom.method.peak_lr() == 5e-3
+
+
+def test_a_fastbert_run_is_evaluated_at_another_speed(teacher, tmp_path, capsys):
+    run = RunConfig(method="fastbert", backbone="tiny", train=SMALL, options={"teacher": str(teacher), "speed": 0.0})
+    metrics = train(run, tmp_path / "fb", progress=False)
+    assert metrics["test"]["flop_ratio"] > 1.0  # speed 0 never exits and pays for every branch
+    assert main(["evaluate", str(tmp_path / "fb"), "--speed", "1.0", "--quiet"]) == 0
+    result = json.loads((tmp_path / "fb" / "evaluation.json").read_text())
+    assert result["options"]["speed"] == 1.0
+    assert result["test"]["flop_ratio"] == pytest.approx(0.25, abs=0.01)  # every sample exits after layer 1
+    assert main(["evaluate", str(teacher), "--speed", "0.5", "--quiet"]) == 2
+    assert "no option 'speed'" in capsys.readouterr().err
+
+
 def test_methods_that_need_a_teacher_say_so(tmp_path, capsys):
     for method in ("distil", "fastbert"):
         code = main(["train", "--method", method, "--backbone", "tiny", "--output", str(tmp_path / method), "--quiet"])
@@ -128,6 +153,10 @@ def test_bench_runs_every_method_and_skips_finished_runs(tmp_path, monkeypatch):
     rows = bench.run_bench("", "tiny", tmp_path, quick=True, rounds=1, progress=False)
     names = [r["config"] for r in rows]
     assert names[0] == "full" and {"distil-1", "distil-2", "fastbert-0.5", "s-dht", "p-dht"} <= set(names)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.name.startswith("fastbert")) == ["fastbert"]
+    fastbert = {r["config"]: r for r in rows if r["method"] == "fastbert"}  # one training, three speeds
+    assert len({r["train_seconds"] for r in fastbert.values()}) == 1
+    assert fastbert["fastbert-0.1"]["test_flop_ratio"] >= fastbert["fastbert-0.8"]["test_flop_ratio"]
     assert rows[0]["test_wall_ratio"] == 1.0
     assert all(0 < r["test_flop_ratio"] <= 1.01 for r in rows)
     for name in ("table1.md", "table2.md", "results.json", "pareto.png", "selection-s-dht.png"):
