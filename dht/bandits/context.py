@@ -29,8 +29,9 @@ def multiscale_pool(
     mask: Tensor,
     seq_splits: tuple[int, ...] = (1, 2),
     emb_splits: tuple[int, ...] = (4, 8, 16),
+    slices: int = 1,
 ) -> Tensor:
-    """§7.1: multiscale mean pooling of a hidden state; h (B, T, E), mask (B, T) -> (B, P·Q).
+    """§7.1: multiscale mean pooling of a hidden state; h (B, T, E), mask (B, T) -> (B, P·Q), float64.
 
     mask is bool or 0/1 (True = real token); padding may sit anywhere and hold any value, NaN
     included. For each s in seq_splits the real tokens are split into s parts (see the module
@@ -38,12 +39,19 @@ def multiscale_pool(
     e in emb_splits and averaged. Output order: sequence part major, then embedding part
     (s = 1 first, then the parts of s = 2, ...). Defaults give 84 dims; (1, 2) × (2, 4, 8) gives
     42; (1,) × (4, 8) gives 12 (TSB, on a head's slice of h).
+
+    slices > 1 pools each of ``slices`` equal slices of the embedding axis on its own (TSB: one slice
+    per head) -> (B, slices, P·Q); the sequence parts are shared, so they are averaged once. The
+    sequence averages are taken in h's dtype (float32 states stay float32 through the big product)
+    and the small result is then promoted to float64.
     """
     _check_splits("seq_splits", seq_splits)
     _check_splits("emb_splits", emb_splits)
     check_tensor("h", h, (None, None, None), "(B, T, E)", floating=True)
     B, T, E = h.shape
     check_tensor("mask", mask, (B, T), "(B, T)")
+    if slices < 1 or E % slices:
+        raise ValueError(f"slices must be a positive divisor of the embedding size {E}, got {slices}")
     if mask.dtype != torch.bool:
         if mask.numel() and not ((mask == 0) | (mask == 1)).all():
             raise ValueError("mask must be bool or hold only 0 and 1")
@@ -52,15 +60,18 @@ def multiscale_pool(
     if B and (n == 0).any():
         raise ValueError(f"mask has samples with no real tokens: {torch.nonzero(n == 0)[:, 0].tolist()}")
     h = h.masked_fill(~mask[..., None], 0.0)  # padding values never reach the sums
-    check_finite("h (real tokens)", h)
     rank = mask.cumsum(dim=1) - 1  # (B, T) position among the real tokens
     seq_w = torch.cat([_part_weights(rank, mask, n, s) for s in seq_splits], dim=1)  # (B, P, T)
-    pooled = torch.bmm(seq_w.to(h.dtype), h)  # (B, P, E)
-    pos = torch.arange(E)[None]  # (1, E)
-    every = torch.ones(1, E, dtype=torch.bool)
-    emb_w = torch.cat([_part_weights(pos, every, torch.tensor([E]), e)[0] for e in emb_splits])  # (Q, E)
-    out = pooled @ emb_w.to(h.dtype).T  # (B, P, Q)
-    return out.reshape(B, -1)  # (B, P·Q)
+    pooled = torch.bmm(seq_w.to(h.dtype), h).to(STAT_DTYPE)  # (B, P, E)
+    # Every real token has a positive weight in some part, so a NaN/inf among them reaches `pooled`.
+    check_finite("h (real tokens)", pooled)
+    width = E // slices
+    pooled = pooled.view(B, -1, slices, width).transpose(1, 2)  # (B, slices, P, width)
+    pos = torch.arange(width)[None]  # (1, width)
+    every = torch.ones(1, width, dtype=torch.bool)
+    emb_w = torch.cat([_part_weights(pos, every, torch.tensor([width]), e)[0] for e in emb_splits])  # (Q, width)
+    out = pooled @ emb_w.T  # (B, slices, P, Q)
+    return out.reshape(B, -1) if slices == 1 else out.reshape(B, slices, -1)
 
 
 def _part_weights(rank: Tensor, valid: Tensor, n: Tensor, s: int) -> Tensor:

@@ -29,20 +29,12 @@ HEAD_POOL = ((1,), (4, 8))  # TSB, on one head's slice: 12 dims
 
 def pool(h: Tensor, mask: Tensor, spec: tuple[tuple[int, ...], tuple[int, ...]]) -> Tensor:
     """Multiscale mean pooling of h (B, T, E) -> (B, D) in float64 (§7.1)."""
-    return multiscale_pool(h.detach().double(), mask, seq_splits=spec[0], emb_splits=spec[1])
-
-
-def head_slices(h: Tensor, num_heads: int) -> Tensor:
-    """h (B, T, E) -> (B·N_h, T, E/N_h): each head's slice of the hidden state, sample-major."""
-    B, T, E = h.shape
-    return h.view(B, T, num_heads, E // num_heads).permute(0, 2, 1, 3).reshape(B * num_heads, T, E // num_heads)
+    return multiscale_pool(h.detach(), mask, seq_splits=spec[0], emb_splits=spec[1])
 
 
 def head_contexts(h: Tensor, mask: Tensor, num_heads: int) -> Tensor:
-    """TSB contexts: pooled slice of each head, (B, N_h, 12)."""
-    B = h.shape[0]
-    pooled = pool(head_slices(h, num_heads), mask.repeat_interleave(num_heads, 0), HEAD_POOL)
-    return pooled.view(B, num_heads, -1)
+    """TSB contexts: the pooled slice of the hidden state that belongs to each head, (B, N_h, 12)."""
+    return multiscale_pool(h.detach(), mask, seq_splits=HEAD_POOL[0], emb_splits=HEAD_POOL[1], slices=num_heads)
 
 
 def standardise(z: Tensor) -> Tensor:

@@ -121,3 +121,16 @@ def test_normalizer_before_data_is_near_identity():
     norm = RunningNormalizer(3).eval()
     x = torch.tensor([[1.0, -2.0, 0.5]], dtype=F64)
     torch.testing.assert_close(norm(x), x / (1 + 1e-6) ** 0.5)
+
+
+def test_slices_pool_each_part_of_the_embedding_on_its_own():
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(3, 7, 24, generator=g)
+    mask = torch.arange(7)[None] < torch.tensor([7, 4, 1])[:, None]
+    sliced = multiscale_pool(h, mask, (1, 2), (2, 4), slices=4)
+    assert sliced.shape == (3, 4, 18) and sliced.dtype == torch.float64
+    for k in range(4):
+        alone = multiscale_pool(h[..., 6 * k: 6 * (k + 1)].double(), mask, (1, 2), (2, 4))
+        torch.testing.assert_close(sliced[:, k], alone, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="slices must be a positive divisor"):
+        multiscale_pool(h, mask, slices=5)
