@@ -85,8 +85,9 @@ def compute_arm_features(model: DynamicEncoder, search: SearchConfig, arms: tupl
                     h = model.run_plan(h, mask, ExecutionPlan(layers, (tuple(range(N_h)),) * len(layers)))
                 else:
                     h = run_group(model, h, mask, layers, random_kept(len(batch), N_h, kept, generator))
-                    count_sum[kept] += pool(h, mask, HEAD_COUNT_POOL).sum(0)
-                    count_n[kept] += len(batch)
+                    if kept in count_sum:  # arms may keep a head count that is no UCB_H option
+                        count_sum[kept] += pool(h, mask, HEAD_COUNT_POOL).sum(0)
+                        count_n[kept] += len(batch)
                 done[key] = h
                 flops += len(layers) * sum(layer_forward_flops(model.config, t, kept) for t in lengths)
             if index is not None:
