@@ -74,7 +74,7 @@ class FastBERTMethod(Method):
         self.speed = float(run.options.get("speed", 0.5))
         if not 0 <= self.speed <= 1:
             raise ValueError(f"--speed must be in [0, 1], got {self.speed}")
-        self.branch_lr = float(run.options.get("branch_lr") or 1e-3)
+        self.branch_lr = float(run.options.get("branch_lr", 1e-3))
         if not self.branch_lr > 0:
             raise ValueError(f"--branch-lr must be > 0, got {self.branch_lr}")
         model.add_branch_classifiers()
