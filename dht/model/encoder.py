@@ -75,12 +75,16 @@ class SelfAttention(nn.Module):
         B, T, E = h.shape
         nh, dh = self.num_heads, self.head_dim
         if isinstance(heads, Tensor):
-            k = heads.shape[1]
-            w_qkv = self.qkv.weight.view(3, nh, dh, E)[:, heads]  # (3, B, k, dh, E)
+            # index_select, not advanced indexing: its CPU backward (index_add_) sums the repeated
+            # heads in a fixed order, where index_put_'s does not, and resumed runs must match.
+            k, flat = heads.shape[1], heads.reshape(-1)
+            w_qkv = self.qkv.weight.view(3, nh, dh, E).index_select(1, flat).view(3, B, k, dh, E)
             w_qkv = w_qkv.permute(1, 0, 2, 3, 4).reshape(B, 3 * k * dh, E)
-            b_qkv = self.qkv.bias.view(3, nh, dh)[:, heads].permute(1, 0, 2, 3).reshape(B, 1, 3 * k * dh)
+            b_qkv = self.qkv.bias.view(3, nh, dh).index_select(1, flat).view(3, B, k, dh)
+            b_qkv = b_qkv.permute(1, 0, 2, 3).reshape(B, 1, 3 * k * dh)
             qkv = torch.baddbmm(b_qkv, h, w_qkv.transpose(1, 2))  # (B, T, 3*k*dh)
-            w_out = self.out.weight.view(E, nh, dh)[:, heads].permute(1, 2, 3, 0).reshape(B, k * dh, E)
+            w_out = self.out.weight.view(E, nh, dh).index_select(1, flat).view(E, B, k, dh)
+            w_out = w_out.permute(1, 2, 3, 0).reshape(B, k * dh, E)
         else:
             k = len(heads)
             if k == nh:
