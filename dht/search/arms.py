@@ -44,7 +44,7 @@ class SearchConfig:
     c: int  # layers per head decision
     head_options: tuple[int, ...]  # H choices
     arms: tuple[Arm, ...]  # UCB_L's depths (tree) or UCB_cp's (L, H) list (integrated)
-    alpha: float = 1.0  # reward scale of r_L (Eq. 11) and LinUCB exploration of every UCB
+    alpha: float = 1.0  # α: reward scale of r_L (Eq. 11)
     beta_h: float = 1.0  # β₁: reward scale of r_H
     beta_cp: float = 1.0  # β_cp: reward scale of r_cp
     explore: float = 1.0  # LinUCB exploration α in the UCB score (Alg. 1 line 6)

@@ -55,21 +55,29 @@ def kept_to_heads(kept: Tensor) -> list[tuple[int, ...]]:
 def run_group(model: DynamicEncoder, h: Tensor, mask: Tensor, layers: tuple[int, ...], kept: Tensor) -> Tensor:
     """Run ``layers`` on h (B, T, E), sample i keeping the heads where kept[i] (B, N_h) is True.
 
-    Samples with the same number of kept heads run together (their own heads gathered per
-    sample), so a batch splits into at most one part per head count.
+    Samples that keep the same heads run together with one slice of the weights (plain matmuls).
+    When most samples keep a set of their own (Thompson sampling while training), samples with the
+    same number of heads run together instead, each with its own heads gathered (one bmm): copying
+    a sample's weight slice costs more than copying its activations, so shared sets win whenever
+    there are at least two samples per set on average (greedy inference: about three).
     """
-    counts = kept.sum(1)
-    out = torch.empty_like(h) if len(counts.unique()) > 1 else None
-    for count in counts.unique().tolist():
-        rows = torch.nonzero(counts == count).flatten()
-        heads = kept_to_heads(kept[rows])
-        plans = [ExecutionPlan(layers, (hs,) * len(layers)) for hs in heads]
-        part = h if out is None else h.index_select(0, rows)
-        part_mask = mask if out is None else mask.index_select(0, rows)
-        result = model.run_plan(part, part_mask, plans)
-        if out is None:
-            return result
-        out[rows] = result
+    heads = kept_to_heads(kept)
+    sets: dict[tuple[int, ...], list[int]] = {}
+    for i, hs in enumerate(heads):
+        sets.setdefault(hs, []).append(i)
+    if 2 * len(sets) <= len(heads):
+        parts = [(rows, ExecutionPlan(layers, (hs,) * len(layers))) for hs, rows in sets.items()]
+    else:
+        counts: dict[int, list[int]] = {}
+        for i, hs in enumerate(heads):
+            counts.setdefault(len(hs), []).append(i)
+        parts = [(rows, [ExecutionPlan(layers, (heads[i],) * len(layers)) for i in rows]) for rows in counts.values()]
+    if len(parts) == 1:
+        return model.run_plan(h, mask, parts[0][1])
+    out = torch.empty_like(h)
+    for rows, plans in parts:
+        index = torch.tensor(rows, device=h.device)
+        out[index] = model.run_plan(h.index_select(0, index), mask.index_select(0, index), plans)
     return out
 
 
