@@ -55,23 +55,24 @@ def kept_to_heads(kept: Tensor) -> list[tuple[int, ...]]:
 def run_group(model: DynamicEncoder, h: Tensor, mask: Tensor, layers: tuple[int, ...], kept: Tensor) -> Tensor:
     """Run ``layers`` on h (B, T, E), sample i keeping the heads where kept[i] (B, N_h) is True.
 
-    Samples that keep the same heads run together with one slice of the weights (plain matmuls).
-    When most samples keep a set of their own (Thompson sampling while training), samples with the
-    same number of heads run together instead, each with its own heads gathered (one bmm): copying
-    a sample's weight slice costs more than copying its activations, so shared sets win whenever
-    there are at least two samples per set on average (greedy inference: about three).
+    Samples that keep the same heads run together with one slice of the weights (plain matmuls); the
+    samples whose head set is theirs alone run together per head count, each with its own heads
+    gathered (one bmm). Copying a sample's weight slice costs far more than copying its activations,
+    so every set shared by two or more samples (about three per set at greedy inference) saves work.
     """
     heads = kept_to_heads(kept)
     sets: dict[tuple[int, ...], list[int]] = {}
     for i, hs in enumerate(heads):
         sets.setdefault(hs, []).append(i)
-    if 2 * len(sets) <= len(heads):
-        parts = [(rows, ExecutionPlan(layers, (hs,) * len(layers))) for hs, rows in sets.items()]
-    else:
-        counts: dict[int, list[int]] = {}
-        for i, hs in enumerate(heads):
-            counts.setdefault(len(hs), []).append(i)
-        parts = [(rows, [ExecutionPlan(layers, (heads[i],) * len(layers)) for i in rows]) for rows in counts.values()]
+    parts: list[tuple[list[int], ExecutionPlan | list[ExecutionPlan]]] = []
+    alone: dict[int, list[int]] = {}  # head count -> samples whose set nobody else keeps
+    for hs, rows in sets.items():
+        if len(rows) > 1 or len(sets) == 1:
+            parts.append((rows, ExecutionPlan(layers, (hs,) * len(layers))))
+        else:
+            alone.setdefault(len(hs), []).extend(rows)
+    for rows in alone.values():
+        parts.append((rows, [ExecutionPlan(layers, (heads[i],) * len(layers)) for i in rows]))
     if len(parts) == 1:
         return model.run_plan(h, mask, parts[0][1])
     out = torch.empty_like(h)
