@@ -44,8 +44,13 @@ class ExecutionPlan:
     @classmethod
     def first(cls, depth: int, num_heads: int, heads: Sequence[int] | None = None) -> "ExecutionPlan":
         """The first ``depth`` layers, each keeping ``heads`` (all heads when None)."""
-        kept = tuple(range(num_heads)) if heads is None else tuple(sorted(heads))
-        return cls(tuple(range(depth)), (kept,) * depth)
+        kept = tuple(range(num_heads)) if heads is None else heads
+        return cls.uniform(tuple(range(depth)), kept)
+
+    @classmethod
+    def uniform(cls, layers: Sequence[int], heads: Sequence[int]) -> "ExecutionPlan":
+        """``layers``, every one keeping the same ``heads`` (a head group, or all heads)."""
+        return cls(tuple(layers), (tuple(sorted(heads)),) * len(layers))
 
     @classmethod
     def from_groups(cls, layers: Sequence[int], group_heads: Sequence[Sequence[int]], group_size: int) -> "ExecutionPlan":

@@ -98,7 +98,7 @@ def compute_arm_features(model: DynamicEncoder, search: SearchConfig, arms: tupl
                         h = done[key]
                         continue
                     if not is_group:
-                        h = model.run_plan(h, mask, ExecutionPlan(layers, (tuple(range(N_h)),) * len(layers)))
+                        h = model.run_plan(h, mask, ExecutionPlan.uniform(layers, range(N_h)))
                     else:
                         h = run_group(model, h, mask, layers, random_kept(len(rows), N_h, kept, generator))
                         if kept in count_sum:  # arms may keep a head count that is no UCB_H option

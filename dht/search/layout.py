@@ -68,11 +68,11 @@ def run_group(model: DynamicEncoder, h: Tensor, mask: Tensor, layers: tuple[int,
     alone: dict[int, list[int]] = {}  # head count -> samples whose set nobody else keeps
     for hs, rows in sets.items():
         if len(rows) > 1 or len(sets) == 1:
-            parts.append((rows, ExecutionPlan(layers, (hs,) * len(layers))))
+            parts.append((rows, ExecutionPlan.uniform(layers, hs)))
         else:
             alone.setdefault(len(hs), []).extend(rows)
     for rows in alone.values():
-        parts.append((rows, [ExecutionPlan(layers, (heads[i],) * len(layers)) for i in rows]))
+        parts.append((rows, [ExecutionPlan.uniform(layers, heads[i]) for i in rows]))
     if len(parts) == 1:
         return model.run_plan(h, mask, parts[0][1])
     out = torch.empty_like(h)

@@ -185,7 +185,7 @@ class DHTMethod(Method):
             h = run_group(model, h, mask, group, kept)
             decisions.append((W_h, choice, W_ts, kept, H_o))
         if layout.suffix:
-            h = model.run_plan(h, mask, ExecutionPlan(layout.suffix, (tuple(range(N_h)),) * len(layout.suffix)))
+            h = model.run_plan(h, mask, ExecutionPlan.uniform(layout.suffix, range(N_h)))
         return h, decisions
 
     def _sample_plans(self, arms: list, decisions: list) -> tuple[list[list[tuple[int, ...]]], list[ExecutionPlan]]:
