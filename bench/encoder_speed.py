@@ -3,7 +3,8 @@
 Writes bench/results/encoder_speed.json. Everything is measured in one run, on one batch of
 32 x 128 tokens (inference, MiniLM-L6 weights): our full-plan throughput over BertModel's, and for
 single-plan batches (12, 8, 6, 4 heads in all layers; 6, 4, 2 layers with all heads) the wall-time
-ratio to our full plan beside the analytic FLOP ratio. Configurations are timed round-robin so
+ratio to our full plan beside the analytic FLOP ratio, and one batch whose samples each keep their own
+8 heads (DHT under Thompson sampling: the head-by-head path). Configurations are timed round-robin so
 drift in machine load hits them all alike; each figure is the median of the repeats.
 
 Usage: python bench/encoder_speed.py [--repeats N] [--backbone minilm-l6] [--output PATH]
@@ -46,6 +47,9 @@ def main() -> None:
 
     plans = {f"{L}L{h}H": ExecutionPlan.first(L, H, range(h)) for h in sorted({H, 8, 6, 4}, reverse=True) if h <= H}
     plans.update({f"{d}L{H}H": ExecutionPlan.first(d, H) for d in (4, 2) if d < L})
+    # DHT's case under Thompson sampling: every sample keeps its own 8 heads (the same in every layer)
+    own = [torch.randperm(H, generator=g)[:min(8, H)].sort().values.tolist() for _ in range(BATCH)]
+    plans[f"{L}L8H per sample"] = [ExecutionPlan.first(L, H, heads) for heads in own]
     runs = {name: (lambda p=plan: ours.run_plan(ours.embed(ids), mask, p)) for name, plan in plans.items()}
     runs["transformers"] = lambda: theirs(input_ids=ids, attention_mask=mask.long())
 
@@ -63,8 +67,11 @@ def main() -> None:
     full_flops = full_forward_flops(config, TOKENS) - 2 * config.hidden_size * config.num_classes
     rows = []
     for name, plan in plans.items():
+        per_sample = isinstance(plan, list)  # equal costs: count the first sample's plan
+        plan = plan[0] if per_sample else plan
         flops = plan_forward_flops(config, plan, TOKENS, classify=False)
-        rows.append({"plan": plan.describe(), "layers": plan.depth, "heads": len(plan.heads[0]),
+        rows.append({"plan": name if per_sample else plan.describe(), "layers": plan.depth,
+                     "heads": len(plan.heads[0]), "heads_per_sample": per_sample,
                      "flop_ratio": round(flops / full_flops, 4),
                      "wall_ratio": round(median[name] / median[full_name], 4),
                      "seconds": round(median[name], 5)})

@@ -70,38 +70,56 @@ class SelfAttention(nn.Module):
         """h (B, T, E), attn_mask (B, 1, 1, T) bool (True = attend) -> (B, T, E) using only the kept heads.
 
         heads: one tuple of head indices for the whole batch, or a (B, k) long tensor giving each
-        sample its own k heads (the weights are then gathered per sample and applied as one bmm).
+        sample its own k heads (see ``_per_sample_heads``).
+        """
+        if isinstance(heads, Tensor):
+            return self._per_sample_heads(h, attn_mask, heads)
+        B, T, E = h.shape
+        nh, dh, k = self.num_heads, self.head_dim, len(heads)
+        if k == nh:
+            w_qkv, b_qkv, w_out = self.qkv.weight, self.qkv.bias, self.out.weight
+        else:
+            index = self._head_index(heads, h.device)
+            w_qkv = self.qkv.weight.view(3, nh, dh, E).index_select(1, index).reshape(3 * k * dh, E)
+            b_qkv = self.qkv.bias.view(3, nh, dh).index_select(1, index).reshape(3 * k * dh)
+            w_out = self.out.weight.view(E, nh, dh).index_select(1, index).reshape(E, k * dh)
+        qkv = F.linear(h, w_qkv, b_qkv)  # (B, T, 3*k*dh)
+        q, key, v = qkv.view(B, T, 3, k, dh).permute(2, 0, 3, 1, 4)  # each (B, k, T, dh)
+        context = self._attend(q, key, v, attn_mask).transpose(1, 2).reshape(B, T, k * dh)
+        return F.linear(context, w_out, self.out.bias)  # (B, T, E)
+
+    def _attend(self, q: Tensor, key: Tensor, v: Tensor, attn_mask: Tensor) -> Tensor:
+        """Scaled dot-product attention per kept head: (B, k, T, dh) each -> (B, k, T, dh)."""
+        dropout_p = self.dropout_p if self.training else 0.0
+        return F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask, dropout_p=dropout_p)
+
+    def _per_sample_heads(self, h: Tensor, attn_mask: Tensor, heads: Tensor) -> Tensor:
+        """Sample b keeps heads[b] (k of them): projections run head by head over the samples that
+        keep that head, so the FLOPs are exactly the kept heads' and no weight is copied per sample
+        (gathering a weight slice per sample costs several times the matmul it feeds).
+
+        Every gather and scatter is index_select / index_copy_ / index_add_, whose CPU backward is
+        deterministic (advanced indexing's is not when indices repeat), so resumed runs match.
         """
         B, T, E = h.shape
-        nh, dh = self.num_heads, self.head_dim
-        if isinstance(heads, Tensor):
-            # index_select, not advanced indexing: its CPU backward (index_add_) sums the repeated
-            # heads in a fixed order, where index_put_'s does not, and resumed runs must match.
-            k, flat = heads.shape[1], heads.reshape(-1)
-            w_qkv = self.qkv.weight.view(3, nh, dh, E).index_select(1, flat).view(3, B, k, dh, E)
-            w_qkv = w_qkv.permute(1, 0, 2, 3, 4).reshape(B, 3 * k * dh, E)
-            b_qkv = self.qkv.bias.view(3, nh, dh).index_select(1, flat).view(3, B, k, dh)
-            b_qkv = b_qkv.permute(1, 0, 2, 3).reshape(B, 1, 3 * k * dh)
-            qkv = torch.baddbmm(b_qkv, h, w_qkv.transpose(1, 2))  # (B, T, 3*k*dh)
-            w_out = self.out.weight.view(E, nh, dh).index_select(1, flat).view(E, B, k, dh)
-            w_out = w_out.permute(1, 2, 3, 0).reshape(B, k * dh, E)
-        else:
-            k = len(heads)
-            if k == nh:
-                w_qkv, b_qkv, w_out = self.qkv.weight, self.qkv.bias, self.out.weight
-            else:
-                index = self._head_index(heads, h.device)
-                w_qkv = self.qkv.weight.view(3, nh, dh, E).index_select(1, index).reshape(3 * k * dh, E)
-                b_qkv = self.qkv.bias.view(3, nh, dh).index_select(1, index).reshape(3 * k * dh)
-                w_out = self.out.weight.view(E, nh, dh).index_select(1, index).reshape(E, k * dh)
-            qkv = F.linear(h, w_qkv, b_qkv)  # (B, T, 3*k*dh)
-        q, key, v = qkv.view(B, T, 3, k, dh).permute(2, 0, 3, 1, 4)  # each (B, k, T, dh)
-        dropout_p = self.dropout_p if self.training else 0.0
-        context = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask, dropout_p=dropout_p)
-        context = context.transpose(1, 2).reshape(B, T, k * dh)  # (B, T, k*dh)
-        if isinstance(heads, Tensor):
-            return torch.baddbmm(self.out.bias, context, w_out)  # (B, T, E)
-        return F.linear(context, w_out, self.out.bias)  # (B, T, E)
+        nh, dh, k = self.num_heads, self.head_dim, heads.shape[1]
+        w_qkv = self.qkv.weight.view(3, nh, dh, E).transpose(0, 1).reshape(nh, 3 * dh, E)  # head j's q, k, v rows
+        b_qkv = self.qkv.bias.view(3, nh, dh).transpose(0, 1).reshape(nh, 3 * dh)
+        w_out = self.out.weight.view(E, nh, dh)
+        # slot b*k + c holds head heads[b, c] of sample b; per head j: its slots and their samples
+        slot_heads = heads.reshape(-1)
+        slots = [torch.nonzero(slot_heads == j).flatten() for j in range(nh)]
+        qkv = h.new_empty(B * k, T, 3 * dh)
+        for j, slot in enumerate(slots):
+            if len(slot):
+                qkv.index_copy_(0, slot, F.linear(h.index_select(0, slot // k), w_qkv[j], b_qkv[j]))
+        q, key, v = qkv.view(B, k, T, 3, dh).unbind(3)  # each (B, k, T, dh)
+        context = self._attend(q, key, v, attn_mask).reshape(B * k, T, dh)
+        out = h.new_zeros(B, T, E)
+        for j, slot in enumerate(slots):
+            if len(slot):
+                out.index_add_(0, slot // k, F.linear(context.index_select(0, slot), w_out[:, j]))
+        return out + self.out.bias
 
 
 class Layer(nn.Module):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -243,35 +243,67 @@ class DHTMethod(Method):
                     "rewards": {k: round(float(v[i]), 4) for k, v in rewards.items()}} for i in range(B)]
         return StepResult(losses.mean(), flops, full, all_in, extra={"phase_two": self.phase_two}, records=records)
 
-    # --- inference: greedy, the probe reused -------------------------------------------
+    # --- inference: greedy, the probe reused, samples queued by depth (§5, §6) ----------
     @torch.no_grad()
-    def predict(self, batch: Batch) -> Prediction:
-        """Greedy arms and heads; the S1 probe's states continue into the chosen layers."""
+    def predict_batches(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, Prediction]]:
+        """Greedy arms and heads. Each loader batch gets its S1 probe and arms; its samples then join
+        the queue of their depth with their probe states, and a full queue (the loader's batch size)
+        runs as one batch, so depths do not split batches into small parts; the rest run at the end."""
         self.model.eval()
         self.contexts.train(False)
-        h_probe, x = self._probe(batch)
-        chosen = self.ucb_top.select(with_arm_features(x, self.features.top), greedy=True)
-        logits = torch.empty(len(batch), self.model.config.num_classes)
-        plans: list[ExecutionPlan | None] = [None] * len(batch)
-        overhead = torch.full((len(batch),), linucb_flops(1, len(self.arms), self.ucb_top.config.dim, update=False),
-                              dtype=torch.float64)
-        for depth in sorted({self.arms[a].depth for a in chosen.tolist()}):
-            rows = torch.nonzero(torch.tensor([self.arms[a].depth == depth for a in chosen.tolist()])).flatten()
-            part = Batch(batch.input_ids[rows], batch.attention_mask[rows], batch.labels[rows], batch.index[rows])
-            arms = [self.arms[a] for a in chosen[rows].tolist()]
-            reuse = not self.phase_two  # the probe is exactly the arms' all-heads prefix
-            h, decisions = self._run_s2(part, arms, greedy=True, hidden=h_probe[rows] if reuse else None)
-            logits[rows] = self.model.classify(h, part.attention_mask)
-            for row, plan in zip(rows.tolist(), self._sample_plans(arms, decisions)[1]):
-                plans[row] = plan
-            overhead[rows] += len(decisions) * thompson_flops(1, self.N_h, self.tsb.config.dim, False)
-        flops, full = forward_costs(self.model, batch, plans)
-        if self.phase_two:  # the first-layer probe was not part of the plan
-            probe = ExecutionPlan.first(1, self.N_h)
-            overhead += torch.tensor([plan_forward_flops(self.model.config, probe, t, classify=False)
-                                      for t in batch.attention_mask.sum(1).tolist()], dtype=torch.float64)
+        queues: DepthQueues = DepthQueues(self.run.train.eval_batch_size)
+        for batch in batches:
+            for items in self._queue_for_inference(batch, queues):
+                yield self._predict_queued(items)
+        for _, items in queues.flush():
+            yield self._predict_queued(items)
         self.contexts.train(True)
-        return Prediction(logits, flops, full, flops + overhead)
+
+    def predict(self, batch: Batch) -> Prediction:
+        """One batch's predictions, in its order (predict_batches over this batch alone)."""
+        parts = list(self.predict_batches([batch]))
+        where = {int(index): row for row, index in enumerate(batch.index.tolist())}
+        rows = torch.tensor([where[int(index)] for part, _ in parts for index in part.index.tolist()])
+        def ordered(values: list[Tensor]) -> Tensor:
+            out = torch.empty((len(batch),) + values[0].shape[1:], dtype=values[0].dtype)
+            out[rows] = torch.cat(values)
+            return out
+        return Prediction(*(ordered([getattr(p, name) for _, p in parts])
+                            for name in ("logits", "flops", "full_flops", "all_in")))
+
+    def _queue_for_inference(self, batch: Batch, queues: DepthQueues) -> list[list[dict]]:
+        """S1 and the greedy arm per sample (Alg. 2 lines 2-6 with α = 0), queued by depth."""
+        h_probe, x = self._probe(batch)
+        chosen = self.ucb_top.select(with_arm_features(x, self.features.top), greedy=True).tolist()
+        lengths = batch.attention_mask.sum(1).tolist()
+        select = linucb_flops(1, len(self.arms), self.ucb_top.config.dim, update=False)
+        probe = ExecutionPlan.first(1, self.N_h)
+        released = []
+        for i, arm in enumerate(chosen):
+            item = {"index": int(batch.index[i]), "ids": batch.input_ids[i, :lengths[i]].tolist(),
+                    "label": int(batch.labels[i]), "arm": arm, "overhead": select, "h": h_probe[i, :lengths[i]]}
+            if self.phase_two:  # P-DHT's plans restart at layer 0: its first-layer probe is extra work
+                item["h"] = None
+                item["overhead"] += plan_forward_flops(self.model.config, probe, lengths[i], classify=False)
+            full = queues.push(self.arms[arm].depth, item)
+            if full is not None:
+                released.append(full)
+        return released
+
+    def _predict_queued(self, items: list[dict]) -> tuple[Batch, Prediction]:
+        """S2 for samples of one depth; the probe's states continue into the chosen layers."""
+        batch = collate([i["ids"] for i in items], [i["label"] for i in items], [i["index"] for i in items],
+                        self.pad_id)
+        hidden = None
+        if items[0]["h"] is not None:  # (B, T, E); padding stays zero, masked out like the pad tokens' states
+            hidden = torch.nn.utils.rnn.pad_sequence([i["h"] for i in items], batch_first=True)
+        arms = [self.arms[i["arm"]] for i in items]
+        h, decisions = self._run_s2(batch, arms, greedy=True, hidden=hidden)
+        logits = self.model.classify(h, batch.attention_mask)
+        flops, full = forward_costs(self.model, batch, self._sample_plans(arms, decisions)[1])
+        overhead = torch.tensor([i["overhead"] for i in items], dtype=torch.float64)
+        overhead += len(decisions) * thompson_flops(1, self.N_h, self.tsb.config.dim, False)
+        return batch, Prediction(logits, flops, full, flops + overhead)
 
     # --- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -199,13 +199,14 @@ def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
     flops = full = all_in = 0.0
     started = time.perf_counter()
     batches = iterate_batches(split.ids, split.labels, batch_size, prepared.pad_id, shuffle=False, sort_by_length=True)
-    for batch in tqdm(batches, total=-(-len(split) // batch_size), desc="evaluate", disable=not progress,
-                      mininterval=1.0, dynamic_ncols=True):
-        result = method.predict(batch)
-        predictions[batch.index] = result.logits.argmax(-1)
-        flops += float(result.flops.sum())
-        full += float(result.full_flops.sum())
-        all_in += float(result.all_in.sum())
+    with tqdm(total=len(split), unit="sample", desc="evaluate", disable=not progress, mininterval=1.0,
+              dynamic_ncols=True) as bar:
+        for batch, result in method.predict_batches(batches):  # DHT regroups the samples by depth
+            bar.update(len(batch))
+            predictions[batch.index] = result.logits.argmax(-1)
+            flops += float(result.flops.sum())
+            full += float(result.full_flops.sum())
+            all_in += float(result.all_in.sum())
     seconds = time.perf_counter() - started
     labels = torch.tensor(split.labels)
     num_classes = prepared.dataset.num_classes

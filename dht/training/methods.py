@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,12 @@ class Method:
         plan = self.plans(batch)
         logits = self.model(batch.input_ids, batch.attention_mask, plan)
         return Prediction(logits, *forward_costs(self.model, batch, [plan] * len(batch)))
+
+    def predict_batches(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, Prediction]]:
+        """Predict a stream of evaluation batches; yields (batch, prediction) pairs, where a method
+        may regroup the samples (DHT queues them by depth) so a yielded batch need not be one given."""
+        for batch in batches:
+            yield batch, self.predict(batch)
 
     # --- state beyond the network's weights (bandits, normalisers) ---------------------
     def state_dict(self) -> dict[str, Any]:

@@ -7,7 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dht.data import collate, iterate_batches
 from dht.search.arms import Arm, preset
+from dht.search.features import with_arm_features
 from dht.search.layout import arm_layout
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.loop import evaluate_run, train
@@ -52,7 +54,6 @@ def test_greedy_inference_is_deterministic_and_cheaper():
     prepared = prepare(dht_run("f-dht"))
     method = prepared.method
     method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
-    from dht.data import collate
     batch = collate(prepared.test.ids[:12], prepared.test.labels[:12], list(range(12)), prepared.pad_id)
     first, second = method.predict(batch), method.predict(batch)
     assert torch.equal(first.logits, second.logits) and torch.equal(first.flops, second.flops)
@@ -61,6 +62,40 @@ def test_greedy_inference_is_deterministic_and_cheaper():
     # a few percent on this tiny model and far less on real ones.
     assert ((first.flops_all_in - first.flops) < 0.05 * first.full_flops).all()
     assert (first.flops_all_in > first.flops).all()
+
+
+@pytest.mark.parametrize("config", ["f-dht", "p-dht"])
+def test_inference_queues_samples_by_depth_and_matches_one_sample_at_a_time(tmp_path, config):
+    run = dht_run(p_dht_file(tmp_path) if config == "p-dht" else config)
+    prepared = prepare(dataclasses.replace(run, train=dataclasses.replace(SMALL, eval_batch_size=4)))
+    method = prepared.method
+    for epoch in range(2 if config == "p-dht" else 1):  # P-DHT: after its switch
+        method.on_epoch_start(epoch, prepared.train.ids, prepared.pad_id)
+    test = prepared.test
+    method.contexts.train(False)  # the normalisers stay as they are, as at inference
+    everything = collate(test.ids, test.labels, list(range(len(test))), prepared.pad_id)
+    x = with_arm_features(method._probe(everything)[1], method.features.top)  # (B, arms, 168)
+    for a in range(len(method.arms)):  # teach the top bandit to send sample i to arm i mod arms
+        target = (torch.arange(len(test)) % len(method.arms) == a).double() * 2 - 1
+        method.ucb_top.update(torch.full((len(test),), a), x[:, a], target)
+    batches = iterate_batches(test.ids, test.labels, 4, prepared.pad_id, shuffle=False, sort_by_length=True)
+    parts = list(method.predict_batches(batches))
+    method.contexts.train(False)
+    seen = torch.cat([batch.index for batch, _ in parts])
+    assert sorted(seen.tolist()) == list(range(len(test)))
+
+    def depth(index):  # the greedy arm's depth for one sample, probed alone
+        _, x = method._probe(collate([test.ids[index]], [0], [index], prepared.pad_id))
+        return method.arms[int(method.ucb_top.select(with_arm_features(x, method.features.top), greedy=True))].depth
+    depths = [{depth(i) for i in batch.index.tolist()} for batch, _ in parts]
+    assert all(len(d) == 1 for d in depths) and len(set.union(*depths)) > 1  # one depth per batch, several in all
+    partial = [len(batch) for batch, _ in parts if len(batch) < 4]
+    assert len(partial) <= len(set.union(*depths))  # only the queues flushed at the end are partial
+    for batch, prediction in parts:
+        for row, index in enumerate(batch.index.tolist()):
+            alone = method.predict(collate([test.ids[index]], [test.labels[index]], [index], prepared.pad_id))
+            assert torch.allclose(prediction.logits[row], alone.logits[0], atol=1e-5)
+            assert prediction.flops[row] == alone.flops[0] and prediction.all_in[row] == alone.all_in[0]
 
 
 @pytest.mark.parametrize("config", ["t-dht", "p-dht"])
