@@ -4,11 +4,13 @@ Per loader batch, S1: a no-grad probe of the first b layers gives each sample it
 (tree) or UCB_cp (integrated) picks its arm, and the sample joins the queue of its depth. A full
 queue is released as a training batch, S2: the first b layers run again with gradients, then per
 group of c layers UCB_H (tree) picks how many heads and TSB which, the loss is computed per sample,
-the rewards of §4 update every bandit, and the loop back-propagates. Inference is greedy and reuses
-the probe. Decisions of ours where the spec is silent: the probe runs without dropout; arm features
-are standardised across arms (see features.py); the queue key is the arm's depth; P-DHT's probe
-after the switch is the first layer with all heads, and its bottom d layers form groups of c with
-the remainder first (d = 1, 4, 7, 10 -> [1], [1,3], [1,3,3], [1,3,3,3] as in the paper); the P-DHT
+the rewards of §4 update every bandit, and the loop back-propagates. Inference is greedy, reuses
+the probe and queues samples by depth like training, so each depth runs in full batches.
+
+Decisions of ours where the spec is silent: the probe runs without dropout; arm features are
+standardised across arms (see features.py); the queue key is the arm's depth; P-DHT's probe after
+the switch is the first layer with all heads, and its bottom d layers form groups of c with the
+remainder first (d = 1, 4, 7, 10 -> [1], [1,3], [1,3,3], [1,3,3,3] as in the paper); the P-DHT
 preset switches after min(2, epochs - 1) epochs, so that a run as short as BL1's 2 epochs still has
 its frozen phase (the paper trains 3-6 epochs and switches after 2).
 """
@@ -250,26 +252,27 @@ class DHTMethod(Method):
         the queue of their depth with their probe states, and a full queue (the loader's batch size)
         runs as one batch, so depths do not split batches into small parts; the rest run at the end."""
         self.model.eval()
-        self.contexts.train(False)
+        self.contexts.train(False)  # no labels, no updates: the normalisers stay as trained
         queues: DepthQueues = DepthQueues(self.run.train.eval_batch_size)
-        for batch in batches:
-            for items in self._queue_for_inference(batch, queues):
+        try:
+            for batch in batches:
+                for items in self._queue_for_inference(batch, queues):
+                    yield self._predict_queued(items)
+            for _, items in queues.flush():
                 yield self._predict_queued(items)
-        for _, items in queues.flush():
-            yield self._predict_queued(items)
-        self.contexts.train(True)
+        finally:
+            self.contexts.train(True)
 
     def predict(self, batch: Batch) -> Prediction:
         """One batch's predictions, in its order (predict_batches over this batch alone)."""
         parts = list(self.predict_batches([batch]))
-        where = {int(index): row for row, index in enumerate(batch.index.tolist())}
-        rows = torch.tensor([where[int(index)] for part, _ in parts for index in part.index.tolist()])
-        def ordered(values: list[Tensor]) -> Tensor:
-            out = torch.empty((len(batch),) + values[0].shape[1:], dtype=values[0].dtype)
-            out[rows] = torch.cat(values)
-            return out
-        return Prediction(*(ordered([getattr(p, name) for _, p in parts])
-                            for name in ("logits", "flops", "full_flops", "all_in")))
+        position = {index: row for row, index in enumerate(batch.index.tolist())}
+        rows = torch.tensor([position[index] for part, _ in parts for index in part.index.tolist()])
+        merged = []
+        for name in ("logits", "flops", "full_flops", "all_in"):
+            values = torch.cat([getattr(prediction, name) for _, prediction in parts])
+            merged.append(torch.empty_like(values).index_copy_(0, rows, values))
+        return Prediction(*merged)
 
     def _queue_for_inference(self, batch: Batch, queues: DepthQueues) -> list[list[dict]]:
         """S1 and the greedy arm per sample (Alg. 2 lines 2-6 with α = 0), queued by depth."""
