@@ -109,16 +109,15 @@ class SelfAttention(nn.Module):
         # slot b*k + c holds head heads[b, c] of sample b; per head j: its slots and their samples
         slot_heads = heads.reshape(-1)
         slots = [torch.nonzero(slot_heads == j).flatten() for j in range(nh)]
+        kept_by = [(j, slot, slot // k) for j, slot in enumerate(slots) if len(slot)]
         qkv = h.new_empty(B * k, T, 3 * dh)
-        for j, slot in enumerate(slots):
-            if len(slot):
-                qkv.index_copy_(0, slot, F.linear(h.index_select(0, slot // k), w_qkv[j], b_qkv[j]))
+        for j, slot, rows in kept_by:
+            qkv.index_copy_(0, slot, F.linear(h.index_select(0, rows), w_qkv[j], b_qkv[j]))
         q, key, v = qkv.view(B, k, T, 3, dh).unbind(3)  # each (B, k, T, dh)
         context = self._attend(q, key, v, attn_mask).reshape(B * k, T, dh)
         out = h.new_zeros(B, T, E)
-        for j, slot in enumerate(slots):
-            if len(slot):
-                out.index_add_(0, slot // k, F.linear(context.index_select(0, slot), w_out[:, j]))
+        for j, slot, rows in kept_by:
+            out.index_add_(0, rows, F.linear(context.index_select(0, slot), w_out[:, j]))
         return out + self.out.bias
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -119,8 +119,7 @@ class DHTMethod(Method):
     def _drain(self) -> Iterator[QueuedBatch]:
         while self.pending:
             items = self.pending.pop(0)
-            batch = collate([i["ids"] for i in items], [i["label"] for i in items], [i["index"] for i in items],
-                            self.pad_id)
+            batch = self._collate(items)
             yield QueuedBatch(batch.input_ids, batch.attention_mask, batch.labels, batch.index,
                               arms=torch.tensor([i["arm"] for i in items]), x=torch.stack([i["x"] for i in items]))
 
@@ -144,14 +143,26 @@ class DHTMethod(Method):
         probe = ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h)
         self.overhead += sum(plan_forward_flops(self.model.config, probe, t, classify=False) for t in lengths)
         self.overhead += linucb_flops(len(batch), len(self.arms), self.ucb_top.config.dim, update=False)
+        return self._queue_samples(batch, chosen, self.queues, lambda i, length: {"x": x[i]})
+
+    def _queue_samples(self, batch: Batch, chosen: list[int], queues: DepthQueues,
+                       extra: Callable[[int, int], dict]) -> list[list[dict]]:
+        """Alg. 3 lines 2-5: each sample (tokens, label, arm, plus ``extra(row, length)``) joins the queue
+        of its arm's depth; returns the queues that filled."""
+        lengths = batch.attention_mask.sum(1).tolist()
         released = []
         for i, arm in enumerate(chosen):
             item = {"index": int(batch.index[i]), "ids": batch.input_ids[i, :lengths[i]].tolist(),
-                    "label": int(batch.labels[i]), "arm": arm, "x": x[i]}
-            full = self.queues.push(self.arms[arm].depth, item)
+                    "label": int(batch.labels[i]), "arm": arm, **extra(i, lengths[i])}
+            full = queues.push(self.arms[arm].depth, item)
             if full is not None:
                 released.append(full)
         return released
+
+    def _collate(self, items: list[dict]) -> Batch:
+        """A released queue's samples, padded into one batch."""
+        return collate([i["ids"] for i in items], [i["label"] for i in items], [i["index"] for i in items],
+                       self.pad_id)
 
     # --- Algorithm 2: S2, rewards and updates ------------------------------------------
     def training_step(self, batch: QueuedBatch) -> StepResult:
@@ -278,25 +289,19 @@ class DHTMethod(Method):
         """S1 and the greedy arm per sample (Alg. 2 lines 2-6 with α = 0), queued by depth."""
         h_probe, x = self._probe(batch)
         chosen = self.ucb_top.select(with_arm_features(x, self.features.top), greedy=True).tolist()
-        lengths = batch.attention_mask.sum(1).tolist()
         select = linucb_flops(1, len(self.arms), self.ucb_top.config.dim, update=False)
         probe = ExecutionPlan.first(1, self.N_h)
-        released = []
-        for i, arm in enumerate(chosen):
-            item = {"index": int(batch.index[i]), "ids": batch.input_ids[i, :lengths[i]].tolist(),
-                    "label": int(batch.labels[i]), "arm": arm, "overhead": select, "h": h_probe[i, :lengths[i]]}
+
+        def extra(i: int, length: int) -> dict:
             if self.phase_two:  # P-DHT's plans restart at layer 0: its first-layer probe is extra work
-                item["h"] = None
-                item["overhead"] += plan_forward_flops(self.model.config, probe, lengths[i], classify=False)
-            full = queues.push(self.arms[arm].depth, item)
-            if full is not None:
-                released.append(full)
-        return released
+                return {"h": None, "overhead": select + plan_forward_flops(self.model.config, probe, length,
+                                                                           classify=False)}
+            return {"h": h_probe[i, :length], "overhead": select}
+        return self._queue_samples(batch, chosen, queues, extra)
 
     def _predict_queued(self, items: list[dict]) -> tuple[Batch, Prediction]:
         """S2 for samples of one depth; the probe's states continue into the chosen layers."""
-        batch = collate([i["ids"] for i in items], [i["label"] for i in items], [i["index"] for i in items],
-                        self.pad_id)
+        batch = self._collate(items)
         hidden = None
         if items[0]["h"] is not None:  # (B, T, E); padding stays zero, masked out like the pad tokens' states
             hidden = torch.nn.utils.rnn.pad_sequence([i["h"] for i in items], batch_first=True)

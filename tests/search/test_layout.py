@@ -17,7 +17,7 @@ def kept_masks(sets: list[tuple[int, ...]], num_heads: int = 4) -> torch.Tensor:
 
 @pytest.mark.parametrize("sets", [
     [(0, 1), (0, 1), (0, 1), (1, 2), (1, 2), (0, 3)],  # two shared sets (one matmul each) and a set of its own
-    [(0, 1), (1, 2), (2, 3), (0, 3), (0, 1, 2), (3,)],  # all distinct: one bmm per head count
+    [(0, 1), (1, 2), (2, 3), (0, 3), (0, 1, 2), (3,)],  # all distinct: head by head, per head count
 ])
 def test_run_group_matches_each_sample_alone(tiny_model, sets):
     ids, mask = random_batch(batch=len(sets))
