@@ -1,6 +1,7 @@
-"""Render the committed acceptance runs (bench/results/DATASET/*.json metrics) as a markdown table.
+"""Render committed runs (the metrics.json files in a folder such as bench/results/DATASET) as a markdown table.
 
 Usage: python bench/results_table.py [bench/results/ag_news] > table.md
+Files are named after the run: full.json, f-dht.json, f-dht-seed1.json, ...; other JSON files are skipped.
 """
 
 from __future__ import annotations
@@ -13,13 +14,20 @@ ORDER = ["full", "s-dht", "f-dht", "t-dht", "p-dht"]
 
 
 def row_name(path: Path, metrics: dict) -> str:
-    config = metrics.get("options", {}).get("config")
-    return f"DHT {config.upper()}" if config else {"full": "BL1 (full model)"}.get(metrics["method"], metrics["method"])
+    """'BL1 (full model)', 'DHT F-DHT', 'DHT F-DHT seed1', ... from the file's name."""
+    base, _, seed = path.stem.partition("-seed")
+    name = "BL1 (full model)" if base == "full" else f"DHT {base.upper()}" if metrics["method"] == "dht" else base
+    return f"{name} seed {seed}" if seed else name
+
+
+def order(path: Path) -> tuple[int, str]:
+    base = path.stem.partition("-seed")[0]
+    return ORDER.index(base) if base in ORDER else len(ORDER), path.stem
 
 
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/ag_news")
-    files = sorted((p for p in folder.glob("*.json") if p.stem in ORDER), key=lambda p: ORDER.index(p.stem))
+    files = sorted((p for p in folder.glob("*.json") if p.stem.partition("-seed")[0] in ORDER), key=order)
     print("| method | accuracy | macro-F1 | train FLOP ratio (paper / all-in) | test FLOP ratio (paper / all-in) "
           "| train s | test s |")
     print("|---|---|---|---|---|---|---|")

@@ -47,7 +47,10 @@ class SearchConfig:
     alpha: float = 1.0  # α: reward scale of r_L (Eq. 11)
     beta_h: float = 1.0  # β₁: reward scale of r_H
     beta_cp: float = 1.0  # β_cp: reward scale of r_cp
-    explore: float = 1.0  # LinUCB exploration α in the UCB score (Alg. 1 line 6)
+    # LinUCB exploration α in the UCB score (Alg. 1 line 6); the paper gives no value. At 1.0 the bandits
+    # settled on the cheapest arm within ~50 steps, while the classifier was untrained and every depth had
+    # the same loss; 1.5 keeps trying deeper arms until their lower loss shows (README, "Exploration").
+    explore: float = 1.5
     lam: float = 1.0  # ridge λ of LinUCB and prior precision of TSB
     q: int = 32  # queue size = training batch size (Alg. 3)
     r_max: float = 10.0  # rewards are clipped to [0, r_max]
