@@ -14,7 +14,7 @@ ORDER = ["full", "s-dht", "f-dht", "t-dht", "p-dht"]
 
 
 def row_name(path: Path, metrics: dict) -> str:
-    """'BL1 (full model)', 'DHT F-DHT', 'DHT F-DHT seed1', ... from the file's name."""
+    """'BL1 (full model)', 'DHT F-DHT', 'DHT F-DHT seed 1', ... from the file's name."""
     base, _, seed = path.stem.partition("-seed")
     name = "BL1 (full model)" if base == "full" else f"DHT {base.upper()}" if metrics["method"] == "dht" else base
     return f"{name} seed {seed}" if seed else name

@@ -47,7 +47,7 @@ class SearchConfig:
     alpha: float = 1.0  # α: reward scale of r_L (Eq. 11)
     beta_h: float = 1.0  # β₁: reward scale of r_H
     beta_cp: float = 1.0  # β_cp: reward scale of r_cp
-    # LinUCB exploration α in the UCB score (Alg. 1 line 6); the paper gives no value. At 1.0 the bandits
+    # LinUCB exploration α in the UCB score (Alg. 1 line 6); the paper gives no value. At 1.0 the bandits often
     # settled on the cheapest arm within ~50 steps, while the classifier was untrained and every depth had
     # the same loss; 1.5 keeps trying deeper arms until their lower loss shows (README, "Exploration").
     explore: float = 1.5
