@@ -13,21 +13,23 @@ from pathlib import Path
 ORDER = ["full", "s-dht", "f-dht", "t-dht", "p-dht"]
 
 
+def run_name(path: Path) -> tuple[str, str]:
+    """'f-dht-seed1.json' -> ('f-dht', '1'); 'full.json' -> ('full', '')."""
+    base, _, seed = path.stem.partition("-seed")
+    return base, seed
+
+
 def row_name(path: Path, metrics: dict) -> str:
     """'BL1 (full model)', 'DHT F-DHT', 'DHT F-DHT seed 1', ... from the file's name."""
-    base, _, seed = path.stem.partition("-seed")
+    base, seed = run_name(path)
     name = "BL1 (full model)" if base == "full" else f"DHT {base.upper()}" if metrics["method"] == "dht" else base
     return f"{name} seed {seed}" if seed else name
 
 
-def order(path: Path) -> tuple[int, str]:
-    base = path.stem.partition("-seed")[0]
-    return ORDER.index(base) if base in ORDER else len(ORDER), path.stem
-
-
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/ag_news")
-    files = sorted((p for p in folder.glob("*.json") if p.stem.partition("-seed")[0] in ORDER), key=order)
+    runs = [p for p in folder.glob("*.json") if run_name(p)[0] in ORDER]
+    files = sorted(runs, key=lambda p: (ORDER.index(run_name(p)[0]), p.stem))
     print("| method | accuracy | macro-F1 | train FLOP ratio (paper / all-in) | test FLOP ratio (paper / all-in) "
           "| train s | test s |")
     print("|---|---|---|---|---|---|---|")
