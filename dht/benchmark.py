@@ -51,7 +51,8 @@ def entries(num_layers: int, teacher: Path) -> list[Entry]:
     return runs
 
 
-def train_all(base: RunConfig, output: Path, num_layers: int, progress: bool) -> list[Entry]:
+def train_all(base: RunConfig, output: Path, num_layers: int, progress: bool,
+              device: str | None = None) -> list[Entry]:
     """Train every entry that has no metrics.json yet (resuming those with a checkpoint)."""
     runs = entries(num_layers, output / "runs" / "full")
     for i, entry in enumerate(runs, 1):
@@ -61,7 +62,8 @@ def train_all(base: RunConfig, output: Path, num_layers: int, progress: bool) ->
             continue
         print(f"[{i}/{len(runs)}] {entry.name}: training {folder}")
         resume = (folder / "checkpoint" / "state.json").is_file()
-        train(replace(base, method=entry.method, options=entry.options), folder, resume=resume, progress=progress)
+        train(replace(base, method=entry.method, options=entry.options), folder, resume=resume, progress=progress,
+              device=device)
     return runs
 
 
@@ -76,9 +78,9 @@ def time_inference(prepared: list[Prepared], rounds: int) -> tuple[list[dict[str
     return results, [statistics.median(s) for s in seconds]
 
 
-def result_rows(output: Path, runs: list[Entry], rounds: int) -> list[dict[str, Any]]:
+def result_rows(output: Path, runs: list[Entry], rounds: int, device: str | None = None) -> list[dict[str, Any]]:
     """One row per run: training figures from its metrics.json, inference timed here, on one clock."""
-    prepared = [load_run(output / "runs" / entry.run, overrides=entry.overrides) for entry in runs]
+    prepared = [load_run(output / "runs" / entry.run, overrides=entry.overrides, device=device) for entry in runs]
     tests, seconds = time_inference(prepared, rounds)
     rows = []
     for entry, test, wall in zip(runs, tests, seconds):
@@ -88,7 +90,8 @@ def result_rows(output: Path, runs: list[Entry], rounds: int) -> list[dict[str, 
                      "f1_macro": test["f1_macro"], "accuracy": test["accuracy"],
                      "train_flop_ratio": trained["flop_ratio"], "train_flop_ratio_all_in": trained["flop_ratio_all_in"],
                      "test_flop_ratio": test["flop_ratio"], "test_flop_ratio_all_in": test["flop_ratio_all_in"],
-                     "test_wall_ratio": wall / seconds[0], "train_seconds": trained["seconds"], "test_seconds": wall})
+                     "test_wall_ratio": wall / seconds[0], "train_seconds": trained["seconds"], "test_seconds": wall,
+                     "train_device": trained.get("device", "not recorded"), "test_device": test["device"]})
     return rows
 
 
@@ -132,16 +135,16 @@ def plot_pareto(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def run_bench(data: str, backbone: str, output: Path, quick: bool, seed: int = 0, rounds: int = 2,
-              progress: bool = True) -> list[dict[str, Any]]:
+              progress: bool = True, device: str | None = None, lr: float | None = None) -> list[dict[str, Any]]:
     """Train what is missing, time inference, write the tables, results.json and the plots."""
     from dht.model import resolve_backbone
 
-    train_config = TrainConfig(seed=seed, **(QUICK if quick else {}))
+    train_config = TrainConfig(seed=seed, **(QUICK if quick else {}), **({"lr": lr} if lr is not None else {}))
     base = RunConfig(data=data, backbone=backbone, train=train_config)
     num_layers = resolve_backbone(backbone).config.num_layers
-    runs = train_all(base, output, num_layers, progress)
+    runs = train_all(base, output, num_layers, progress, device)
     print("timing inference of every run, round-robin")
-    rows = result_rows(output, runs, rounds)
+    rows = result_rows(output, runs, rounds, device)
     table1, table2 = tables(rows)
     (output / "table1.md").write_text(table1, encoding="utf-8")
     (output / "table2.md").write_text(table2, encoding="utf-8")

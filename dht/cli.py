@@ -14,6 +14,7 @@ from dht.search.arms import PRESETS
 from dht.training.methods import METHODS
 
 EXIT_BAD_INPUT = 2
+DEVICE_HELP = "auto (the GPU when torch sees one, else the CPU), cpu, or cuda[:N]"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also fine-tune the word-embedding table (slower on CPU; frozen by default)")
     train.add_argument("--output", type=Path, default=None, help="run folder (default: runs/METHOD-TIME)")
     train.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    train.add_argument("--device", default="auto", help=DEVICE_HELP)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     evaluate = commands.add_parser("evaluate", help="re-evaluate a saved run")
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", default=None, help="dataset folder (default: the run's own)")
     evaluate.add_argument("--speed", type=float, default=None,
                           help="early-exit threshold to evaluate a FastBERT run at (default: its own)")
+    evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.add_argument("--quiet", action="store_true")
     bench = commands.add_parser("bench", help="run every method and write the paper's Tables 1-2 and a Pareto plot")
     bench.add_argument("--quick", action="store_true", help="1 epoch on 1,000 training and 500 test rows")
@@ -61,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backbone", default="minilm-l6")
     bench.add_argument("--output", type=Path, default=Path("runs/bench"))
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate of every run")
+    bench.add_argument("--device", default="auto", help=DEVICE_HELP)
     bench.add_argument("--quiet", action="store_true")
     return parser
 
@@ -97,18 +102,21 @@ def main(argv: list[str] | None = None) -> int:
             if args.resume and args.output is None:
                 raise ValueError("--resume needs the --output folder of the run to continue")
             output = args.output or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-            metrics = train(run_config(args), output, resume=args.resume, progress=not args.quiet)
+            metrics = train(run_config(args), output, resume=args.resume, progress=not args.quiet,
+                            device=args.device)
             print(summary(metrics))
             print(f"run folder: {output}")
         elif args.command == "bench":
             from dht.benchmark import run_bench
 
-            run_bench(args.data, args.backbone, args.output, args.quick, args.seed, progress=not args.quiet)
+            run_bench(args.data, args.backbone, args.output, args.quick, args.seed, progress=not args.quiet,
+                      device=args.device, lr=args.lr)
             print((args.output / "table1.md").read_text() + "\n" + (args.output / "table2.md").read_text())
             print(f"bench folder: {args.output}")
         else:
             overrides = {"speed": args.speed} if args.speed is not None else None
-            result = evaluate_run(args.run_dir, args.data, progress=not args.quiet, overrides=overrides)
+            result = evaluate_run(args.run_dir, args.data, progress=not args.quiet, overrides=overrides,
+                                  device=args.device)
             test = result["test"]
             print(f"{args.run_dir} on {result['dataset']}: accuracy {test['accuracy']:.4f}, "
                   f"macro-F1 {test['f1_macro']:.4f}, FLOP ratio {test['flop_ratio']:.3f}, {test['seconds']:.1f} s")

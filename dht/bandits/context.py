@@ -11,6 +11,8 @@ sample with one real token repeats that token in every part (no zeros, no NaN).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import Tensor
 
@@ -67,11 +69,17 @@ def multiscale_pool(
     check_finite("h (real tokens)", pooled)
     width = E // slices
     pooled = pooled.view(B, -1, slices, width).transpose(1, 2)  # (B, slices, P, width)
-    pos = torch.arange(width)[None]  # (1, width)
-    every = torch.ones(1, width, dtype=torch.bool)
-    emb_w = torch.cat([_part_weights(pos, every, torch.tensor([width]), e)[0] for e in emb_splits])  # (Q, width)
-    out = pooled @ emb_w.T  # (B, slices, P, Q)
+    out = pooled @ _embedding_weights(width, tuple(emb_splits), h.device).T  # (B, slices, P, Q)
     return out.reshape(B, -1) if slices == 1 else out.reshape(B, slices, -1)
+
+
+@lru_cache(maxsize=64)
+def _embedding_weights(width: int, emb_splits: tuple[int, ...], device: torch.device) -> Tensor:
+    """(Q, width) averaging weights of the embedding parts; the same for every call of a shape, so kept."""
+    pos = torch.arange(width, device=device)[None]  # (1, width)
+    every = torch.ones(1, width, dtype=torch.bool, device=device)
+    size = torch.tensor([width], device=device)
+    return torch.cat([_part_weights(pos, every, size, e)[0] for e in emb_splits])
 
 
 def _part_weights(rank: Tensor, valid: Tensor, n: Tensor, s: int) -> Tensor:
@@ -80,7 +88,7 @@ def _part_weights(rank: Tensor, valid: Tensor, n: Tensor, s: int) -> Tensor:
     rem = (n % s)[:, None]  # (B, 1) parts with one extra element
     big = rem * (q + 1)  # elements covered by the larger parts
     part = torch.where(rank < big, rank // (q + 1), rem + (rank - big) // q)  # (B, L)
-    j = torch.arange(s)[None, :, None]  # (1, s, 1)
+    j = torch.arange(s, device=rank.device)[None, :, None]  # (1, s, 1)
     member = part[:, None, :] == j  # (B, s, L) split rule, n >= s
     mid = ((2 * j + 1) * n[:, None, None]) // (2 * s)  # (B, s, 1) midpoint element, n < s
     member = torch.where((n >= s)[:, None, None], member, rank[:, None, :] == mid)

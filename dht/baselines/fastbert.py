@@ -41,9 +41,10 @@ def early_exit_predict(model: DynamicEncoder, input_ids: Tensor, mask: Tensor, s
     """Classify with early exit; return logits (B, C) and the number of layers each sample ran (B,)."""
     B, L = input_ids.shape[0], model.config.num_layers
     everything = tuple(range(model.config.num_heads))
-    logits = torch.empty(B, model.config.num_classes)
-    depth = torch.full((B,), L, dtype=torch.long)
-    active = torch.arange(B)  # rows of the original batch still running
+    device = input_ids.device
+    logits = torch.empty(B, model.config.num_classes, device=device)
+    depth = torch.full((B,), L, dtype=torch.long, device=device)
+    active = torch.arange(B, device=device)  # rows of the original batch still running
     h = model.embed(input_ids)
     for layer in range(L):
         h = model.layers[layer](h, mask[:, None, None, :], everything)

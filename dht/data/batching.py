@@ -5,6 +5,7 @@ Dimension letters: B = samples in the batch, T = longest sample in the batch (to
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -36,13 +37,10 @@ class Batch:
         return self.input_ids.shape[0]
 
     def to(self, device: torch.device | str) -> Batch:
-        """Return the batch with every tensor moved to device."""
-        return Batch(
-            input_ids=self.input_ids.to(device),
-            attention_mask=self.attention_mask.to(device),
-            labels=self.labels.to(device),
-            index=self.index.to(device),
-        )
+        """Return the batch with its four tensors on device (a subclass keeps its own fields as they are)."""
+        return dataclasses.replace(self, input_ids=self.input_ids.to(device),
+                                   attention_mask=self.attention_mask.to(device),
+                                   labels=self.labels.to(device), index=self.index.to(device))
 
 
 def collate(ids: Sequence[Sequence[int]], labels: Sequence[int], index: Sequence[int], pad_id: int) -> Batch:

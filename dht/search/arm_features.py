@@ -80,10 +80,12 @@ def compute_arm_features(model: DynamicEncoder, search: SearchConfig, arms: tupl
     count_n = {H: 0 for H in search.head_options}
     head_sum = torch.zeros(N_h, 12, dtype=torch.float64)
     head_n, flops = 0, 0.0
+    device = next(model.parameters()).device
     for batch in iterate_batches(ids, [0] * len(ids), batch_size, pad_id, shuffle=False, sort_by_length=True):
+        batch = batch.to(device)
         slots = torch.tensor([counts[i % len(counts)] for i in batch.index.tolist()])
         for H in counts:
-            rows = torch.nonzero(slots == H).flatten()
+            rows = torch.nonzero(slots == H).flatten().to(device)
             if not len(rows):
                 continue
             mask = batch.attention_mask[rows]

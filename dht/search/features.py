@@ -28,13 +28,15 @@ HEAD_POOL = ((1,), (4, 8))  # TSB, on one head's slice: 12 dims
 
 
 def pool(h: Tensor, mask: Tensor, spec: tuple[tuple[int, ...], tuple[int, ...]]) -> Tensor:
-    """Multiscale mean pooling of h (B, T, E) -> (B, D) in float64 (§7.1)."""
-    return multiscale_pool(h.detach(), mask, seq_splits=spec[0], emb_splits=spec[1])
+    """Multiscale mean pooling of h (B, T, E) -> (B, D) in float64 on the CPU (§7.1): pooled where h
+    is, then handed to the bandits, whose small float64 statistics always live on the CPU."""
+    return multiscale_pool(h.detach(), mask, seq_splits=spec[0], emb_splits=spec[1]).cpu()
 
 
 def head_contexts(h: Tensor, mask: Tensor, num_heads: int) -> Tensor:
-    """TSB contexts: the pooled slice of the hidden state that belongs to each head, (B, N_h, 12)."""
-    return multiscale_pool(h.detach(), mask, seq_splits=HEAD_POOL[0], emb_splits=HEAD_POOL[1], slices=num_heads)
+    """TSB contexts: the pooled slice of the hidden state that belongs to each head, (B, N_h, 12), on the CPU."""
+    pooled = multiscale_pool(h.detach(), mask, seq_splits=HEAD_POOL[0], emb_splits=HEAD_POOL[1], slices=num_heads)
+    return pooled.cpu()
 
 
 def standardise(z: Tensor) -> Tensor:

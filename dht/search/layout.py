@@ -49,7 +49,7 @@ def probe_layers(search: SearchConfig, phase_two: bool) -> int:
 
 def kept_to_heads(kept: Tensor) -> list[tuple[int, ...]]:
     """(B, N_h) bool masks of kept heads -> one ascending tuple of head indices per sample."""
-    return [tuple(torch.nonzero(row).flatten().tolist()) for row in kept]
+    return [tuple(j for j, keep in enumerate(row) if keep) for row in kept.tolist()]  # one copy, not B
 
 
 def run_group(model: DynamicEncoder, h: Tensor, mask: Tensor, layers: tuple[int, ...], kept: Tensor) -> Tensor:

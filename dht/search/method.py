@@ -150,27 +150,29 @@ class DHTMethod(Method):
         """Alg. 3 lines 2-5: each sample (tokens, label, arm, plus ``extra(row, length)``) joins the queue
         of its arm's depth; returns the queues that filled."""
         lengths = batch.attention_mask.sum(1).tolist()
+        ids, labels, index = batch.input_ids.tolist(), batch.labels.tolist(), batch.index.tolist()  # one copy
         released = []
         for i, arm in enumerate(chosen):
-            item = {"index": int(batch.index[i]), "ids": batch.input_ids[i, :lengths[i]].tolist(),
-                    "label": int(batch.labels[i]), "arm": arm, **extra(i, lengths[i])}
+            item = {"index": index[i], "ids": ids[i][:lengths[i]], "label": labels[i], "arm": arm,
+                    **extra(i, lengths[i])}
             full = queues.push(self.arms[arm].depth, item)
             if full is not None:
                 released.append(full)
         return released
 
     def _collate(self, items: list[dict]) -> Batch:
-        """A released queue's samples, padded into one batch."""
+        """A released queue's samples, padded into one batch on the network's device."""
         return collate([i["ids"] for i in items], [i["label"] for i in items], [i["index"] for i in items],
-                       self.pad_id)
+                       self.pad_id).to(self.device)
 
     # --- Algorithm 2: S2, rewards and updates ------------------------------------------
     def training_step(self, batch: QueuedBatch) -> StepResult:
         arms = [self.arms[a] for a in batch.arms.tolist()]
         h, decisions = self._run_s2(batch, arms, greedy=False)
         losses = F.cross_entropy(self.model.classify(h, batch.attention_mask), batch.labels, reduction="none")
-        rewards = self._update_bandits(batch, arms, losses, decisions)
-        return self._step_result(batch, arms, losses, decisions, rewards)
+        per_sample = losses.detach().cpu()  # the bandits' side of the step runs on the CPU
+        rewards = self._update_bandits(batch, arms, per_sample, decisions)
+        return self._step_result(batch, arms, losses, per_sample, decisions, rewards)
 
     def _run_s2(self, batch: Batch, arms: list, greedy: bool, hidden: Tensor | None = None) -> tuple[Tensor, list]:
         """Run the arms' layers (all of one depth); per group choose heads (UCB_H, TSB). Returns h and,
@@ -234,7 +236,7 @@ class DHTMethod(Method):
         prev.remember(name, delta_top)
         return rewards
 
-    def _step_result(self, batch: QueuedBatch, arms: list, losses: Tensor, decisions: list,
+    def _step_result(self, batch: QueuedBatch, arms: list, losses: Tensor, per_sample: Tensor, decisions: list,
                      rewards: dict[str, Tensor]) -> StepResult:
         """Cost of the step (paper-style and all-in) and one decision record per sample."""
         config, B = self.model.config, len(batch)
@@ -251,8 +253,9 @@ class DHTMethod(Method):
             bandits += len(decisions) * (linucb_flops(B, len(self.search.head_options), heads, False)
                                          + linucb_flops(B, 1, heads, True))
         all_in, self.overhead = flops + self.overhead + bandits, 0.0
-        records = [{"index": int(batch.index[i]), "arm": arms[i].label(self.N_h), "depth": arms[i].depth,
-                    "heads": [list(g[i]) for g in per_group], "loss": float(losses[i].detach()),
+        index = batch.index.tolist()
+        records = [{"index": index[i], "arm": arms[i].label(self.N_h), "depth": arms[i].depth,
+                    "heads": [list(g[i]) for g in per_group], "loss": float(per_sample[i]),
                     "rewards": {k: round(float(v[i]), 4) for k, v in rewards.items()}} for i in range(B)]
         return StepResult(losses.mean(), flops, full, all_in, extra={"phase_two": self.phase_two}, records=records)
 
@@ -282,7 +285,7 @@ class DHTMethod(Method):
         merged = []
         for name in ("logits", "flops", "full_flops", "all_in"):
             values = torch.cat([getattr(prediction, name) for _, prediction in parts])
-            merged.append(torch.empty_like(values).index_copy_(0, rows, values))
+            merged.append(torch.empty_like(values).index_copy_(0, rows.to(values.device), values))
         return Prediction(*merged)
 
     def _queue_for_inference(self, batch: Batch, queues: DepthQueues) -> list[list[dict]]:

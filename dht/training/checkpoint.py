@@ -51,7 +51,7 @@ def save_checkpoint(directory: Path, model: DynamicEncoder, optimizer: torch.opt
         "counters": counters,
         "optimizer": split_state(optimizer.state_dict(), "optimizer", tensors),
         "method": split_state(method_state, "method", tensors),
-        "rng": split_state({"torch": torch.get_rng_state()}, "rng", tensors),
+        "rng": split_state(rng_state(), "rng", tensors),
     }
     temporary = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
@@ -74,7 +74,17 @@ def load_checkpoint(directory: Path, model: DynamicEncoder,
     optimizer_state["state"] = {int(k): v for k, v in optimizer_state["state"].items()}
     optimizer.load_state_dict(optimizer_state)
     torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():  # dropout's generator on a GPU
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
     return state["counters"], state["method"]
+
+
+def rng_state() -> dict[str, Tensor]:
+    """The random generators a resumed run must continue: the CPU's, and the current GPU's if in use."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def save_model(path: Path, model: DynamicEncoder) -> None:

@@ -20,7 +20,7 @@ from dht.training.checkpoint import load_checkpoint, save_checkpoint, save_model
 from dht.training.config import RunConfig
 from dht.training.metrics import accuracy, f1_macro
 from dht.training.methods import Method
-from dht.training.setup import Prepared, dataset_dir, prepare, prepare_saved
+from dht.training.setup import Prepared, dataset_dir, device_name, prepare, prepare_saved
 
 
 class RunExistsError(ValueError):
@@ -45,16 +45,16 @@ def make_optimizer(prepared: Prepared) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=prepared.run.train.lr, fused=True)
 
 
-def start_run(run: RunConfig, output: Path, resume: bool) -> Prepared:
-    """Prepare a new run (or the saved one when resuming) and lay out its folder."""
+def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = None) -> Prepared:
+    """Prepare a new run (or the saved one when resuming) on ``device`` and lay out its folder."""
     if resume:
         if not (output / "checkpoint" / "state.json").is_file():
             raise ValueError(f"{output}: no checkpoint to resume from")
         run = RunConfig.from_dict(json.loads((output / "config.json").read_text(encoding="utf-8"))["run"])
-        return prepare(run)
+        return prepare(run, device=device)
     if (output / "config.json").exists():
         raise RunExistsError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
-    prepared = prepare(run)  # validates everything before anything is written
+    prepared = prepare(run, device=device)  # validates everything before anything is written
     output.mkdir(parents=True, exist_ok=True)
     shutil.copy(prepared.tokenizer_json, output / "tokenizer.json")
     config = {"run": run.to_dict(), "encoder": prepared.model.config.to_dict(),
@@ -67,14 +67,16 @@ def start_run(run: RunConfig, output: Path, resume: bool) -> Prepared:
 
 
 def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: int | None = None,
-          progress: bool = True) -> dict[str, Any] | None:
+          progress: bool = True, device: str | None = None) -> dict[str, Any] | None:
     """Train, evaluate and write the run folder; return the metrics (None if stopped early).
 
     stop_after_steps: stop (after checkpointing) once this many optimizer steps have run in this
-    call, as an interruption would; ``resume=True`` continues from there.
+    call, as an interruption would; ``resume=True`` continues from there. device: ``--device``
+    (auto: the GPU when there is one); a run may be resumed on another device.
     """
-    prepared = start_run(run, output, resume)
+    prepared = start_run(run, output, resume, device)
     run, model, method = prepared.run, prepared.model, prepared.method
+    where = method.device
     optimizer = make_optimizer(prepared)
     counters = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "flops": 0.0, "full_flops": 0.0,
                 "flops_all_in": 0.0, "samples": 0}
@@ -104,6 +106,7 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
             batches = iterate_batches(prepared.train.ids, prepared.train.labels, run.train.batch_size,
                                       prepared.pad_id, shuffle=True, generator=generator, sort_by_length=True,
                                       start_batch=method.loader_start(counters["batch"]))
+            batches = (batch.to(where) for batch in batches)
             bar = tqdm(method.training_batches(batches), total=steps_per_epoch, initial=counters["batch"],
                        desc=f"epoch {epoch + 1}/{run.train.epochs}", disable=not progress, mininterval=1.0,
                        dynamic_ncols=True)
@@ -111,11 +114,12 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
                 lr = learning_rate(counters["step"], total_steps, method.peak_lr(), run.train.warmup_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                result = method.training_step(batch)
+                result = method.training_step(batch.to(where))
                 optimizer.zero_grad(set_to_none=True)
                 result.loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
                 optimizer.step()
+                loss = result.loss.item()  # on a GPU this waits for the step, so the clock sees all of it
                 now = time.perf_counter()
                 seconds, mark = now - mark, now
                 counters.update(batch=counters["batch"] + 1, step=counters["step"] + 1,
@@ -123,7 +127,6 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
                                 full_flops=counters["full_flops"] + result.full_flops,
                                 flops_all_in=counters["flops_all_in"] + result.all_in,
                                 samples=counters["samples"] + len(batch))
-                loss = result.loss.item()
                 record = {"epoch": epoch, "step": counters["step"], "loss": loss, "lr": lr,
                           "samples": len(batch), "seconds": seconds, "flop_ratio": result.flops / result.full_flops,
                           **result.extra}
@@ -166,7 +169,7 @@ def finish(prepared: Prepared, output: Path, counters: dict[str, Any], progress:
         "train": {"flop_ratio": counters["flops"] / counters["full_flops"],
                   "flop_ratio_all_in": counters["flops_all_in"] / counters["full_flops"],
                   "seconds": counters["seconds"], "samples": counters["samples"], "epochs": run.train.epochs,
-                  "steps": counters["step"]},
+                  "steps": counters["step"], "device": device_name(prepared.method.device)},
     }
     metrics.update(prepared.method.report(output))
     save_model(output / "model.safetensors", prepared.model)
@@ -199,11 +202,12 @@ def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
     flops = full = all_in = 0.0
     started = time.perf_counter()
     batches = iterate_batches(split.ids, split.labels, batch_size, prepared.pad_id, shuffle=False, sort_by_length=True)
+    batches = (batch.to(method.device) for batch in batches)
     with tqdm(total=len(split), unit="sample", desc="evaluate", disable=not progress, mininterval=1.0,
               dynamic_ncols=True) as bar:
         for batch, result in method.predict_batches(batches):  # DHT regroups the samples by depth
             bar.update(len(batch))
-            predictions[batch.index] = result.logits.argmax(-1)
+            predictions[batch.index.cpu()] = result.logits.argmax(-1).cpu()
             flops += float(result.flops.sum())
             full += float(result.full_flops.sum())
             all_in += float(result.all_in.sum())
@@ -212,18 +216,20 @@ def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
     num_classes = prepared.dataset.num_classes
     return {"accuracy": accuracy(predictions, labels), "f1_macro": f1_macro(predictions, labels, num_classes),
             "flop_ratio": flops / full, "flop_ratio_all_in": all_in / full, "seconds": seconds,
-            "samples": len(split)}
+            "samples": len(split), "device": device_name(method.device)}
 
 
-def load_run(run_dir: Path, data: str | None = None, overrides: dict | None = None) -> Prepared:
-    """Rebuild a finished run (model and method state) for evaluation, with inference ``overrides``."""
+def load_run(run_dir: Path, data: str | None = None, overrides: dict | None = None,
+             device: str | None = None) -> Prepared:
+    """Rebuild a finished run (model and method state) on ``device`` for evaluation, with inference
+    ``overrides``."""
     from safetensors.torch import load_file
 
     from dht.training.checkpoint import join_state
 
     if not (run_dir / "model.safetensors").is_file():
         raise ValueError(f"{run_dir}: not a finished run (no model.safetensors)")
-    prepared = prepare_saved(run_dir, data, overrides)
+    prepared = prepare_saved(run_dir, data, overrides, device)
     if (run_dir / "method.json").is_file():
         tensors = load_file(str(run_dir / "method.safetensors"))
         state = join_state(json.loads((run_dir / "method.json").read_text(encoding="utf-8")), tensors)
@@ -232,9 +238,9 @@ def load_run(run_dir: Path, data: str | None = None, overrides: dict | None = No
 
 
 def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True,
-                 overrides: dict | None = None) -> dict[str, Any]:
+                 overrides: dict | None = None, device: str | None = None) -> dict[str, Any]:
     """Re-evaluate a saved run on its test split (or another dataset folder's); write evaluation.json."""
-    prepared = load_run(run_dir, data, overrides)
+    prepared = load_run(run_dir, data, overrides, device)
     result = {"run": str(run_dir), "dataset": prepared.dataset.name, "options": prepared.run.options,
               "test": evaluate(prepared, progress)}
     (run_dir / "evaluation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")

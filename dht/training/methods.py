@@ -62,6 +62,11 @@ class Method:
         self.model = model
         self.run = run
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are; batches are moved there (bandit statistics stay on the CPU)."""
+        return next(self.model.parameters()).device
+
     def initialise(self) -> None:
         """Set up weights before training (e.g. copy a teacher's); a resumed run's checkpoint is loaded
         afterwards, and a saved run that is only evaluated never calls this."""

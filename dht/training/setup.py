@@ -55,21 +55,56 @@ def encode_split(tokenizer: TextTokenizer, split: TextSplit) -> EncodedSplit:
     return EncodedSplit(tokenizer.encode(split.texts), list(split.labels))
 
 
-def prepare(run: RunConfig, data: str | None = None) -> Prepared:
-    """Build a fresh run from its settings (pretrained backbone, new classifier, seeded)."""
+def resolve_device(spec: str | None = None) -> torch.device:
+    """``--device``: ``auto`` (or None) is the GPU when torch sees one, else the CPU; ``cpu``; ``cuda[:N]``.
+
+    On a GPU, float32 matrix products use TensorFloat-32 (torch's "high" precision), the usual setting
+    for fine-tuning there; on the CPU nothing changes.
+    """
+    spec = spec or "auto"
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError as error:
+        raise ValueError(f"--device {spec!r}: not a device (use auto, cpu or cuda[:N])") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {spec!r}: only cpu and cuda are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: torch sees no CUDA GPU on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        torch.set_float32_matmul_precision("high")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """The device in words, for metrics.json: ``cpu (N threads)`` or the GPU's name."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def prepare(run: RunConfig, data: str | None = None, device: str | None = None) -> Prepared:
+    """Build a fresh run from its settings (pretrained backbone, new classifier, seeded) on ``device``."""
+    where = resolve_device(device)
     dataset = read_dataset(dataset_dir(run) if data is None else Path(data))
     backbone = resolve_backbone(run.backbone)
     torch.manual_seed(run.train.seed)  # the classifier's initialisation
     model = backbone.build(dataset.num_classes, pooling=run.train.pooling)
     model.embeddings.word.weight.requires_grad_(not run.train.freeze_word_embeddings)
     prepared = _assemble(run, dataset, backbone.tokenizer_json, model)
+    model.to(where)  # after the method has added its modules (FastBERT's branches), before it copies a teacher
     prepared.method.initialise()
     return prepared
 
 
-def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None = None) -> Prepared:
-    """Rebuild a saved run (its config.json, tokenizer.json and model.safetensors); ``overrides`` replaces
-    inference options the run already has (e.g. FastBERT's speed)."""
+def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None = None,
+                  device: str | None = None) -> Prepared:
+    """Rebuild a saved run (its config.json, tokenizer.json and model.safetensors) on ``device``;
+    ``overrides`` replaces inference options the run already has (e.g. FastBERT's speed)."""
+    where = resolve_device(device)
     from dht.training.checkpoint import load_model
 
     saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
@@ -85,7 +120,9 @@ def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None
                          f"but the data has {dataset.num_classes}")
     model = DynamicEncoder(config)
     load_model(run_dir / "model.safetensors", model)
-    return _assemble(run, dataset, run_dir / "tokenizer.json", model)
+    prepared = _assemble(run, dataset, run_dir / "tokenizer.json", model)
+    model.to(where)
+    return prepared
 
 
 def _assemble(run: RunConfig, dataset: Dataset, tokenizer_json: Path, model: DynamicEncoder) -> Prepared:
