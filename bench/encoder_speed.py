@@ -7,7 +7,12 @@ ratio to our full plan beside the analytic FLOP ratio, and one batch whose sampl
 8 heads (DHT under Thompson sampling: the head-by-head path). Configurations are timed round-robin so
 drift in machine load hits them all alike; each figure is the median of the repeats.
 
-Usage: python bench/encoder_speed.py [--repeats N] [--backbone minilm-l6] [--output PATH]
+With a random backbone (``bert-base-random``: the paper's 12 x 768 shape) the reference is a BertModel of
+the same shape with random weights (speed does not depend on the weights). ``--device cuda`` times a GPU
+(each call synchronised).
+
+Usage: python bench/encoder_speed.py [--repeats N] [--backbone minilm-l6] [--batch 32] [--device cpu]
+       [--output PATH]
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -23,27 +29,38 @@ import torch
 
 from dht.flops import full_forward_flops, plan_forward_flops
 from dht.model import ExecutionPlan, resolve_backbone
+from dht.training.setup import device_name, resolve_device
 
-BATCH, TOKENS = 32, 128
+TOKENS = 128
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--backbone", default="minilm-l6")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "encoder_speed.json")
     args = parser.parse_args()
 
-    from transformers import BertModel  # the reference; a test-only dependency of dht
+    from transformers import BertConfig, BertModel  # the reference; a test-only dependency of dht
 
+    device, BATCH = resolve_device(args.device), args.batch
     backbone = resolve_backbone(args.backbone)
-    ours = backbone.build(num_classes=4).eval()
-    theirs = BertModel.from_pretrained(str(backbone.directory), attn_implementation="sdpa").eval()
+    ours = backbone.build(num_classes=4).eval().to(device)
     config = ours.config
+    if backbone.directory is not None:
+        theirs = BertModel.from_pretrained(str(backbone.directory), attn_implementation="sdpa")
+    else:
+        theirs = BertModel(BertConfig(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                                      num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+                                      intermediate_size=config.intermediate_size,
+                                      max_position_embeddings=config.max_position, attn_implementation="sdpa"))
+    theirs = theirs.eval().to(device)
     L, H = config.num_layers, config.num_heads
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, config.vocab_size, (BATCH, TOKENS), generator=g)
-    mask = torch.ones(BATCH, TOKENS, dtype=torch.bool)
+    ids = torch.randint(1000, config.vocab_size, (BATCH, TOKENS), generator=g).to(device)
+    mask = torch.ones(BATCH, TOKENS, dtype=torch.bool, device=device)
 
     plans = {f"{L}L{h}H": ExecutionPlan.first(L, H, range(h)) for h in sorted({H, 8, 6, 4}, reverse=True) if h <= H}
     plans.update({f"{d}L{H}H": ExecutionPlan.first(d, H) for d in (4, 2) if d < L})
@@ -59,8 +76,10 @@ def main() -> None:
             fn()
         for _ in range(args.repeats):
             for name, fn in runs.items():
+                synchronise(device)
                 started = time.perf_counter()
                 fn()
+                synchronise(device)
                 times[name].append(time.perf_counter() - started)
     median = {name: statistics.median(values) for name, values in times.items()}
     full_name = f"{L}L{H}H"
@@ -79,15 +98,22 @@ def main() -> None:
         "full_throughput_ratio_vs_transformers": round(median["transformers"] / median[full_name], 4),
         "plans": rows,
         "setting": {"backbone": args.backbone, "batch": BATCH, "tokens": TOKENS, "repeats": args.repeats,
-                    "mode": "inference (torch.inference_mode), float32",
+                    "mode": "inference (torch.inference_mode), float32" + (", TF32 products" if device.type == "cuda" else ""),
+                    "device": device_name(device),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"},
         "seconds": {"ours_full": round(median[full_name], 5), "transformers": round(median["transformers"], 5)},
-        "command": "python bench/encoder_speed.py",
+        "command": "python bench/encoder_speed.py " + " ".join(sys.argv[1:]),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=1))
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for the GPU's queued work, so the clock measures it (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":

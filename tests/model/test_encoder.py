@@ -126,3 +126,25 @@ def test_plan_that_does_not_fit_is_rejected(tiny_model):
         tiny_model(ids, mask, ExecutionPlan.first(1, 4, (7,)))
     with pytest.raises(ValueError, match="plans for a batch"):
         tiny_model(ids, mask, [ExecutionPlan.full(4, 4)])
+
+
+@pytest.mark.parametrize("pool", [4, 3])  # 3: head 3 is kept by no sample, a grid row of padding alone
+def test_the_batched_per_sample_path_equals_the_head_by_head_path(tiny_model, pool):
+    """The GPU's per-sample path (three batched products over a padded head grid) computes what the
+    CPU's head-by-head path computes, forward and backward; run here on the CPU by calling it directly."""
+    attention = tiny_model.layers[1].attention
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(7, 9, tiny_model.config.hidden_size, generator=g, requires_grad=True)
+    attn = torch.ones(7, 1, 1, 9, dtype=torch.bool)
+    attn[2, ..., 6:] = False
+    heads = torch.stack([torch.randperm(pool, generator=g)[:2].sort().values for _ in range(7)])
+    results = []
+    for path in (attention._per_sample_heads, attention._per_sample_heads_batched):
+        tiny_model.zero_grad()
+        h.grad = None
+        out = path(h, attn, heads)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads = (h.grad, attention.qkv.weight.grad, attention.out.weight.grad)
+        results.append((out.detach(), *(grad.clone() for grad in grads)))
+    for by_head, batched in zip(*results):
+        assert torch.allclose(by_head, batched, atol=1e-5)
