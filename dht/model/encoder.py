@@ -13,6 +13,7 @@ group runs densely (trimmed to its own longest sample), and the results are put 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence, Union
 
 import torch
@@ -23,8 +24,24 @@ from dht.model.config import EncoderConfig
 from dht.model.plan import ExecutionPlan
 
 
-# Kept heads of one layer: shared by the batch (a tuple) or per sample (a (B, k) long tensor).
-Heads = Union[tuple[int, ...], Tensor]
+@dataclass(frozen=True)
+class HeadParts:
+    """Kept heads of one layer for a batch in parts: the samples at ``rows[i]`` keep ``heads[i]`` (a
+    shared tuple or an (n_i, k_i) tensor, k_i differing between parts). Attention runs part by part;
+    the rest of the layer (residuals, norms, FFN) runs once on the whole batch."""
+
+    rows: tuple[Tensor, ...]  # (n_i,) long each; together every row of the batch once
+    heads: tuple["Heads", ...]
+
+    @property
+    def inverse(self) -> Tensor:
+        """Position of each batch row in the parts' concatenation, (B,)."""
+        order = torch.cat(self.rows)
+        return torch.empty_like(order).index_copy_(0, order, torch.arange(len(order), device=order.device))
+
+
+# Kept heads of one layer: shared by the batch (a tuple), per sample (a (B, k) long tensor), or in parts.
+Heads = Union[tuple[int, ...], Tensor, HeadParts]
 
 
 class Embeddings(nn.Module):
@@ -72,6 +89,10 @@ class SelfAttention(nn.Module):
         heads: one tuple of head indices for the whole batch, or a (B, k) long tensor giving each
         sample its own k heads (see ``_per_sample_heads``).
         """
+        if isinstance(heads, HeadParts):
+            parts = [self(h.index_select(0, rows), attn_mask.index_select(0, rows), kept)
+                     for rows, kept in zip(heads.rows, heads.heads)]
+            return torch.cat(parts).index_select(0, heads.inverse)
         if isinstance(heads, Tensor):  # a GPU pays per kernel, a CPU per copied byte: see the two paths
             per_sample = self._per_sample_heads_batched if h.is_cuda else self._per_sample_heads
             return per_sample(h, attn_mask, heads)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from dht.model import DynamicEncoder, ExecutionPlan
+from dht.model.encoder import HeadParts, per_layer_heads
 from dht.search.arms import Arm, SearchConfig
 
 
@@ -59,6 +60,10 @@ def run_group(model: DynamicEncoder, h: Tensor, mask: Tensor, layers: tuple[int,
     samples whose head set is theirs alone run together per head count, their projections head by
     head (SelfAttention._per_sample_heads), which costs about 1.4x a slice per FLOP at these sizes,
     so every set shared by two or more samples (about three per set at greedy inference) saves work.
+    Only attention runs part by part (``HeadParts``); residuals, norms and the FFN run once over the
+    whole batch. For a training step of MiniLM's layers 2-3 on 32 x 50 tokens with 8, 10 or 12 heads per
+    sample, this takes 1.07x the all-heads group's time for 0.94 of its FLOPs, against 1.27x when each
+    part ran its own FFN.
     """
     heads = kept_to_heads(kept)
     sets: dict[tuple[int, ...], list[int]] = {}
@@ -75,11 +80,17 @@ def run_group(model: DynamicEncoder, h: Tensor, mask: Tensor, layers: tuple[int,
         parts.append((rows, [ExecutionPlan.uniform(layers, heads[i]) for i in rows]))
     if len(parts) == 1:
         return model.run_plan(h, mask, parts[0][1])
-    out = torch.empty_like(h)
+    # The parts differ only in attention: each part's attention runs on its own rows, and the FFN
+    # (two thirds of a layer's work) runs once over the whole batch rather than once per part.
+    heads = []
     for rows, plans in parts:
-        index = torch.tensor(rows, device=h.device)
-        out[index] = model.run_plan(h.index_select(0, index), mask.index_select(0, index), plans)
-    return out
+        _, per_layer = per_layer_heads(plans, h.device)
+        heads.append(per_layer[0])  # a group keeps the same heads in each of its layers
+    mixed = HeadParts(tuple(torch.tensor(rows, device=h.device) for rows, _ in parts), tuple(heads))
+    attn_mask = mask[:, None, None, :]
+    for layer in layers:
+        h = model.layers[layer](h, attn_mask, mixed)
+    return h
 
 
 def sample_plan(layout: Layout, group_heads: list[tuple[int, ...]], num_heads: int) -> ExecutionPlan:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from conftest import random_batch
 from dht.model import ExecutionPlan
+from dht.model.encoder import HeadParts
 
 
 def masked_heads_layer(layer, h, mask, heads):
@@ -148,3 +149,16 @@ def test_the_batched_per_sample_path_equals_the_head_by_head_path(tiny_model, po
         results.append((out.detach(), *(grad.clone() for grad in grads)))
     for by_head, batched in zip(*results):
         assert torch.allclose(by_head, batched, atol=1e-5)
+
+
+def test_a_layer_in_head_parts_equals_each_part_alone(tiny_model):
+    """HeadParts: attention part by part (shared heads, per-sample heads, another count), the FFN once."""
+    layer, g = tiny_model.layers[2], torch.Generator().manual_seed(7)
+    h = torch.randn(6, 5, tiny_model.config.hidden_size, generator=g)
+    attn = torch.ones(6, 1, 1, 5, dtype=torch.bool)
+    rows = (torch.tensor([4, 0]), torch.tensor([1, 5, 2]), torch.tensor([3]))
+    kept = ((0, 2), torch.tensor([[0, 1, 3], [1, 2, 3], [0, 2, 3]]), (0, 1, 2, 3))
+    with torch.no_grad():
+        together = layer(h, attn, HeadParts(rows, kept))
+        for part, heads in zip(rows, kept):
+            assert torch.allclose(together[part], layer(h[part], attn[part], heads), atol=1e-6)
