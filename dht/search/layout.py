@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from dht.model import DynamicEncoder, ExecutionPlan
-from dht.model.encoder import HeadParts, per_layer_heads
+from dht.model.encoder import HeadParts, Heads
 from dht.search.arms import Arm, SearchConfig
 
 
@@ -69,27 +69,28 @@ def run_group(model: DynamicEncoder, h: Tensor, mask: Tensor, layers: tuple[int,
     sets: dict[tuple[int, ...], list[int]] = {}
     for i, hs in enumerate(heads):
         sets.setdefault(hs, []).append(i)
-    parts: list[tuple[list[int], ExecutionPlan | list[ExecutionPlan]]] = []
+    if len(sets) == 1:
+        return model.run_plan(h, mask, ExecutionPlan.uniform(layers, heads[0]))
+    rows: list[list[int]] = []
+    part_heads: list[Heads] = []
     alone: dict[int, list[int]] = {}  # head count -> samples whose set nobody else keeps
-    for hs, rows in sets.items():
-        if len(rows) > 1 or len(sets) == 1:
-            parts.append((rows, ExecutionPlan.uniform(layers, hs)))
+    for hs, members in sets.items():
+        if len(members) > 1:
+            rows.append(members)
+            part_heads.append(hs)
         else:
-            alone.setdefault(len(hs), []).extend(rows)
-    for rows in alone.values():
-        parts.append((rows, [ExecutionPlan.uniform(layers, heads[i]) for i in rows]))
-    if len(parts) == 1:
-        return model.run_plan(h, mask, parts[0][1])
-    # The parts differ only in attention: each part's attention runs on its own rows, and the FFN
-    # (two thirds of a layer's work) runs once over the whole batch rather than once per part.
-    heads = []
-    for rows, plans in parts:
-        _, per_layer = per_layer_heads(plans, h.device)
-        heads.append(per_layer[0])  # a group keeps the same heads in each of its layers
-    mixed = HeadParts(tuple(torch.tensor(rows, device=h.device) for rows, _ in parts), tuple(heads))
+            alone.setdefault(len(hs), []).extend(members)
+    for members in alone.values():  # (n, k) heads per sample; a lone sample is a shared set of one
+        rows.append(members)
+        part_heads.append(torch.tensor([heads[i] for i in members], device=h.device) if len(members) > 1
+                          else heads[members[0]])
+    if len(rows) == 1:  # every sample alone, one head count: rows are 0..B-1 in order
+        kept_heads: Heads = part_heads[0]
+    else:  # attention part by part, then the FFN (two thirds of a layer's work) once for the batch
+        kept_heads = HeadParts(tuple(torch.tensor(r, device=h.device) for r in rows), tuple(part_heads))
     attn_mask = mask[:, None, None, :]
     for layer in layers:
-        h = model.layers[layer](h, attn_mask, mixed)
+        h = model.layers[layer](h, attn_mask, kept_heads)
     return h
 
 
