@@ -34,7 +34,7 @@ from dht.search.arm_features import ArmFeatures, compute_arm_features
 from dht.search.arms import PRESETS, load_search
 from dht.search.features import Contexts, with_arm_features
 from dht.search.layout import arm_layout, kept_to_heads, probe_layers, run_group, sample_plan
-from dht.search.queues import DepthQueues
+from dht.search.queues import DepthQueues, length_chunks
 from dht.search.rewards import PreviousBatch, binary_reward, cost, ratio_reward
 from dht.training.config import RunConfig
 from dht.training.methods import Method, Prediction, StepResult, forward_costs, register
@@ -168,11 +168,30 @@ class DHTMethod(Method):
     # --- Algorithm 2: S2, rewards and updates ------------------------------------------
     def training_step(self, batch: QueuedBatch) -> StepResult:
         arms = [self.arms[a] for a in batch.arms.tolist()]
-        h, decisions = self._run_s2(batch, arms, greedy=False)
-        losses = F.cross_entropy(self.model.classify(h, batch.attention_mask), batch.labels, reduction="none")
+        logits, chunk_decisions, rows = [], [], []
+        for chunk in length_chunks(batch.attention_mask.sum(1).tolist()):  # S2 on length-sorted chunks
+            part = self._select_rows(batch, chunk)
+            h, decisions = self._run_s2(part, [arms[i] for i in chunk], greedy=False)
+            logits.append(self.model.classify(h, part.attention_mask))
+            chunk_decisions.append(decisions)
+            rows += chunk
+        back = torch.empty(len(rows), dtype=torch.long).index_copy_(0, torch.tensor(rows), torch.arange(len(rows)))
+        decisions = [tuple(None if parts[0] is None else torch.cat(parts)[back] for parts in zip(*group))
+                     for group in zip(*chunk_decisions)]  # per group, back in the batch's order
+        logits = torch.cat(logits).index_select(0, back.to(self.device))
+        losses = F.cross_entropy(logits, batch.labels, reduction="none")
         per_sample = losses.detach().cpu()  # the bandits' side of the step runs on the CPU
         rewards = self._update_bandits(batch, arms, per_sample, decisions)
         return self._step_result(batch, arms, losses, per_sample, decisions, rewards)
+
+    @staticmethod
+    def _select_rows(batch: Batch, rows: list[int]) -> Batch:
+        """The batch's samples at ``rows``, padded only to the longest of them."""
+        index = torch.tensor(rows, device=batch.input_ids.device)
+        mask = batch.attention_mask.index_select(0, index)
+        T = int(mask.sum(1).max())
+        return Batch(batch.input_ids.index_select(0, index)[:, :T], mask[:, :T], batch.labels.index_select(0, index),
+                     batch.index.index_select(0, index))
 
     def _run_s2(self, batch: Batch, arms: list, greedy: bool, hidden: Tensor | None = None) -> tuple[Tensor, list]:
         """Run the arms' layers (all of one depth); per group choose heads (UCB_H, TSB). Returns h and,

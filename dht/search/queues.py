@@ -37,3 +37,27 @@ class DepthQueues(Generic[Item]):
 
     def __len__(self) -> int:
         return sum(len(queue) for queue in self.queues.values())
+
+
+def length_chunks(lengths: list[int], min_size: int = 8, min_saving: float = 0.1) -> list[list[int]]:
+    """How a released batch is computed: its rows (indices into ``lengths``), shortest first, in one chunk
+    or in two split where the fewest padding tokens remain, each at least ``min_size`` rows.
+
+    A queue gathers samples from several loader batches, so a released batch mixes lengths (in an F-DHT
+    run on AG News, 31% of its tokens were padding, against 2% in BL1's length-bucketed batches). Two
+    chunks keep the batch's samples, optimizer step and bandit update; they only stop short samples
+    being padded to the longest. The split is taken when it saves at least ``min_saving`` of the
+    padded tokens, since each chunk's products run on fewer rows.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    ranked = [lengths[i] for i in order]
+    B = len(ranked)
+    whole = B * ranked[-1] if B else 0
+    best, cut = whole, None
+    for s in range(min_size, B - min_size + 1):
+        padded = s * ranked[s - 1] + (B - s) * ranked[-1]
+        if padded < best:
+            best, cut = padded, s
+    if cut is None or best > (1 - min_saving) * whole:
+        return [order]
+    return [order[:cut], order[cut:]]

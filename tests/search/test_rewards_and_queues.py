@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dht.search.queues import DepthQueues
+from dht.search.queues import DepthQueues, length_chunks
 from dht.search.rewards import PreviousBatch, binary_reward, cost, ratio_reward
 
 
@@ -52,3 +52,16 @@ def test_flush_releases_partial_queues_and_empties_them():
 def test_queue_size_must_be_positive():
     with pytest.raises(ValueError):
         DepthQueues(size=0)
+
+
+def test_a_released_batch_is_computed_in_two_length_sorted_chunks_when_that_saves_padding():
+    lengths = [50, 10, 12, 48, 11, 9, 49, 10, 13, 47, 12, 10, 46, 11, 45, 50]
+    chunks = length_chunks(lengths, min_size=4)
+    assert sorted(i for chunk in chunks for i in chunk) == list(range(16))  # every row once
+    assert [max(lengths[i] for i in chunk) for chunk in chunks] == [13, 50]
+    assert all(len(chunk) >= 4 for chunk in chunks)
+
+
+def test_similar_lengths_or_small_batches_stay_one_chunk():
+    assert length_chunks([30, 31, 32, 30, 29, 33, 31, 30], min_size=2) == [[4, 0, 3, 7, 1, 6, 2, 5]]
+    assert length_chunks([5, 50, 6], min_size=2) == [[0, 2, 1]]  # too few rows for two chunks of 2
