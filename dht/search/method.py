@@ -8,7 +8,9 @@ the rewards of §4 update every bandit, and the loop back-propagates. Inference 
 the probe and queues samples by depth like training, so each depth runs in full batches.
 
 Decisions of ours where the spec is silent: the probe runs without dropout; arm features are
-standardised across arms (see features.py); the queue key is the arm's depth; P-DHT's probe after
+standardised across arms (see features.py); the queue key is the arm's depth, and a released queue is
+computed in two length-sorted chunks when that saves 10% of its padding (queues.length_chunks; one
+optimizer step and one bandit update for the whole queue); P-DHT's probe after
 the switch is the first layer with all heads, and its bottom d layers form groups of c with the
 remainder first (d = 1, 4, 7, 10 -> [1], [1,3], [1,3,3], [1,3,3,3] as in the paper); the P-DHT
 preset switches after min(2, epochs - 1) epochs, so that a run as short as BL1's 2 epochs still has
