@@ -14,6 +14,7 @@ group runs densely (trimmed to its own longest sample), and the results are put 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence, Union
 
 import torch
@@ -33,11 +34,15 @@ class HeadParts:
     rows: tuple[Tensor, ...]  # (n_i,) long each; together every row of the batch once
     heads: tuple["Heads", ...]
 
-    @property
+    @cached_property  # every layer of a group uses it
     def inverse(self) -> Tensor:
         """Position of each batch row in the parts' concatenation, (B,)."""
-        order = torch.cat(self.rows)
-        return torch.empty_like(order).index_copy_(0, order, torch.arange(len(order), device=order.device))
+        return inverse_permutation(torch.cat(self.rows))
+
+
+def inverse_permutation(order: Tensor) -> Tensor:
+    """``order`` (n,) lists rows 0..n-1 in some order; return where each row sits in it, (n,)."""
+    return torch.empty_like(order).index_copy_(0, order, torch.arange(len(order), device=order.device))
 
 
 # Kept heads of one layer: shared by the batch (a tuple), per sample (a (B, k) long tensor), or in parts.

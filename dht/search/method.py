@@ -32,6 +32,7 @@ from dht.bandits import LinUCB, LinUCBConfig, LogisticTS, LogisticTSConfig
 from dht.data import Batch, collate
 from dht.flops import (full_train_flops, linucb_flops, plan_forward_flops, plan_train_flops, thompson_flops)
 from dht.model import DynamicEncoder, ExecutionPlan
+from dht.model.encoder import inverse_permutation
 from dht.search.arm_features import ArmFeatures, compute_arm_features
 from dht.search.arms import PRESETS, load_search
 from dht.search.features import Contexts, with_arm_features
@@ -177,7 +178,7 @@ class DHTMethod(Method):
             logits.append(self.model.classify(h, part.attention_mask))
             chunk_decisions.append(decisions)
             rows += chunk
-        back = torch.empty(len(rows), dtype=torch.long).index_copy_(0, torch.tensor(rows), torch.arange(len(rows)))
+        back = inverse_permutation(torch.tensor(rows))
         decisions = [tuple(None if parts[0] is None else torch.cat(parts)[back] for parts in zip(*group))
                      for group in zip(*chunk_decisions)]  # per group, back in the batch's order
         logits = torch.cat(logits).index_select(0, back.to(self.device))

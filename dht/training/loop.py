@@ -114,7 +114,7 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
                 lr = learning_rate(counters["step"], total_steps, method.peak_lr(), run.train.warmup_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                result = method.training_step(batch.to(where))
+                result = method.training_step(batch)  # on ``where``: moved above, or collated there by DHT
                 optimizer.zero_grad(set_to_none=True)
                 result.loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
