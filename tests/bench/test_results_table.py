@@ -1,0 +1,45 @@
+"""bench/results_table.py: the seed summary compares means with the DHT issue's acceptance line."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "results_table.py"
+spec = importlib.util.spec_from_file_location("results_table", SCRIPT)
+results_table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(results_table)
+
+
+def write_run(path: Path, method: str, f1: float, inference: float, training: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = {"accuracy": f1, "f1_macro": f1, "flop_ratio": inference, "flop_ratio_all_in": inference, "seconds": 1.0}
+    train = {"flop_ratio": training, "flop_ratio_all_in": training, "seconds": 2.0}
+    path.write_text(json.dumps({"method": method, "test": block, "train": train}))
+
+
+def row(table: str, name: str) -> list[str]:
+    line = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_seed_table_means_and_line(tmp_path):
+    write_run(tmp_path / "full.json", "full", 0.90, 1.0, 1.0)
+    write_run(tmp_path / "seeds" / "full-seed1.json", "full", 0.92, 1.0, 1.0)  # BL1 mean 0.91
+    write_run(tmp_path / "t-dht.json", "dht", 0.90, 0.50, 0.60)
+    write_run(tmp_path / "seeds" / "t-dht-seed1.json", "dht", 0.89, 0.52, 0.62)  # mean 0.895: 1.5 below
+    write_run(tmp_path / "f-dht.json", "dht", 0.91, 0.50, 0.75)  # accurate, but trains at 0.75
+    write_run(tmp_path / "s-dht.json", "dht", 0.89, 0.50, 0.60)  # 2 points below
+    table = results_table.seed_table(tmp_path)
+    assert row(table, "BL1 (full model)")[1:3] == ["2", "0.9100 (0.9000-0.9200)"]
+    t = row(table, "DHT T-DHT")
+    assert t[1:] == ["2", "0.8950 (0.8900-0.9000)", "1.50", "0.510, 0.520", "0.610, 0.620", "yes"]
+    assert row(table, "DHT F-DHT")[-1] == "no"
+    assert row(table, "DHT S-DHT")[3:] == ["2.00", "0.500, 0.500", "0.600, 0.600", "no"]
+
+
+def test_seed_table_needs_bl1(tmp_path):
+    write_run(tmp_path / "t-dht.json", "dht", 0.9, 0.5, 0.6)
+    with pytest.raises(SystemExit, match="no full.json"):
+        results_table.seed_table(tmp_path)
