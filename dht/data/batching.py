@@ -42,6 +42,14 @@ class Batch:
                                    attention_mask=self.attention_mask.to(device),
                                    labels=self.labels.to(device), index=self.index.to(device))
 
+    def rows(self, rows: Sequence[int]) -> Batch:
+        """A plain Batch of the samples at ``rows`` (in that order), padded only to the longest of them."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.input_ids.device)
+        mask = self.attention_mask.index_select(0, index)
+        T = int(mask.sum(1).max())
+        return Batch(self.input_ids.index_select(0, index)[:, :T], mask[:, :T], self.labels.index_select(0, index),
+                     self.index.index_select(0, index))
+
 
 def collate(ids: Sequence[Sequence[int]], labels: Sequence[int], index: Sequence[int], pad_id: int) -> Batch:
     """Pad the samples' token ids with pad_id to the longest one and stack them into a Batch."""

@@ -173,7 +173,7 @@ class DHTMethod(Method):
         arms = [self.arms[a] for a in batch.arms.tolist()]
         logits, chunk_decisions, rows = [], [], []
         for chunk in length_chunks(batch.attention_mask.sum(1).tolist()):  # S2 on length-sorted chunks
-            part = self._select_rows(batch, chunk)
+            part = batch.rows(chunk)
             h, decisions = self._run_s2(part, [arms[i] for i in chunk], greedy=False)
             logits.append(self.model.classify(h, part.attention_mask))
             chunk_decisions.append(decisions)
@@ -186,15 +186,6 @@ class DHTMethod(Method):
         per_sample = losses.detach().cpu()  # the bandits' side of the step runs on the CPU
         rewards = self._update_bandits(batch, arms, per_sample, decisions)
         return self._step_result(batch, arms, losses, per_sample, decisions, rewards)
-
-    @staticmethod
-    def _select_rows(batch: Batch, rows: list[int]) -> Batch:
-        """The batch's samples at ``rows``, padded only to the longest of them."""
-        index = torch.tensor(rows, device=batch.input_ids.device)
-        mask = batch.attention_mask.index_select(0, index)
-        T = int(mask.sum(1).max())
-        return Batch(batch.input_ids.index_select(0, index)[:, :T], mask[:, :T], batch.labels.index_select(0, index),
-                     batch.index.index_select(0, index))
 
     def _run_s2(self, batch: Batch, arms: list, greedy: bool, hidden: Tensor | None = None) -> tuple[Tensor, list]:
         """Run the arms' layers (all of one depth); per group choose heads (UCB_H, TSB). Returns h and,

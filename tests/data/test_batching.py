@@ -60,6 +60,14 @@ def test_batch_validates_shapes_and_moves():
         Batch(ok.input_ids, ok.attention_mask, torch.zeros(2, dtype=torch.long), ok.index)
 
 
+def test_rows_keeps_the_order_given_and_trims_padding():
+    batch = collate([[101, 7, 8, 9, 102], [101, 102], [101, 5, 102]], [2, 0, 1], [4, 9, 1], pad_id=PAD)
+    part = batch.rows([2, 1])
+    assert part.input_ids.tolist() == [[101, 5, 102], [101, 102, PAD]]  # padded to its own longest, 3
+    assert part.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert part.labels.tolist() == [1, 0] and part.index.tolist() == [1, 9]
+
+
 @pytest.mark.parametrize("shuffle, sort_by_length", [(False, False), (True, False), (False, True), (True, True)])
 def test_every_index_exactly_once_and_last_partial_batch_kept(shuffle, sort_by_length):
     ids, labels = samples(23)
