@@ -28,7 +28,7 @@ from dht.model.plan import ExecutionPlan
 @dataclass(frozen=True)
 class HeadParts:
     """Kept heads of one layer for a batch in parts: the samples at ``rows[i]`` keep ``heads[i]`` (a
-    shared tuple or an (n_i, k_i) tensor, k_i differing between parts). Attention runs part by part;
+    shared tuple, or an (n_i, N_h) bool mask of each sample's own heads). Attention runs part by part;
     the rest of the layer (residuals, norms, FFN) runs once on the whole batch."""
 
     rows: tuple[Tensor, ...]  # (n_i,) long each; together every row of the batch once
@@ -45,7 +45,7 @@ def inverse_permutation(order: Tensor) -> Tensor:
     return torch.empty_like(order).index_copy_(0, order, torch.arange(len(order), device=order.device))
 
 
-# Kept heads of one layer: shared by the batch (a tuple), per sample (a (B, k) long tensor), or in parts.
+# Kept heads of one layer: shared by the batch (a tuple), per sample (a (B, N_h) bool mask), or in parts.
 Heads = Union[tuple[int, ...], Tensor, HeadParts]
 
 
@@ -91,8 +91,8 @@ class SelfAttention(nn.Module):
     def forward(self, h: Tensor, attn_mask: Tensor, heads: Heads) -> Tensor:
         """h (B, T, E), attn_mask (B, 1, 1, T) bool (True = attend) -> (B, T, E) using only the kept heads.
 
-        heads: one tuple of head indices for the whole batch, or a (B, k) long tensor giving each
-        sample its own k heads (see ``_per_sample_heads``).
+        heads: one tuple of head indices for the whole batch, a (B, N_h) bool mask giving each sample
+        its own heads (any number each; see ``_per_sample_heads``), or ``HeadParts``.
         """
         if isinstance(heads, HeadParts):
             parts = [self(h.index_select(0, rows), attn_mask.index_select(0, rows), kept)
@@ -120,63 +120,71 @@ class SelfAttention(nn.Module):
         dropout_p = self.dropout_p if self.training else 0.0
         return F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
-    def _per_sample_heads(self, h: Tensor, attn_mask: Tensor, heads: Tensor) -> Tensor:
-        """Sample b keeps heads[b] (k of them): projections run head by head over the samples that
-        keep that head, so the FLOPs are exactly the kept heads' and no weight is copied per sample
-        (gathering a weight slice per sample costs several times the matmul it feeds).
+    def _head_slots(self, kept: Tensor, attn_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One slot per kept (sample, head) pair of kept (B, N_h) bool, sample-major: each slot's sample
+        (S,), its head (S,), and its attention mask (S, 1, 1, T). Attention then runs over (S, 1, T, dh),
+        so samples may keep different numbers of heads."""
+        pairs = torch.nonzero(kept)  # (S, 2)
+        slot_rows, slot_heads = pairs[:, 0], pairs[:, 1]
+        return slot_rows, slot_heads, attn_mask.index_select(0, slot_rows)
+
+    def _per_sample_heads(self, h: Tensor, attn_mask: Tensor, kept: Tensor) -> Tensor:
+        """Sample b keeps the heads where kept[b] (B, N_h) is True: projections run head by head over
+        the samples that keep that head, so the FLOPs are exactly the kept heads' and no weight is
+        copied per sample (gathering a weight slice per sample costs several times the matmul it feeds).
 
         Every gather and scatter is index_select / index_copy_ / index_add_, whose CPU backward is
         deterministic (advanced indexing's is not when indices repeat), so resumed runs match.
         """
         B, T, E = h.shape
-        nh, dh, k = self.num_heads, self.head_dim, heads.shape[1]
+        nh, dh = self.num_heads, self.head_dim
+        slot_rows, slot_heads, slot_mask = self._head_slots(kept, attn_mask)
+        S = len(slot_rows)
         w_qkv = self.qkv.weight.view(3, nh, dh, E).transpose(0, 1).reshape(nh, 3 * dh, E)  # head j's q, k, v rows
         b_qkv = self.qkv.bias.view(3, nh, dh).transpose(0, 1).reshape(nh, 3 * dh)
         w_out = self.out.weight.view(E, nh, dh)
-        # slot b*k + c holds head heads[b, c] of sample b; per head j: its slots and their samples
-        slot_heads = heads.reshape(-1)
-        slots = [torch.nonzero(slot_heads == j).flatten() for j in range(nh)]
-        kept_by = [(j, slot, slot // k) for j, slot in enumerate(slots) if len(slot)]
-        qkv = h.new_empty(B * k, T, 3 * dh)
+        slots = [torch.nonzero(slot_heads == j).flatten() for j in range(nh)]  # head j's slots
+        kept_by = [(j, slot, slot_rows.index_select(0, slot)) for j, slot in enumerate(slots) if len(slot)]
+        qkv = h.new_empty(S, T, 3 * dh)
         for j, slot, rows in kept_by:
             qkv.index_copy_(0, slot, F.linear(h.index_select(0, rows), w_qkv[j], b_qkv[j]))
-        q, key, v = qkv.view(B, k, T, 3, dh).unbind(3)  # each (B, k, T, dh)
-        context = self._attend(q, key, v, attn_mask).reshape(B * k, T, dh)
+        q, key, v = qkv.view(S, 1, T, 3, dh).unbind(3)  # each (S, 1, T, dh)
+        context = self._attend(q, key, v, slot_mask).view(S, T, dh)
         out = h.new_zeros(B, T, E)
         for j, slot, rows in kept_by:
             out.index_add_(0, rows, F.linear(context.index_select(0, slot), w_out[:, j]))
         return out + self.out.bias
 
-
-    def _per_sample_heads_batched(self, h: Tensor, attn_mask: Tensor, heads: Tensor) -> Tensor:
+    def _per_sample_heads_batched(self, h: Tensor, attn_mask: Tensor, kept: Tensor) -> Tensor:
         """``_per_sample_heads`` as three batched products over the heads instead of 2 x N_h small ones
         (the GPU path: there, 24 small kernels per layer cost 7x BL1's layer at batch 32).
 
         Head j's samples fill row j of an (N_h, M) grid, M = the most samples any head has; the grid's
         spare cells repeat sample 0, their projections are never read and their context is zero, so the
         result equals the head-by-head path. The spare cells are work the FLOP count does not include:
-        (N_h·M − B·k) / (B·k) of these layers' projections, about a fifth when Thompson sampling keeps
-        8 of 12 heads for 32 samples. On a CPU the head-by-head path is faster (MiniLM's attention layer,
-        32 samples x 60 tokens, 8 of 12 heads each: 22 ms against 29 ms), so it stays there.
+        (N_h·M − S) / S of these layers' projections (S kept pairs), about a fifth when Thompson sampling
+        keeps 8 of 12 heads for 32 samples. On a CPU the head-by-head path is faster (MiniLM's attention
+        layer, 32 samples x 60 tokens, 8 of 12 heads each: 22 ms against 29 ms), so it stays there.
         """
         B, T, E = h.shape
-        nh, dh, k = self.num_heads, self.head_dim, heads.shape[1]
-        slot_heads = heads.reshape(-1)  # slot b*k + c holds head heads[b, c] of sample b
+        nh, dh = self.num_heads, self.head_dim
+        slot_rows, slot_heads, slot_mask = self._head_slots(kept, attn_mask)
+        S = len(slot_rows)
         order = torch.argsort(slot_heads, stable=True)  # slots grouped by head, samples ascending
         counts = torch.bincount(slot_heads, minlength=nh)
         M = int(counts.max())
         first = torch.cumsum(counts, 0) - counts  # each head's first position in ``order``
         grouped = slot_heads[order]
         cell_of_slot = torch.empty_like(order)
-        cell_of_slot[order] = grouped * M + torch.arange(B * k, device=h.device) - first[grouped]
+        cell_of_slot[order] = grouped * M + torch.arange(S, device=h.device) - first[grouped]
         row_of_cell = torch.zeros(nh * M, dtype=torch.long, device=h.device)
-        row_of_cell[cell_of_slot] = torch.arange(B * k, device=h.device) // k
+        row_of_cell[cell_of_slot] = slot_rows
         w_qkv = self.qkv.weight.view(3, nh, dh, E).transpose(0, 1).reshape(nh, 3 * dh, E)
         b_qkv = self.qkv.bias.view(3, nh, dh).transpose(0, 1).reshape(nh, 1, 3 * dh)
         grid = h.index_select(0, row_of_cell).view(nh, M * T, E)
         qkv = torch.baddbmm(b_qkv, grid, w_qkv.transpose(1, 2)).view(nh * M, T, 3 * dh)
-        q, key, v = qkv.index_select(0, cell_of_slot).view(B, k, T, 3, dh).unbind(3)  # each (B, k, T, dh)
-        context = self._attend(q, key, v, attn_mask).reshape(B * k, T, dh)
+        q, key, v = qkv.index_select(0, cell_of_slot).view(S, 1, T, 3, dh).unbind(3)  # each (S, 1, T, dh)
+        context = self._attend(q, key, v, slot_mask).view(S, T, dh)
         context = context.new_zeros(nh * M, T, dh).index_copy(0, cell_of_slot, context).view(nh, M * T, dh)
         w_out = self.out.weight.view(E, nh, dh).permute(1, 2, 0)  # (nh, dh, E)
         out = h.new_zeros(B, T, E).index_add_(0, row_of_cell, torch.bmm(context, w_out).view(nh * M, T, E))
@@ -245,7 +253,7 @@ class DynamicEncoder(nn.Module):
         """Run the layers of ``plan`` on h (B, T, E): one plan for all samples, or one per sample
         as long as they all share a shape (same layers, same head count in each)."""
         attn_mask = mask[:, None, None, :]  # (B, 1, 1, T)
-        for layer, heads in zip(*per_layer_heads(plan, h.device)):
+        for layer, heads in zip(*per_layer_heads(plan, self.config.num_heads, h.device)):
             h = self.layers[layer](h, attn_mask, heads)
         return h
 
@@ -323,10 +331,10 @@ def group_by_shape(plans: Sequence[ExecutionPlan]) -> dict[tuple, list[int]]:
     return groups
 
 
-def per_layer_heads(plan: ExecutionPlan | Sequence[ExecutionPlan],
+def per_layer_heads(plan: ExecutionPlan | Sequence[ExecutionPlan], num_heads: int,
                     device: torch.device) -> tuple[tuple[int, ...], list[Heads]]:
     """The layers a same-shape group runs and, per layer, its heads: a shared tuple where all
-    samples agree, else a (B, k) tensor of each sample's heads."""
+    samples agree, else a (B, N_h) bool mask of each sample's heads."""
     if isinstance(plan, ExecutionPlan):
         return plan.layers, list(plan.heads)
     first = plan[0]
@@ -334,7 +342,12 @@ def per_layer_heads(plan: ExecutionPlan | Sequence[ExecutionPlan],
         raise ValueError("run_plan needs plans of one shape (same layers and head counts)")
     heads: list[Heads] = []
     for position in range(first.depth):
-        sets = {p.heads[position] for p in plan}
-        heads.append(first.heads[position] if len(sets) == 1 else
-                     torch.tensor([p.heads[position] for p in plan], dtype=torch.long, device=device))
+        sets = [p.heads[position] for p in plan]
+        if len(set(sets)) == 1:
+            heads.append(first.heads[position])
+            continue
+        kept = torch.zeros(len(plan), num_heads, dtype=torch.bool)
+        for row, kept_heads in enumerate(sets):
+            kept[row, list(kept_heads)] = True
+        heads.append(kept.to(device))
     return first.layers, heads

@@ -53,17 +53,22 @@ def kept_to_heads(kept: Tensor) -> list[tuple[int, ...]]:
     return [tuple(j for j, keep in enumerate(row) if keep) for row in kept.tolist()]  # one copy, not B
 
 
+# A head set kept by this many samples of a batch or more runs as its own part with one slice of the
+# weights; rarer sets run together, head by head. Measured on MiniLM's layers with the kept heads of
+# saved F-DHT and P-DHT runs' test batches (64 samples, 8-12 heads each): see ``run_group``.
+MIN_SHARED = 4
+
+
 def run_group(model: DynamicEncoder, h: Tensor, mask: Tensor, layers: tuple[int, ...], kept: Tensor) -> Tensor:
     """Run ``layers`` on h (B, T, E), sample i keeping the heads where kept[i] (B, N_h) is True.
 
-    Samples that keep the same heads run together with one slice of the weights (plain matmuls); the
-    samples whose head set is theirs alone run together per head count, their projections head by
-    head (SelfAttention._per_sample_heads), which costs about 1.4x a slice per FLOP at these sizes,
-    so every set shared by two or more samples (about three per set at greedy inference) saves work.
-    Only attention runs part by part (``HeadParts``); residuals, norms and the FFN run once over the
-    whole batch. For a training step of MiniLM's layers 2-3 on 32 x 50 tokens with 8, 10 or 12 heads per
-    sample, this takes 1.07x the all-heads group's time for 0.94 of its FLOPs, against 1.27x when each
-    part ran its own FFN.
+    A head set shared by ``MIN_SHARED`` samples or more runs as one part with a slice of the weights
+    (plain matmuls); every other sample runs in one more part, its projections head by head over the
+    samples that keep each head (SelfAttention._per_sample_heads), whatever their head counts. Greedy
+    Thompson sampling gives most samples a set of their own (about 45 distinct sets in 64 samples), and
+    a part per set or per head count made attention cost about twice a slice's time per FLOP; the one
+    head-by-head part costs about 1.35x. Only attention runs part by part (``HeadParts``); residuals,
+    norms and the FFN run once over the whole batch.
     """
     heads = kept_to_heads(kept)
     sets: dict[tuple[int, ...], list[int]] = {}
@@ -71,22 +76,18 @@ def run_group(model: DynamicEncoder, h: Tensor, mask: Tensor, layers: tuple[int,
         sets.setdefault(hs, []).append(i)
     if len(sets) == 1:
         return model.run_plan(h, mask, ExecutionPlan.uniform(layers, heads[0]))
-    rows: list[list[int]] = []
-    part_heads: list[Heads] = []
-    alone: dict[int, list[int]] = {}  # head count -> samples whose set nobody else keeps
-    for hs, members in sets.items():
-        if len(members) > 1:
-            rows.append(members)
-            part_heads.append(hs)
-        else:
-            alone.setdefault(len(hs), []).extend(members)
-    for members in alone.values():  # (n, k) heads per sample; a lone sample is a shared set of one
-        rows.append(members)
-        part_heads.append(torch.tensor([heads[i] for i in members], device=h.device) if len(members) > 1
-                          else heads[members[0]])
-    if len(rows) == 1:  # every sample alone, one head count: rows are 0..B-1 in order
-        kept_heads: Heads = part_heads[0]
-    else:  # attention part by part, then the FFN (two thirds of a layer's work) once for the batch
+    shared = [(members, hs) for hs, members in sets.items() if len(members) >= MIN_SHARED]
+    rest = sorted(i for members in sets.values() if len(members) < MIN_SHARED for i in members)
+    kept = kept.to(h.device)
+    if not shared:  # one head-by-head part: rows 0..B-1 in order
+        kept_heads: Heads = kept
+    else:
+        rows = [members for members, _ in shared]
+        part_heads: list[Heads] = [hs for _, hs in shared]
+        if rest:  # a lone sample is a shared set of one
+            rows.append(rest)
+            part_heads.append(heads[rest[0]] if len(rest) == 1 else
+                              kept.index_select(0, torch.tensor(rest, device=h.device)))
         kept_heads = HeadParts(tuple(torch.tensor(r, device=h.device) for r in rows), tuple(part_heads))
     attn_mask = mask[:, None, None, :]
     for layer in layers:

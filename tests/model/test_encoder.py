@@ -138,12 +138,14 @@ def test_the_batched_per_sample_path_equals_the_head_by_head_path(tiny_model, po
     h = torch.randn(7, 9, tiny_model.config.hidden_size, generator=g, requires_grad=True)
     attn = torch.ones(7, 1, 1, 9, dtype=torch.bool)
     attn[2, ..., 6:] = False
-    heads = torch.stack([torch.randperm(pool, generator=g)[:2].sort().values for _ in range(7)])
+    kept = torch.zeros(7, 4, dtype=torch.bool)
+    for row, count in enumerate([2, 1, 2, 3, 2, 1, 2]):  # head counts differ between samples
+        kept[row, torch.randperm(pool, generator=g)[:count]] = True
     results = []
     for path in (attention._per_sample_heads, attention._per_sample_heads_batched):
         tiny_model.zero_grad()
         h.grad = None
-        out = path(h, attn, heads)
+        out = path(h, attn, kept)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         grads = (h.grad, attention.qkv.weight.grad, attention.out.weight.grad)
         results.append((out.detach(), *(grad.clone() for grad in grads)))
@@ -157,8 +159,11 @@ def test_a_layer_in_head_parts_equals_each_part_alone(tiny_model):
     h = torch.randn(6, 5, tiny_model.config.hidden_size, generator=g)
     attn = torch.ones(6, 1, 1, 5, dtype=torch.bool)
     rows = (torch.tensor([4, 0]), torch.tensor([1, 5, 2]), torch.tensor([3]))
-    kept = ((0, 2), torch.tensor([[0, 1, 3], [1, 2, 3], [0, 2, 3]]), (0, 1, 2, 3))
+    kept = ((0, 2), torch.tensor([[1, 1, 0, 1], [0, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool), (0, 1, 2, 3))
     with torch.no_grad():
         together = layer(h, attn, HeadParts(rows, kept))
         for part, heads in zip(rows, kept):
             assert torch.allclose(together[part], layer(h[part], attn[part], heads), atol=1e-6)
+        for row, mask in zip(rows[1].tolist(), kept[1]):  # each sample of the per-sample part, alone
+            alone = layer(h[row:row + 1], attn[row:row + 1], tuple(torch.nonzero(mask).flatten().tolist()))
+            assert torch.allclose(together[row], alone[0], atol=1e-6)

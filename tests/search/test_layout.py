@@ -5,7 +5,7 @@ import torch
 
 from conftest import random_batch
 from dht.model import ExecutionPlan
-from dht.search.layout import run_group
+from dht.search.layout import MIN_SHARED, run_group
 
 
 def kept_masks(sets: list[tuple[int, ...]], num_heads: int = 4) -> torch.Tensor:
@@ -16,8 +16,9 @@ def kept_masks(sets: list[tuple[int, ...]], num_heads: int = 4) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("sets", [
-    [(0, 1), (0, 1), (0, 1), (1, 2), (1, 2), (0, 3)],  # two shared sets (one matmul each) and a set of its own
-    [(0, 1), (1, 2), (2, 3), (0, 3), (0, 1, 2), (3,)],  # all distinct: head by head, per head count
+    [(0, 1)] * MIN_SHARED + [(1, 2), (0, 1, 3), (1, 2)],  # a shared set (one slice); the rest head by head
+    [(0, 1)] * MIN_SHARED + [(2, 3)],  # a shared set and a set of its own (a slice of one sample)
+    [(0, 1), (1, 2), (2, 3), (0, 3), (0, 1, 2), (3,)],  # no shared set: one head-by-head part, mixed counts
 ])
 def test_run_group_matches_each_sample_alone(tiny_model, sets):
     ids, mask = random_batch(batch=len(sets))
