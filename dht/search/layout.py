@@ -54,8 +54,9 @@ def kept_to_heads(kept: Tensor) -> list[tuple[int, ...]]:
 
 
 # A head set kept by this many samples of a batch or more runs as its own part with one slice of the
-# weights; rarer sets run together, head by head. Measured on MiniLM's layers with the kept heads of
-# saved F-DHT and P-DHT runs' test batches (64 samples, 8-12 heads each): see ``run_group``.
+# weights; rarer sets run together, head by head. Replaying the kept heads of 40 of saved F-DHT and P-DHT
+# runs' test batches (64 samples, 8-12 heads each) through one MiniLM layer, 4 to 16 timed alike (within
+# the machine's noise) and 2 about 10% slower.
 MIN_SHARED = 4
 
 
@@ -67,8 +68,9 @@ def run_group(model: DynamicEncoder, h: Tensor, mask: Tensor, layers: tuple[int,
     samples that keep each head (SelfAttention._per_sample_heads), whatever their head counts. Greedy
     Thompson sampling gives most samples a set of their own (about 45 distinct sets in 64 samples), and
     a part per set or per head count made attention cost about twice a slice's time per FLOP; the one
-    head-by-head part costs about 1.35x. Only attention runs part by part (``HeadParts``); residuals,
-    norms and the FFN run once over the whole batch.
+    head-by-head part costs about 1.35x (``bench/head_group_speed.py`` times a whole group's training
+    step). Only attention runs part by part (``HeadParts``); residuals, norms and the FFN run once over
+    the whole batch.
     """
     heads = kept_to_heads(kept)
     sets: dict[tuple[int, ...], list[int]] = {}
