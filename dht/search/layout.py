@@ -66,11 +66,11 @@ def run_group(model: DynamicEncoder, h: Tensor, mask: Tensor, layers: tuple[int,
     A head set shared by ``MIN_SHARED`` samples or more runs as one part with a slice of the weights
     (plain matmuls); every other sample runs in one more part, its projections head by head over the
     samples that keep each head (SelfAttention._per_sample_heads), whatever their head counts. Greedy
-    Thompson sampling gives most samples a set of their own (about 45 distinct sets in 64 samples), and
-    a part per set or per head count made attention cost about twice a slice's time per FLOP; the one
-    head-by-head part costs about 1.35x (``bench/head_group_speed.py`` times a whole group's training
-    step). Only attention runs part by part (``HeadParts``); residuals, norms and the FFN run once over
-    the whole batch.
+    Thompson sampling gives most samples a set of their own (about 45 distinct sets in 64 samples), so a
+    part per set or per head count made many tiny parts. ``bench/head_group_speed.py`` times a group's
+    training step: samples keeping 8, 10 or 12 heads of their own take 1.10-1.16x the all-heads group's
+    time for 0.94 of its FLOPs (1.18x with a part per head count). Only attention runs part by part
+    (``HeadParts``); residuals, norms and the FFN run once over the whole batch.
     """
     heads = kept_to_heads(kept)
     sets: dict[tuple[int, ...], list[int]] = {}
