@@ -29,17 +29,10 @@ import torch
 
 from dht.flops import layer_forward_flops
 from dht.model import resolve_backbone
+from dht.model.encoder import kept_mask
 from dht.search.layout import run_group
 
 BATCH, TOKENS, LAYERS = 32, 50, (2, 3)
-
-
-def kept_masks(counts: list[int], num_heads: int, generator: torch.Generator) -> torch.Tensor:
-    """(B, N_h) bool: sample i keeps counts[i] random heads."""
-    kept = torch.zeros(len(counts), num_heads, dtype=torch.bool)
-    for row, count in enumerate(counts):
-        kept[row, torch.randperm(num_heads, generator=generator)[:count]] = True
-    return kept
 
 
 def main() -> None:
@@ -53,10 +46,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     h = torch.randn(BATCH, TOKENS, config.hidden_size, generator=g)
     mask = torch.ones(BATCH, TOKENS, dtype=torch.bool)
-    shared = torch.zeros(BATCH, H, dtype=torch.bool)
-    shared[:, :10] = True
-    cases = {"all heads": torch.ones(BATCH, H, dtype=torch.bool), "shared 10 heads": shared,
-             "per sample 8/10/12": kept_masks([(8, 10, 12)[i % 3] for i in range(BATCH)], H, g)}
+    own = [torch.randperm(H, generator=g)[:(8, 10, 12)[i % 3]].tolist() for i in range(BATCH)]
+    cases = {"all heads": kept_mask([range(H)] * BATCH, H), "shared 10 heads": kept_mask([range(10)] * BATCH, H),
+             "per sample 8/10/12": kept_mask(own, H)}
 
     def step(kept: torch.Tensor) -> None:
         model.zero_grad(set_to_none=True)

@@ -49,6 +49,14 @@ def inverse_permutation(order: Tensor) -> Tensor:
 Heads = Union[tuple[int, ...], Tensor, HeadParts]
 
 
+def kept_mask(head_sets: Sequence[Sequence[int]], num_heads: int, device: torch.device | None = None) -> Tensor:
+    """One head set per sample -> the (B, N_h) bool mask of kept heads that per-sample attention takes."""
+    kept = torch.zeros(len(head_sets), num_heads, dtype=torch.bool)
+    for row, heads in enumerate(head_sets):
+        kept[row, list(heads)] = True
+    return kept.to(device) if device is not None else kept
+
+
 class Embeddings(nn.Module):
     """Word + position + token-type embeddings, then LayerNorm and dropout (BERT)."""
 
@@ -120,7 +128,8 @@ class SelfAttention(nn.Module):
         dropout_p = self.dropout_p if self.training else 0.0
         return F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
-    def _head_slots(self, kept: Tensor, attn_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    @staticmethod
+    def _head_slots(kept: Tensor, attn_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One slot per kept (sample, head) pair of kept (B, N_h) bool, sample-major: each slot's sample
         (S,), its head (S,), and its attention mask (S, 1, 1, T). Attention then runs over (S, 1, T, dh),
         so samples may keep different numbers of heads."""
@@ -343,11 +352,5 @@ def per_layer_heads(plan: ExecutionPlan | Sequence[ExecutionPlan], num_heads: in
     heads: list[Heads] = []
     for position in range(first.depth):
         sets = [p.heads[position] for p in plan]
-        if len(set(sets)) == 1:
-            heads.append(first.heads[position])
-            continue
-        kept = torch.zeros(len(plan), num_heads, dtype=torch.bool)
-        for row, kept_heads in enumerate(sets):
-            kept[row, list(kept_heads)] = True
-        heads.append(kept.to(device))
+        heads.append(sets[0] if len(set(sets)) == 1 else kept_mask(sets, num_heads, device))
     return first.layers, heads

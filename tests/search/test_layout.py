@@ -5,14 +5,8 @@ import torch
 
 from conftest import random_batch
 from dht.model import ExecutionPlan
+from dht.model.encoder import kept_mask
 from dht.search.layout import MIN_SHARED, run_group
-
-
-def kept_masks(sets: list[tuple[int, ...]], num_heads: int = 4) -> torch.Tensor:
-    kept = torch.zeros(len(sets), num_heads, dtype=torch.bool)
-    for i, heads in enumerate(sets):
-        kept[i, list(heads)] = True
-    return kept
 
 
 @pytest.mark.parametrize("sets", [
@@ -24,7 +18,7 @@ def test_run_group_matches_each_sample_alone(tiny_model, sets):
     ids, mask = random_batch(batch=len(sets))
     with torch.no_grad():
         h = tiny_model.embed(ids)
-        out = run_group(tiny_model, h, mask, (1, 2), kept_masks(sets))
+        out = run_group(tiny_model, h, mask, (1, 2), kept_mask(sets, num_heads=4))
         for i, heads in enumerate(sets):
             alone = tiny_model.run_plan(h[i:i + 1], mask[i:i + 1], ExecutionPlan((1, 2), (heads, heads)))
             assert torch.allclose(out[i:i + 1], alone, atol=1e-5), f"sample {i}"
