@@ -93,6 +93,12 @@ def summary(metrics: dict) -> str:
             f"test {test['seconds']:.1f} s")
 
 
+def routes_line(test: dict) -> str:
+    """'inference paths: 2L12H 35% (accuracy 0.851), ...' for methods whose samples take different paths."""
+    return "inference paths: " + ", ".join(f"{route} {100 * r['share']:.0f}% (accuracy {r['accuracy']:.3f})"
+                                           for route, r in test.get("routes", {}).items())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dht.training.loop import evaluate_run, train  # heavy imports after argument errors
@@ -105,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics = train(run_config(args), output, resume=args.resume, progress=not args.quiet,
                             device=args.device)
             print(summary(metrics))
+            if "routes" in metrics["test"]:
+                print(routes_line(metrics["test"]))
             print(f"run folder: {output}")
         elif args.command == "bench":
             from dht.benchmark import run_bench
@@ -120,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             test = result["test"]
             print(f"{args.run_dir} on {result['dataset']}: accuracy {test['accuracy']:.4f}, "
                   f"macro-F1 {test['f1_macro']:.4f}, FLOP ratio {test['flop_ratio']:.3f}, {test['seconds']:.1f} s")
+            if "routes" in test:
+                print(routes_line(test))
     except (ValueError, FileNotFoundError) as error:  # DataError, BackboneError, bad settings
         print(f"dht: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

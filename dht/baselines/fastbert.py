@@ -121,7 +121,8 @@ class FastBERTMethod(Method):
             flops.append(plan_forward_flops(config, ExecutionPlan.first(d, config.num_heads), t, classify=d == L)
                          + branches * classifier_flops(config))
             full.append(full_forward_flops(config, t))
-        return Prediction(logits, torch.tensor(flops, dtype=torch.float64), torch.tensor(full, dtype=torch.float64))
+        return Prediction(logits, torch.tensor(flops, dtype=torch.float64), torch.tensor(full, dtype=torch.float64),
+                          routes=[f"{d}L" for d in depth.tolist()])
 
 
 register("fastbert", FastBERTMethod)

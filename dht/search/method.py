@@ -299,7 +299,10 @@ class DHTMethod(Method):
         for name in ("logits", "flops", "full_flops", "all_in"):
             values = torch.cat([getattr(prediction, name) for _, prediction in parts])
             merged.append(torch.empty_like(values).index_copy_(0, rows.to(values.device), values))
-        return Prediction(*merged)
+        routes = [""] * len(rows)
+        for row, route in zip(rows.tolist(), (route for _, prediction in parts for route in prediction.routes)):
+            routes[row] = route
+        return Prediction(*merged, routes)
 
     def _queue_for_inference(self, batch: Batch, queues: DepthQueues) -> list[list[dict]]:
         """S1 and the greedy arm per sample (Alg. 2 lines 2-6 with α = 0), queued by depth."""
@@ -327,7 +330,7 @@ class DHTMethod(Method):
         flops, full = forward_costs(self.model, batch, self._sample_plans(arms, decisions)[1])
         overhead = torch.tensor([i["overhead"] for i in items], dtype=torch.float64)
         overhead += len(decisions) * thompson_flops(1, self.N_h, self.tsb.config.dim, False)
-        return batch, Prediction(logits, flops, full, flops + overhead)
+        return batch, Prediction(logits, flops, full, flops + overhead, [arm.label(self.N_h) for arm in arms])
 
     # --- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from dht.data import iterate_batches
 from dht.training.checkpoint import load_checkpoint, save_checkpoint, save_model, split_state
 from dht.training.config import RunConfig
-from dht.training.metrics import accuracy, f1_macro
+from dht.training.metrics import accuracy, f1_macro, route_scores
 from dht.training.methods import Method
 from dht.training.setup import Prepared, dataset_dir, device_name, prepare, prepare_saved
 
@@ -199,6 +199,7 @@ def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
     method, split, batch_size = prepared.method, prepared.test, prepared.run.train.eval_batch_size
     method.model.eval()
     predictions = torch.empty(len(split), dtype=torch.long)
+    routes: list[str] = [""] * len(split)
     flops = full = all_in = 0.0
     started = time.perf_counter()
     batches = iterate_batches(split.ids, split.labels, batch_size, prepared.pad_id, shuffle=False, sort_by_length=True)
@@ -208,15 +209,20 @@ def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
         for batch, result in method.predict_batches(batches):  # DHT regroups the samples by depth
             bar.update(len(batch))
             predictions[batch.index.cpu()] = result.logits.argmax(-1).cpu()
+            for index, route in zip(batch.index.tolist(), result.routes or ()):
+                routes[index] = route
             flops += float(result.flops.sum())
             full += float(result.full_flops.sum())
             all_in += float(result.all_in.sum())
     seconds = time.perf_counter() - started
     labels = torch.tensor(split.labels)
     num_classes = prepared.dataset.num_classes
-    return {"accuracy": accuracy(predictions, labels), "f1_macro": f1_macro(predictions, labels, num_classes),
-            "flop_ratio": flops / full, "flop_ratio_all_in": all_in / full, "seconds": seconds,
-            "samples": len(split), "device": device_name(method.device)}
+    scores = {"accuracy": accuracy(predictions, labels), "f1_macro": f1_macro(predictions, labels, num_classes),
+              "flop_ratio": flops / full, "flop_ratio_all_in": all_in / full, "seconds": seconds,
+              "samples": len(split), "device": device_name(method.device)}
+    if any(routes):
+        scores["routes"] = route_scores(routes, predictions, labels)
+    return scores
 
 
 def load_run(run_dir: Path, data: str | None = None, overrides: dict | None = None,

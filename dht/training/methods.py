@@ -46,6 +46,7 @@ class Prediction:
     flops: Tensor  # (B,) FLOPs that ran for each sample
     full_flops: Tensor  # (B,) the full model's FLOPs on the same tokens
     flops_all_in: Tensor | None = None  # (B,) plus overheads; None means equal to flops
+    routes: list[str] | None = None  # per sample, the path it took ('4L12H', FastBERT's exit '3L'); None: one path
 
     @property
     def all_in(self) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor
 
@@ -19,3 +21,14 @@ def f1_macro(predictions: Tensor, labels: Tensor, num_classes: int) -> float:
     tp = (predicted & actual).sum(0).float()
     denominator = predicted.sum(0).float() + actual.sum(0).float()  # 2TP + FP + FN
     return float((2 * tp / denominator.clamp_min(1)).mean())
+
+
+def route_scores(routes: list[str], predictions: Tensor, labels: Tensor) -> dict[str, dict[str, float]]:
+    """Per path taken at inference (DHT's arm, FastBERT's exit): its share of the samples and their accuracy,
+    shallowest first. Says whether the cheap paths got the easy samples."""
+    correct = (predictions == labels).tolist()
+    scores: dict[str, dict[str, float]] = {}
+    for route in sorted(set(routes), key=lambda r: [int(n) for n in re.findall(r"\d+", r)]):
+        hits = [ok for r, ok in zip(routes, correct) if r == route]
+        scores[route] = {"share": round(len(hits) / len(routes), 4), "accuracy": round(sum(hits) / len(hits), 4)}
+    return scores

@@ -113,6 +113,7 @@ def test_fastbert_trains_only_its_branches_and_saves_them(teacher, tmp_path):
     eager = train(RunConfig(method="fastbert", backbone="tiny", train=SMALL, options={"teacher": str(teacher), "speed": 1.0}),
                   tmp_path / "eager", progress=False)
     assert eager["test"]["flop_ratio"] == pytest.approx(0.25, abs=0.01)
+    assert eager["test"]["routes"]["1L"]["share"] == 1.0  # every sample took the first exit
 
 
 def test_fastbert_branches_start_as_the_final_classifier_and_train_at_their_own_rate(teacher):
@@ -135,6 +136,7 @@ def test_a_fastbert_run_is_evaluated_at_another_speed(teacher, tmp_path, capsys)
     result = json.loads((tmp_path / "fb" / "evaluation.json").read_text())
     assert result["options"]["speed"] == 1.0
     assert result["test"]["flop_ratio"] == pytest.approx(0.25, abs=0.01)  # every sample exits after layer 1
+    assert "inference paths: 1L 100% (accuracy" in capsys.readouterr().out
     assert main(["evaluate", str(teacher), "--speed", "0.5", "--quiet"]) == 2
     assert "no option 'speed'" in capsys.readouterr().err
 

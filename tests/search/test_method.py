@@ -57,6 +57,7 @@ def test_greedy_inference_is_deterministic_and_cheaper():
     batch = collate(prepared.test.ids[:12], prepared.test.labels[:12], list(range(12)), prepared.pad_id)
     first, second = method.predict(batch), method.predict(batch)
     assert torch.equal(first.logits, second.logits) and torch.equal(first.flops, second.flops)
+    assert first.routes == second.routes and set(first.routes) <= {arm.label(method.N_h) for arm in method.arms}
     assert (first.flops <= first.full_flops).all()
     # The probe (half the full cost on this 4-layer model) is reused: all-in adds only the bandits,
     # a few percent on this tiny model and far less on real ones.
@@ -124,6 +125,10 @@ def test_run_records_costs_and_plots(tmp_path):
     assert 0 < train_cost["flop_ratio"] < train_cost["flop_ratio_all_in"]
     assert 0 < test_cost["flop_ratio"] <= test_cost["flop_ratio_all_in"] <= 1.05
     assert sum(metrics["selection"]["arms"][0].values()) == pytest.approx(1.0)
+    routes = metrics["test"]["routes"]  # the arms greedy inference chose, with their samples' accuracy
+    assert set(routes) <= set(metrics["selection"]["arms"][0]) and sum(r["share"] for r in routes.values()) == \
+        pytest.approx(1.0, abs=1e-3)
+    assert sum(r["share"] * r["accuracy"] for r in routes.values()) == pytest.approx(test_cost["accuracy"], abs=1e-3)
     again = evaluate_run(run, progress=False)  # bandits, normalisers and features reload from method.json
     assert {k: again["test"][k] for k in ("accuracy", "f1_macro", "flop_ratio")} == \
         {k: metrics["test"][k] for k in ("accuracy", "f1_macro", "flop_ratio")}
