@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	rm -rf $(DEMO_RUN)
-	$(BIN)/dht train --method dht --config s-dht --max-train 2000 --max-test 1000 --epochs 1 --output $(DEMO_RUN)
+	$(BIN)/dht train --method dht --config s-dht --max-test 2000 --epochs 1 --output $(DEMO_RUN)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
