@@ -1,6 +1,7 @@
 """The arm-list rules give the paper's four configurations for 12 layers, and sensible ones for 6."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,11 @@ def test_invalid_search_configs(changes, message):
 def test_unknown_preset_or_file():
     with pytest.raises(ValueError, match="unknown DHT config"):
         load_search("x-dht", 6, 12)
+
+
+
+def test_depth_only_example_config_loads_for_minilm():
+    """bench/configs/depth-only-minilm.json, used by a README command, stays valid for the 6-layer backbone."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "configs" / "depth-only-minilm.json"
+    search = load_search(str(path), 6, 12)
+    assert [arm.label(12) for arm in search.arms] == ["2L12H", "4L12H", "6L12H"] and search.head_options == (12,)
