@@ -26,9 +26,9 @@ def f1_macro(predictions: Tensor, labels: Tensor, num_classes: int) -> float:
 def route_scores(routes: list[str], predictions: Tensor, labels: Tensor) -> dict[str, dict[str, float]]:
     """Per path taken at inference (DHT's arm, FastBERT's exit): its share of the samples and their accuracy,
     shallowest first. Says whether the cheap paths got the easy samples."""
-    correct = (predictions == labels).tolist()
-    scores: dict[str, dict[str, float]] = {}
-    for route in sorted(set(routes), key=lambda r: [int(n) for n in re.findall(r"\d+", r)]):
-        hits = [ok for r, ok in zip(routes, correct) if r == route]
-        scores[route] = {"share": round(len(hits) / len(routes), 4), "accuracy": round(sum(hits) / len(hits), 4)}
-    return scores
+    hits: dict[str, list[bool]] = {}  # route -> whether each of its samples was right
+    for route, ok in zip(routes, (predictions == labels).tolist()):
+        hits.setdefault(route, []).append(ok)
+    return {route: {"share": round(len(hits[route]) / len(routes), 4),
+                    "accuracy": round(sum(hits[route]) / len(hits[route]), 4)}
+            for route in sorted(hits, key=lambda r: [int(n) for n in re.findall(r"\d+", r)])}

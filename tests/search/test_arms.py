@@ -75,7 +75,6 @@ def test_unknown_preset_or_file():
         load_search("x-dht", 6, 12)
 
 
-
 def test_depth_only_example_config_loads_for_minilm():
     """bench/configs/depth-only-minilm.json, used by a README command, stays valid for the 6-layer backbone."""
     path = Path(__file__).resolve().parents[2] / "bench" / "configs" / "depth-only-minilm.json"
