@@ -21,6 +21,7 @@ import argparse
 import json
 import random
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -72,23 +73,31 @@ def class_skew(steps: list[list[int]], labels: list[int], seed: int = 0) -> tupl
     return (sum(map(top_share, full)) / len(full), sum(map(top_share, shuffled)) / len(shuffled))
 
 
+@dataclass
+class ReplayedBatch(Batch):
+    """A replayed step and the depth it runs at."""
+
+    depth: int = 0
+
+
 class Replay(Method):
     """BL1's network, but each epoch's batches are the replayed steps, not the loader's, each run at
-    full depth or (``depths``) at its step's depth with all heads."""
+    full depth or (``depths``) at its step's depth with all heads; evaluation batches run in full."""
 
     def __init__(self, model, run: RunConfig, steps: dict[int, list[tuple[list[int], int]]], depths: bool,
                  detach_shallow: bool = False) -> None:
         super().__init__(model, run)
         self.steps, self.use_depths, self.detach_shallow = steps, depths, detach_shallow
         self.epoch, self.pad_id = 0, 0
-        self.depth = model.config.num_layers
         self.labels: dict[int, int] = {}
 
     def plans(self, batch: Batch) -> ExecutionPlan:
-        return ExecutionPlan.first(self.depth, self.model.config.num_heads)
+        config = self.model.config
+        return ExecutionPlan.first(batch.depth if isinstance(batch, ReplayedBatch) else config.num_layers,
+                                   config.num_heads)
 
-    def training_step(self, batch: Batch) -> StepResult:
-        if not (self.detach_shallow and self.depth < self.model.config.num_layers):
+    def training_step(self, batch: ReplayedBatch) -> StepResult:
+        if not (self.detach_shallow and batch.depth < self.model.config.num_layers):
             return super().training_step(batch)
         plan, model = self.plans(batch), self.model
         with torch.no_grad():
@@ -105,13 +114,12 @@ class Replay(Method):
             for ids, mask, label, index in zip(batch.input_ids, batch.attention_mask, batch.labels, batch.index):
                 samples[int(index)] = (ids[mask].tolist(), int(label))
                 self.labels[int(index)] = int(label)
-        device = self.device
+        device, full = self.device, self.model.config.num_layers
         for step, depth in self.steps[self.epoch]:
             ids, labels = zip(*(samples[i] for i in step))
-            if self.use_depths:
-                self.depth = depth  # read by plans() when the loop trains on the batch yielded next
-            yield collate(ids, labels, step, self.pad_id).to(device)
-        self.depth = self.model.config.num_layers  # evaluation runs the whole network
+            batch = collate(ids, labels, step, self.pad_id)
+            yield ReplayedBatch(batch.input_ids, batch.attention_mask, batch.labels, batch.index,
+                                depth=depth if self.use_depths else full).to(device)
 
 
 def main() -> None:

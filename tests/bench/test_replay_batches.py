@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -9,13 +10,13 @@ import pytest
 import torch
 from conftest import random_batch
 
-from dht.data import Batch
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.loop import train
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "replay_batches.py"
 spec = importlib.util.spec_from_file_location("replay_batches", SCRIPT)
 replay_batches = importlib.util.module_from_spec(spec)
+sys.modules["replay_batches"] = replay_batches  # its dataclass looks its module up there
 spec.loader.exec_module(replay_batches)
 
 
@@ -79,10 +80,9 @@ def test_replay_with_depths_runs_each_step_at_its_depth(dht_run, tmp_path, monke
 @pytest.mark.parametrize("detach", [False, True])
 def test_detached_shallow_steps_train_the_classifier_only(tiny_model, detach):
     ids, mask = random_batch()
-    batch = Batch(ids, mask, torch.tensor([0, 1, 2, 0, 1]), torch.arange(5))
+    batch = replay_batches.ReplayedBatch(ids, mask, torch.tensor([0, 1, 2, 0, 1]), torch.arange(5), depth=2)
     method = replay_batches.Replay(tiny_model.train(), RunConfig(backbone="tiny"), {}, depths=True,
                                    detach_shallow=detach)
-    method.depth = 2
     method.training_step(batch).loss.backward()
     assert tiny_model.classifier.weight.grad is not None
     layer_grads = [p.grad for p in tiny_model.layers[0].parameters()]
