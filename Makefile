@@ -1,4 +1,4 @@
-# Two commands: `make demo` and `make test`. Both create .venv on first use.
+# Two commands: `make demo` and `make test` (lint, import contracts, tests). Both create .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,6 +21,8 @@ demo: $(STAMP)
 	$(BIN)/dht train --method dht --config s-dht --max-test 2000 --epochs 1 --output $(DEMO_RUN)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench-encoder: $(STAMP)

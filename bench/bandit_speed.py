@@ -13,7 +13,6 @@ import argparse
 import importlib.metadata
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -23,9 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from dht.bandits import LinUCB, LinUCBConfig, LogisticTS, LogisticTSConfig  # noqa: E402
+from dht.provenance import repo_path, write_result  # noqa: E402
 
 N_ARMS, DIM, N_DECISIONS, BATCH, TOP_K, REPEATS = 20, 100, 10_000, 1_000, 5, 7
-OUT = Path(__file__).resolve().parent / "results" / "bandit_speed.json"
+
 
 
 def timed(fn, repeats: int = REPEATS) -> tuple[float, float]:
@@ -118,6 +118,7 @@ def main() -> None:
     """Run the benchmark and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--output", type=Path, default=repo_path("bench/results/bandit_speed.json"))
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -143,17 +144,11 @@ def main() -> None:
         "ts_k": TOP_K,
         "statistic": f"min of {REPEATS} runs after a warm-up "
         "(3 for float64, TS update and mabwiser select; 2 for mabwiser update)",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "command": "python bench/bandit_speed.py" + " ".join([""] + sys.argv[1:]),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
         "load_average_1min": [load_at_start, os.getloadavg()[0]],  # at start and end
         "note": "the 2 cores are shared with other jobs; when another process holds a core, 2-thread "
         "OpenMP runs stall at barriers, so linucb_select_10k_{1,2}_threads_s report both settings",
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.output, result)
     print(json.dumps(result, indent=2))
 
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +27,8 @@ import torch
 
 from dht.flops import full_forward_flops, plan_forward_flops
 from dht.model import ExecutionPlan, resolve_backbone
-from dht.training.setup import device_name, resolve_device
+from dht.provenance import repo_path, write_result
+from dht.training.setup import resolve_device
 
 TOKENS = 128
 
@@ -40,7 +39,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="minilm-l6")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "encoder_speed.json")
+    parser.add_argument("--output", type=Path, default=repo_path("bench/results/encoder_speed.json"))
     args = parser.parse_args()
 
     from transformers import BertConfig, BertModel  # the reference; a test-only dependency of dht
@@ -98,15 +97,11 @@ def main() -> None:
         "full_throughput_ratio_vs_transformers": round(median["transformers"] / median[full_name], 4),
         "plans": rows,
         "setting": {"backbone": args.backbone, "batch": BATCH, "tokens": TOKENS, "repeats": args.repeats,
-                    "mode": "inference (torch.inference_mode), float32" + (", TF32 products" if device.type == "cuda" else ""),
-                    "device": device_name(device),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"},
+                    "mode": "inference (torch.inference_mode), float32"
+                            + (", TF32 products" if device.type == "cuda" else "")},
         "seconds": {"ours_full": round(median[full_name], 5), "transformers": round(median["transformers"], 5)},
-        "command": "python bench/encoder_speed.py " + " ".join(sys.argv[1:]),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_result(args.output, result, device)
     print(json.dumps(result, indent=1))
 
 

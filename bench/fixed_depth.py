@@ -15,15 +15,17 @@ import json
 from pathlib import Path
 
 from dht.model import ExecutionPlan
+from dht.provenance import repo_path, write_result
+from dht.training.hooks import Method
 from dht.training.loop import evaluate, load_run
-from dht.training.methods import Method
 
 
 class FixedDepth(Method):
     """The first ``depth`` layers with all heads, then the shared classifier, for every sample."""
 
     def __init__(self, method: Method, depth: int) -> None:
-        super().__init__(method.model, method.run)
+        # The run's options belong to its own method; this one has none.
+        super().__init__(method.model, dataclasses.replace(method.run, options={}))
         self.depth = depth
 
     def plans(self, batch):
@@ -34,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="finished run folders")
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 4, 6])
-    parser.add_argument("--output", type=Path, default=Path("bench/results/ag_news/fixed_depth.json"))
+    parser.add_argument("--output", type=Path, default=repo_path("bench/results/ag_news/fixed_depth.json"))
     args = parser.parse_args()
     rows = []
     for run in args.runs:
@@ -47,8 +49,7 @@ def main() -> None:
             row[f"depth_{depth}"] = {k: result[k] for k in ("f1_macro", "flop_ratio")}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    write_result(args.output, rows)
 
 
 if __name__ == "__main__":

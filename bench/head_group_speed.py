@@ -18,10 +18,7 @@ Usage: python bench/head_group_speed.py [--repeats N] [--output PATH]
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +27,7 @@ import torch
 from dht.flops import layer_forward_flops
 from dht.model import resolve_backbone
 from dht.model.encoder import kept_mask
+from dht.provenance import repo_path, write_result
 from dht.search.layout import run_group
 
 BATCH, TOKENS, LAYERS = 32, 50, (2, 3)
@@ -38,7 +36,7 @@ BATCH, TOKENS, LAYERS = 32, 50, (2, 3)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "head_group_speed.json")
+    parser.add_argument("--output", type=Path, default=repo_path("bench/results/head_group_speed.json"))
     args = parser.parse_args()
 
     model = resolve_backbone("minilm-l6").build(num_classes=4).train()
@@ -76,13 +74,11 @@ def main() -> None:
             for name, kept in cases.items()]
     result = {"cases": rows,
               "setting": {"backbone": "minilm-l6", "layers": list(LAYERS), "batch": BATCH, "tokens": TOKENS,
-                          "repeats": args.repeats, "mode": "training step (forward + backward, dropout on), float32",
-                          "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"},
-              "command": "python bench/head_group_speed.py " + " ".join(sys.argv[1:])}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+                          "repeats": args.repeats, "mode": "training step (forward + backward, dropout on), float32"}}
+    write_result(args.output, result)
     for row in rows:
-        print(f"{row['case']:20} FLOPs {row['flop_ratio']:.3f}  wall {row['wall_ratio']:.3f}  {row['seconds'] * 1000:.1f} ms")
+        print(f"{row['case']:20} FLOPs {row['flop_ratio']:.3f}  wall {row['wall_ratio']:.3f}  "
+              f"{row['seconds'] * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

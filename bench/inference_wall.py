@@ -10,13 +10,10 @@ Usage: python bench/inference_wall.py REFERENCE_RUN RUN [RUN ...] [--rounds 3] [
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 from pathlib import Path
 
-import torch
-
 from dht.benchmark import time_inference
+from dht.provenance import repo_path, write_result
 from dht.training.loop import load_run
 
 
@@ -24,7 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="run folders; the first is the reference")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=Path("bench/results/ag_news/inference_wall.json"))
+    parser.add_argument("--output", type=Path, default=repo_path("bench/results/ag_news/inference_wall.json"))
     args = parser.parse_args()
     if len(args.runs) < 2:
         parser.error("give the reference run and at least one other")
@@ -39,11 +36,8 @@ def main() -> None:
                      "accuracy": result["accuracy"], "f1_macro": result["f1_macro"],
                      "flop_ratio": result["flop_ratio"], "flop_ratio_all_in": result["flop_ratio_all_in"],
                      "seconds": wall, "wall_ratio": wall / median[0]})
-    out = {"reference": str(args.runs[0]), "samples": samples.pop(), "rounds": args.rounds, "rows": rows,
-           "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-           "command": "python bench/inference_wall.py " + " ".join(str(r) for r in args.runs)}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    out = {"reference": str(args.runs[0]), "samples": samples.pop(), "rounds": args.rounds, "rows": rows}
+    write_result(args.output, out, prepared[0].method.device)
     for row in rows:
         print(f"{row['method']:5} {str(row['config']):6} F1 {row['f1_macro']:.4f}  FLOPs {row['flop_ratio']:.3f} "
               f"(all-in {row['flop_ratio_all_in']:.3f})  wall {row['wall_ratio']:.3f}  {row['seconds']:.1f} s")

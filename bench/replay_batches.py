@@ -30,9 +30,11 @@ import torch.nn.functional as F
 
 from dht.data import Batch, collate
 from dht.model import ExecutionPlan
+from dht.provenance import write_result
 from dht.training.config import RunConfig
+from dht.training.hooks import BenchRun, Method, StepResult, register
 from dht.training.loop import train
-from dht.training.methods import Method, StepResult, register
+from dht.training.options import MethodOptions, option
 
 
 def replay_steps(decisions: Path) -> dict[int, list[tuple[list[int], int]]]:
@@ -73,6 +75,9 @@ def class_skew(steps: list[list[int]], labels: list[int], seed: int = 0) -> tupl
     return (sum(map(top_share, full)) / len(full), sum(map(top_share, shuffled)) / len(shuffled))
 
 
+LAST: list[Replay] = []  # the replays built in this process (main reads the labels they saw)
+
+
 @dataclass
 class ReplayedBatch(Batch):
     """A replayed step and the depth it runs at."""
@@ -80,16 +85,38 @@ class ReplayedBatch(Batch):
     depth: int = 0
 
 
+@dataclass(frozen=True)
+class ReplayOptions(MethodOptions):
+    """What to replay and what to change."""
+
+    replay: str = option("", "the finished DHT run folder whose training steps are replayed")
+    depths: bool = option(False, "run each step at the DHT run's depth for it")
+    shuffle: bool = option(False, "deal each epoch's samples into the steps at random")
+    detach_shallow: bool = option(False, "with depths: shallower steps train the classifier only")
+
+
+@register
 class Replay(Method):
     """BL1's network, but each epoch's batches are the replayed steps, not the loader's, each run at
     full depth or (``depths``) at its step's depth with all heads; evaluation batches run in full."""
 
-    def __init__(self, model, run: RunConfig, steps: dict[int, list[tuple[list[int], int]]], depths: bool,
-                 detach_shallow: bool = False) -> None:
+    name = "replay"
+    Options = ReplayOptions
+
+    def __init__(self, model, run: RunConfig) -> None:
         super().__init__(model, run)
-        self.steps, self.use_depths, self.detach_shallow = steps, depths, detach_shallow
+        options: ReplayOptions = self.options
+        steps = replay_steps(Path(options.replay) / "decisions.jsonl")
+        if options.shuffle:
+            steps = {epoch: shuffled_steps(s, run.train.seed * 1000 + epoch) for epoch, s in steps.items()}
+        self.steps, self.use_depths, self.detach_shallow = steps, options.depths, options.detach_shallow
         self.epoch, self.pad_id = 0, 0
         self.labels: dict[int, int] = {}
+        LAST.append(self)
+
+    @classmethod
+    def bench_runs(cls, num_layers: int) -> list[BenchRun]:
+        return []  # an experiment on a DHT run's steps, not a row of dht bench
 
     def plans(self, batch: Batch) -> ExecutionPlan:
         config = self.model.config
@@ -142,19 +169,14 @@ def main() -> None:
     options = {"replay": str(args.dht_run), "depths": args.depths, "shuffle": args.shuffle,
                "detach_shallow": args.detach_shallow}
     run = RunConfig.from_dict({**config["run"], "method": "replay", "options": options})
-    steps = replay_steps(args.dht_run / "decisions.jsonl")
-    if args.shuffle:
-        steps = {epoch: shuffled_steps(s, run.train.seed * 1000 + epoch) for epoch, s in steps.items()}
-    methods: list[Replay] = []
-    register("replay", lambda model, run: methods.append(
-        Replay(model, run, steps, args.depths, args.detach_shallow)) or methods[-1])
     metrics = train(run, args.output, progress=False)
-    labels = [methods[-1].labels[i] for i in range(len(methods[-1].labels))]
-    skew, shuffled = class_skew([s for epoch in steps.values() for s, _ in epoch], labels)
+    replayed = LAST[-1]
+    labels = [replayed.labels[i] for i in range(len(replayed.labels))]
+    skew, shuffled = class_skew([s for epoch in replayed.steps.values() for s, _ in epoch], labels)
     result = {**options, "seed": run.train.seed, "f1_macro": metrics["test"]["f1_macro"],
               "accuracy": metrics["test"]["accuracy"], "steps": metrics["train"]["steps"],
               "top_class_share": skew, "top_class_share_shuffled": shuffled}
-    (args.output / "replay.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_result(args.output / "replay.json", result)
     print(json.dumps(result))
 
 

@@ -1,3 +1,5 @@
-from dht.cli import main
 import sys
+
+from dht.cli import main
+
 sys.exit(main())

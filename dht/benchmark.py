@@ -1,11 +1,13 @@
-"""`dht bench`: every method on the same data, budget and seed, one FLOP counter and one clock.
+"""`dht bench`: every registered method on the same data, budget and seed, one FLOP counter and one clock.
 
-Runs BL1 (full model), BL2 (students of 1, 3 and N_L/2 layers), BL3 (FastBERT at speeds 0.1, 0.5,
-0.8) and the four DHT presets into OUTPUT/runs/FOLDER (a finished run is not redone; an interrupted one
-is resumed), then times every run's inference in one process, round-robin, and writes the paper's
-Table 1 (training) and Table 2 (inference) as markdown, ``results.json`` and ``pareto.png``.
-FastBERT's speed only decides where inference exits, so its branches are trained once and the three
-speeds are three evaluations of that one run (as FastBERT itself is used).
+Each method says which runs it contributes (``Method.bench_runs``): BL1 (full model), BL2 (students of
+1, 3 and N_L/2 layers), BL3 (FastBERT at speeds 0.1, 0.5, 0.8) and the four DHT presets. They train into
+OUTPUT/runs/FOLDER in registry order, BL1 first (a finished run is not redone; an interrupted one is
+resumed); a method with a ``teacher`` option gets the bench's BL1 run. Then every run's inference is
+timed in one process, round-robin, and the paper's Table 1 (training) and Table 2 (inference) are
+written as markdown, with ``results.json`` (through ``dht.provenance``) and ``pareto.png``. FastBERT's
+speed only decides where inference exits, so its branches are trained once and the three speeds are
+three evaluations of that one run (as FastBERT itself is used).
 """
 
 from __future__ import annotations
@@ -17,44 +19,57 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import dht.methods  # noqa: F401  (registers the built-in methods)
+from dht.provenance import write_result
 from dht.training.config import RunConfig, TrainConfig
+from dht.training.hooks import METHODS, BenchRun
 from dht.training.loop import evaluate, load_run, train
 from dht.training.setup import Prepared
 
 QUICK = {"max_train": 1000, "max_test": 500, "epochs": 1}  # --quick: minutes on a laptop CPU
+TEACHER = "full"  # the bench run that methods with a ``teacher`` option start from
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One row of the bench: its name, method and options, the run folder it trains (several rows may
-    share one) and the inference options it is evaluated with."""
+    """One row of the bench: the method and the run it contributed."""
 
-    name: str
     method: str
-    options: dict[str, Any]
-    folder: str = ""
-    overrides: dict[str, Any] | None = None
+    bench: BenchRun
+
+    @property
+    def name(self) -> str:
+        return self.bench.name
 
     @property
     def run(self) -> str:
-        return self.folder or self.name
+        return self.bench.run
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.bench.options
+
+    @property
+    def overrides(self) -> dict[str, Any] | None:
+        return self.bench.overrides
 
 
 def entries(num_layers: int, teacher: Path) -> list[Entry]:
-    """The bench's runs; BL1 comes first because BL2 and BL3 start from it."""
-    depths = sorted({1, min(3, num_layers), max(1, num_layers // 2)})
-    runs = [Entry("full", "full", {})]
-    runs += [Entry(f"distil-{d}", "distil", {"teacher": str(teacher), "layers": d}) for d in depths]
-    runs += [Entry(f"fastbert-{s}", "fastbert", {"teacher": str(teacher), "speed": s}, "fastbert", {"speed": s})
-             for s in (0.1, 0.5, 0.8)]
-    runs += [Entry(preset, "dht", {"config": preset}) for preset in ("t-dht", "s-dht", "f-dht", "p-dht")]
+    """Every registered method's bench runs, in registry order, BL1's first (it is the others' teacher)."""
+    runs = []
+    for name, method in sorted(METHODS.items(), key=lambda item: item[0] != TEACHER):
+        takes_teacher = any(field.name == "teacher" for field in method.Options.fields())
+        for bench in method.bench_runs(num_layers):
+            if takes_teacher:
+                bench = replace(bench, options={"teacher": str(teacher), **bench.options})
+            runs.append(Entry(name, bench))
     return runs
 
 
 def train_all(base: RunConfig, output: Path, num_layers: int, progress: bool,
               device: str | None = None) -> list[Entry]:
     """Train every entry that has no metrics.json yet (resuming those with a checkpoint)."""
-    runs = entries(num_layers, output / "runs" / "full")
+    runs = entries(num_layers, output / "runs" / TEACHER)
     for i, entry in enumerate(runs, 1):
         folder = output / "runs" / entry.run
         if (folder / "metrics.json").is_file():
@@ -98,7 +113,8 @@ def result_rows(output: Path, runs: list[Entry], rounds: int, device: str | None
 def tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
     """Table 1 (training) and Table 2 (inference) in markdown."""
     one = ["| run | macro-F1 | train FLOP ratio | train FLOP ratio (all-in) | train seconds |", "|---|---|---|---|---|"]
-    two = ["| run | macro-F1 | accuracy | inference FLOP ratio | inference FLOP ratio (all-in) | wall-time ratio vs BL1 |",
+    two = ["| run | macro-F1 | accuracy | inference FLOP ratio | inference FLOP ratio (all-in) "
+           "| wall-time ratio vs BL1 |",
            "|---|---|---|---|---|---|"]
     for r in rows:
         one.append(f"| {r['config']} | {r['f1_macro']:.4f} | {r['train_flop_ratio']:.3f} "
@@ -109,19 +125,20 @@ def tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
 
 
 def plot_pareto(rows: list[dict[str, Any]], out: Path) -> None:
-    """Macro-F1 against inference FLOP ratio (all-in), one marker per method, BL1 marked."""
+    """Macro-F1 against inference FLOP ratio (all-in), one marker per registered method, BL1 a star."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"full": "*", "distil": "s", "fastbert": "^", "dht": "o"}
+    shapes = iter("soD^vP<>Xph")  # one marker per method, BL1 a star
     fig, ax = plt.subplots(figsize=(7, 5))
-    for method, marker in markers.items():
+    for method in METHODS:
         chosen = [r for r in rows if r["method"] == method]
         if chosen:
+            marker = "*" if method == TEACHER else next(shapes)
             ax.scatter([r["test_flop_ratio_all_in"] for r in chosen], [r["f1_macro"] for r in chosen],
-                       marker=marker, s=160 if method == "full" else 60, label=method)
+                       marker=marker, s=160 if method == TEACHER else 60, label=method)
             for r in chosen:
                 ax.annotate(r["config"], (r["test_flop_ratio_all_in"], r["f1_macro"]), fontsize=7,
                             xytext=(4, 4), textcoords="offset points")
@@ -148,7 +165,7 @@ def run_bench(data: str, backbone: str, output: Path, quick: bool, seed: int = 0
     table1, table2 = tables(rows)
     (output / "table1.md").write_text(table1, encoding="utf-8")
     (output / "table2.md").write_text(table2, encoding="utf-8")
-    (output / "results.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    write_result(output / "results.json", rows, device)
     plot_pareto(rows, output / "pareto.png")
     for entry in runs:
         if entry.method == "dht" and (output / "runs" / entry.run / "selection.png").is_file():

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import dht.methods  # noqa: F401  (registers the built-in methods, as the CLI and the bench do)
 from dht.model import DynamicEncoder, EncoderConfig
 
 

@@ -96,7 +96,8 @@ def from_hf_directory(directory: Path, name: str | None = None) -> Backbone:
                                 "model.safetensors and tokenizer.json)")
     hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     if hf.get("hidden_act", "gelu") != "gelu":
-        raise BackboneError(f"{directory / 'config.json'}: hidden_act {hf['hidden_act']!r} is not supported (only 'gelu')")
+        raise BackboneError(f"{directory / 'config.json'}: hidden_act {hf['hidden_act']!r} is not supported "
+                            "(only 'gelu')")
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise BackboneError(f"{directory / 'config.json'}: only absolute position embeddings are supported")
     try:

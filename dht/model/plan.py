@@ -53,7 +53,8 @@ class ExecutionPlan:
         return cls(tuple(layers), (tuple(sorted(heads)),) * len(layers))
 
     @classmethod
-    def from_groups(cls, layers: Sequence[int], group_heads: Sequence[Sequence[int]], group_size: int) -> "ExecutionPlan":
+    def from_groups(cls, layers: Sequence[int], group_heads: Sequence[Sequence[int]],
+                    group_size: int) -> "ExecutionPlan":
         """Layers in groups of ``group_size``, one head set per group (spec §2)."""
         if len(layers) != len(group_heads) * group_size:
             raise ValueError(f"{len(layers)} layers do not split into {len(group_heads)} groups of {group_size}")

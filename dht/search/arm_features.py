@@ -11,7 +11,16 @@ from dht.data import iterate_batches
 from dht.flops import layer_forward_flops
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.search.arms import Arm, SearchConfig
-from dht.search.features import HEAD_COUNT_POOL, TOP_POOL, head_contexts, pool, standardise
+from dht.search.features import (
+    HEAD_COUNT_DIM,
+    HEAD_COUNT_POOL,
+    HEAD_DIM,
+    TOP_DIM,
+    TOP_POOL,
+    head_contexts,
+    pool,
+    standardise,
+)
 from dht.search.layout import Layout, arm_layout, run_group
 
 
@@ -19,9 +28,9 @@ from dht.search.layout import Layout, arm_layout, run_group
 class ArmFeatures:
     """Standardised arm features of every bandit, and the FLOPs it took to compute them."""
 
-    top: Tensor  # (n_arms, 84): UCB_L / UCB_cp
-    head_count: Tensor  # (n_head_options, 42): UCB_H
-    head: Tensor  # (N_h, 12): TSB
+    top: Tensor  # (n_arms, TOP_DIM): UCB_L / UCB_cp
+    head_count: Tensor  # (n_head_options, HEAD_COUNT_DIM): UCB_H
+    head: Tensor  # (N_h, HEAD_DIM): TSB
     flops: float
 
 
@@ -74,11 +83,11 @@ def compute_arm_features(model: DynamicEncoder, search: SearchConfig, arms: tupl
     was_training = model.training
     model.eval()
     N_h, counts = model.config.num_heads, head_counts(search, arms)
-    top_sum = torch.zeros(len(arms), 84, dtype=torch.float64)
+    top_sum = torch.zeros(len(arms), TOP_DIM, dtype=torch.float64)
     top_n = torch.zeros(len(arms), dtype=torch.float64)
-    count_sum = {H: torch.zeros(42, dtype=torch.float64) for H in search.head_options}
+    count_sum = {H: torch.zeros(HEAD_COUNT_DIM, dtype=torch.float64) for H in search.head_options}
     count_n = {H: 0 for H in search.head_options}
-    head_sum = torch.zeros(N_h, 12, dtype=torch.float64)
+    head_sum = torch.zeros(N_h, HEAD_DIM, dtype=torch.float64)
     head_n, flops = 0, 0.0
     device = next(model.parameters()).device
     for batch in iterate_batches(ids, [0] * len(ids), batch_size, pad_id, shuffle=False, sort_by_length=True):

@@ -174,19 +174,24 @@ def preset(name: str, num_layers: int, num_heads: int) -> SearchConfig:
 PRESETS = ("t-dht", "s-dht", "f-dht", "p-dht")
 
 
-def load_search(spec: str, num_layers: int, num_heads: int) -> SearchConfig:
-    """A preset name, or a JSON file holding SearchConfig fields (arms as {depth, heads, top})."""
-    if spec in PRESETS:
-        return preset(spec, num_layers, num_heads)
+def read_search_file(spec: str, flag: str = "config") -> SearchConfig:
+    """A JSON file of SearchConfig fields (arms as {depth, heads, top}), validated; errors name ``flag``."""
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"unknown DHT config {spec!r}: not one of {', '.join(PRESETS)} and not a file")
+        raise ValueError(f"{flag} {spec!r}: not one of {', '.join(PRESETS)} and not a file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
-    config = SearchConfig.from_dict(data)
+    return SearchConfig.from_dict(data)
+
+
+def load_search(spec: str, num_layers: int, num_heads: int) -> SearchConfig:
+    """A preset name, or a JSON file holding SearchConfig fields written for this backbone's shape."""
+    if spec in PRESETS:
+        return preset(spec, num_layers, num_heads)
+    config = read_search_file(spec, flag="unknown DHT config")
     if (config.num_layers, config.num_heads) != (num_layers, num_heads):
-        raise ValueError(f"{path}: written for {config.num_layers} layers x {config.num_heads} heads, "
+        raise ValueError(f"{spec}: written for {config.num_layers} layers x {config.num_heads} heads, "
                          f"but the backbone has {num_layers} x {num_heads}")
     return config

@@ -22,9 +22,12 @@ from torch import Tensor
 
 from dht.bandits import RunningNormalizer, multiscale_pool, pooled_dim
 
-TOP_POOL = ((1, 2), (4, 8, 16))  # UCB_L / UCB_cp: 84 dims
-HEAD_COUNT_POOL = ((1, 2), (2, 4, 8))  # UCB_H: 42 dims
-HEAD_POOL = ((1,), (4, 8))  # TSB, on one head's slice: 12 dims
+TOP_POOL = ((1, 2), (4, 8, 16))  # UCB_L / UCB_cp: seq splits x embedding splits
+HEAD_COUNT_POOL = ((1, 2), (2, 4, 8))  # UCB_H
+HEAD_POOL = ((1,), (4, 8))  # TSB, on one head's slice
+TOP_DIM = pooled_dim(*TOP_POOL)  # 84: x of UCB_L / UCB_cp, and each arm's z
+HEAD_COUNT_DIM = pooled_dim(*HEAD_COUNT_POOL)  # 42: x of UCB_H, and each head option's z
+HEAD_DIM = pooled_dim(*HEAD_POOL)  # 12: x of one head for TSB, and that head's z
 
 
 def pool(h: Tensor, mask: Tensor, spec: tuple[tuple[int, ...], tuple[int, ...]]) -> Tensor:
@@ -34,7 +37,7 @@ def pool(h: Tensor, mask: Tensor, spec: tuple[tuple[int, ...], tuple[int, ...]])
 
 
 def head_contexts(h: Tensor, mask: Tensor, num_heads: int) -> Tensor:
-    """TSB contexts: the pooled slice of the hidden state that belongs to each head, (B, N_h, 12), on the CPU."""
+    """TSB contexts: the pooled slice of the hidden state that belongs to each head, (B, N_h, HEAD_DIM), on the CPU."""
     pooled = multiscale_pool(h.detach(), mask, seq_splits=HEAD_POOL[0], emb_splits=HEAD_POOL[1], slices=num_heads)
     return pooled.cpu()
 
@@ -56,8 +59,7 @@ class Contexts:
 
     @classmethod
     def create(cls) -> "Contexts":
-        return cls(RunningNormalizer(pooled_dim(*TOP_POOL)), RunningNormalizer(pooled_dim(*HEAD_COUNT_POOL)),
-                   RunningNormalizer(pooled_dim(*HEAD_POOL)))
+        return cls(RunningNormalizer(TOP_DIM), RunningNormalizer(HEAD_COUNT_DIM), RunningNormalizer(HEAD_DIM))
 
     def train(self, mode: bool) -> None:
         for normaliser in (self.top, self.head_count, self.head):
@@ -73,15 +75,15 @@ class Contexts:
         self.head.load_state_dict(state["head"])
 
     def x_top(self, h: Tensor, mask: Tensor) -> Tensor:
-        """Normalised S1 context (B, 84)."""
+        """Normalised S1 context (B, TOP_DIM)."""
         return self.top(pool(h, mask, TOP_POOL))
 
     def x_head_count(self, h: Tensor, mask: Tensor) -> Tensor:
-        """Normalised group-start context for UCB_H (B, 42)."""
+        """Normalised group-start context for UCB_H (B, HEAD_COUNT_DIM)."""
         return self.head_count(pool(h, mask, HEAD_COUNT_POOL))
 
     def x_heads(self, h: Tensor, mask: Tensor, num_heads: int) -> Tensor:
-        """Normalised per-head contexts for TSB (B, N_h, 12)."""
+        """Normalised per-head contexts for TSB (B, N_h, HEAD_DIM)."""
         x = head_contexts(h, mask, num_heads)
         B, N, D = x.shape
         return self.head(x.reshape(B * N, D)).view(B, N, D)

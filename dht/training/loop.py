@@ -1,4 +1,4 @@
-"""The one training loop (every method plugs in through dht.training.methods), and evaluation.
+"""The one training loop (every method plugs in through dht.training.hooks), and evaluation.
 
 Run folder: config.json, tokenizer.json, model.safetensors, metrics.json, log.jsonl, loss.png,
 checkpoint/ (for --resume), and method.safetensors / method.json when the method has state.
@@ -18,8 +18,8 @@ from tqdm import tqdm
 from dht.data import iterate_batches
 from dht.training.checkpoint import load_checkpoint, save_checkpoint, save_model, split_state
 from dht.training.config import RunConfig
+from dht.training.hooks import Method
 from dht.training.metrics import accuracy, f1_macro, route_scores
-from dht.training.methods import Method
 from dht.training.setup import Prepared, dataset_dir, device_name, prepare, prepare_saved
 
 
@@ -158,7 +158,7 @@ def truncate_log(path: Path, step: int) -> None:
 
 def finish(prepared: Prepared, output: Path, counters: dict[str, Any], progress: bool) -> dict[str, Any]:
     """Evaluate on the test split and write model, method state, metrics and the loss plot."""
-    from dht.report import plot_loss
+    from dht.training.plots import plot_loss
 
     run = prepared.run
     test = evaluate(prepared, progress)

@@ -15,10 +15,7 @@ import torch
 from dht.data import Dataset, TextSplit, TextTokenizer, default_dataset_dir, read_dataset
 from dht.model import DynamicEncoder, EncoderConfig, resolve_backbone
 from dht.training.config import RunConfig
-from dht.training.methods import Method, make_method
-
-import dht.baselines  # noqa: E402,F401  (registers "distil" and "fastbert")
-import dht.search.method  # noqa: E402,F401  (registers the "dht" method)
+from dht.training.hooks import Method, make_method, method_type
 
 
 @dataclass
@@ -87,7 +84,11 @@ def device_name(device: torch.device) -> str:
 
 
 def prepare(run: RunConfig, data: str | None = None, device: str | None = None) -> Prepared:
-    """Build a fresh run from its settings (pretrained backbone, new classifier, seeded) on ``device``."""
+    """Build a fresh run from its settings (pretrained backbone, new classifier, seeded) on ``device``.
+
+    The method's options, and the files they name (a teacher run, a config file), are checked first,
+    before any data is read."""
+    check_options(run)
     where = resolve_device(device)
     dataset = read_dataset(dataset_dir(run) if data is None else Path(data))
     backbone = resolve_backbone(run.backbone)
@@ -100,6 +101,12 @@ def prepare(run: RunConfig, data: str | None = None, device: str | None = None) 
     return prepared
 
 
+def check_options(run: RunConfig) -> None:
+    """Validate the run's method options and the files they name; a ValueError naming the flag."""
+    kind = method_type(run.method)
+    kind.Options.from_dict(run.options, kind.name).check_training_inputs()
+
+
 def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None = None,
                   device: str | None = None) -> Prepared:
     """Rebuild a saved run (its config.json, tokenizer.json and model.safetensors) on ``device``;
@@ -109,9 +116,12 @@ def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None
 
     saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     run = RunConfig.from_dict(saved["run"])
+    kind = method_type(run.method)
+    changeable = {f.name for f in kind.Options.fields() if f.inference}
     for key in overrides or {}:
-        if key not in run.options:
-            raise ValueError(f"{run_dir}: a {run.method} run has no option {key!r} to change")
+        if key not in changeable:
+            raise ValueError(f"{run_dir}: a {run.method} run has no inference option --{key.replace('_', '-')} "
+                             f"to change")
     run = replace(run, options={**run.options, **(overrides or {})})
     dataset = read_dataset(dataset_dir(run) if data is None else Path(data))
     config = EncoderConfig.from_dict(saved["encoder"])

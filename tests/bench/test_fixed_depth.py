@@ -22,7 +22,7 @@ def test_full_depth_equals_the_run_and_shallower_costs_less(tmp_path, monkeypatc
     monkeypatch.setattr("sys.argv", ["fixed_depth.py", str(tmp_path / "run"), "--depths", "1", "4",
                                      "--output", str(output)])
     fixed_depth.main()
-    row = json.loads(output.read_text())[0]
+    row = json.loads(output.read_text())["result"][0]
     assert row["depth_4"]["f1_macro"] == pytest.approx(metrics["test"]["f1_macro"])  # the tiny model has 4 layers
     assert row["depth_4"]["flop_ratio"] == pytest.approx(1.0)
     assert row["depth_1"]["flop_ratio"] == pytest.approx(0.25, abs=0.01)

@@ -32,14 +32,14 @@ def replay(dht_run, output, *flags, monkeypatch):
     monkeypatch.setattr("sys.argv", ["replay_batches.py", str(dht_run), "--output", str(output), *flags])
     replay_batches.main()
     log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
-    return json.loads((output / "replay.json").read_text()), log
+    return json.loads((output / "replay.json").read_text())["result"], log
 
 
 def test_steps_are_read_per_epoch_with_their_depth(dht_run):
     steps = replay_batches.replay_steps(dht_run / "decisions.jsonl")
     decisions = [json.loads(line) for line in (dht_run / "decisions.jsonl").read_text().splitlines()]
     assert sorted(steps) == [0, 1]
-    for epoch, epoch_steps in steps.items():
+    for epoch_steps in steps.values():
         assert sorted(i for samples, _ in epoch_steps for i in samples) == list(range(40))  # each sample once
     first = [d for d in decisions if d["step"] == 1]
     assert steps[0][0] == ([d["index"] for d in first], first[0]["depth"])
@@ -78,11 +78,11 @@ def test_replay_with_depths_runs_each_step_at_its_depth(dht_run, tmp_path, monke
 
 
 @pytest.mark.parametrize("detach", [False, True])
-def test_detached_shallow_steps_train_the_classifier_only(tiny_model, detach):
+def test_detached_shallow_steps_train_the_classifier_only(tiny_model, dht_run, detach):
     ids, mask = random_batch()
     batch = replay_batches.ReplayedBatch(ids, mask, torch.tensor([0, 1, 2, 0, 1]), torch.arange(5), depth=2)
-    method = replay_batches.Replay(tiny_model.train(), RunConfig(backbone="tiny"), {}, depths=True,
-                                   detach_shallow=detach)
+    options = {"replay": str(dht_run), "depths": True, "detach_shallow": detach}
+    method = replay_batches.Replay(tiny_model.train(), RunConfig(method="replay", backbone="tiny", options=options))
     method.training_step(batch).loss.backward()
     assert tiny_model.classifier.weight.grad is not None
     layer_grads = [p.grad for p in tiny_model.layers[0].parameters()]

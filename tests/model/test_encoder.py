@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import random_batch
+
 from dht.model import ExecutionPlan
 from dht.model.encoder import HeadParts
 

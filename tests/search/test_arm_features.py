@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import random_batch
+
 from dht.flops import plan_forward_flops
 from dht.model import ExecutionPlan
 from dht.search.arm_features import compute_arm_features

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import random_batch
+
 from dht.model import ExecutionPlan
 from dht.model.encoder import kept_mask
 from dht.search.layout import MIN_SHARED, run_group

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from dht.cli import main
 from dht.training.config import RunConfig, TrainConfig
+from dht.training.hooks import make_method
 from dht.training.loop import RunExistsError, evaluate_run, learning_rate, train
-from dht.training.methods import make_method
 from dht.training.setup import prepare
 
 SMALL = TrainConfig(epochs=2, batch_size=16, max_train=64, max_test=48, checkpoint_every=3, seed=3)

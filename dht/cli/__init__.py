@@ -7,11 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+import dht.methods  # noqa: F401  (registers the built-in methods)
+from dht.cli.flags import add_method_flags, given_options, method_options
 from dht.training.config import RunConfig, TrainConfig
-import dht.baselines  # noqa: F401  (registers "distil" and "fastbert")
-import dht.search.method  # noqa: F401  (registers the "dht" method)
-from dht.search.arms import PRESETS
-from dht.training.methods import METHODS
+from dht.training.hooks import METHODS, method_type
 
 EXIT_BAD_INPUT = 2
 DEVICE_HELP = "auto (the GPU when torch sees one, else the CPU), cpu, or cuda[:N]"
@@ -23,15 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a method on a dataset folder, then evaluate it")
     defaults = TrainConfig()
-    train.add_argument("--method", default="full", choices=sorted(METHODS), help="what to train (default: full)")
-    train.add_argument("--config", default="s-dht",
-                       help=f"DHT search: one of {', '.join(PRESETS)} or a JSON file (method dht only)")
-    train.add_argument("--teacher", default="", help="BL1 run folder (methods distil and fastbert)")
-    train.add_argument("--layers", type=int, default=None, help="student depth (method distil; default half)")
-    train.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (method distil)")
-    train.add_argument("--speed", type=float, default=0.5, help="entropy threshold of early exit (method fastbert)")
-    train.add_argument("--branch-lr", type=float, default=None,
-                       help="peak learning rate of FastBERT's branch classifiers (default 1e-3)")
+    train.add_argument("--method", default="full", choices=list(METHODS), help="what to train (default: full)")
+    add_method_flags(train.add_argument_group("method options (each taken only by the methods named)"), METHODS)
     train.add_argument("--data", default="", help="dataset folder with train.csv, test.csv, classes.txt "
                                                    "(default: the embedded AG News)")
     train.add_argument("--backbone", default="minilm-l6",
@@ -54,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="re-evaluate a saved run")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", default=None, help="dataset folder (default: the run's own)")
-    evaluate.add_argument("--speed", type=float, default=None,
-                          help="early-exit threshold to evaluate a FastBERT run at (default: its own)")
+    add_method_flags(evaluate.add_argument_group("inference options (default: the run's own)"), METHODS,
+                     inference_only=True)
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.add_argument("--quiet", action="store_true")
     bench = commands.add_parser("bench", help="run every method and write the paper's Tables 1-2 and a Pareto plot")
@@ -67,20 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate of every run")
     bench.add_argument("--device", default="auto", help=DEVICE_HELP)
     bench.add_argument("--quiet", action="store_true")
+
+    table = commands.add_parser("table", help="print the results table of a folder of committed metrics files")
+    table.add_argument("folder", type=Path, nargs="?", default=Path("bench/results/ag_news"))
+    table.add_argument("--seeds", action="store_true", help="mean and range over seeds (files in FOLDER/seeds/)")
     return parser
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
-    """Turn parsed ``train`` arguments into a RunConfig (validated by its dataclasses)."""
+    """Turn parsed ``train`` arguments into a RunConfig (validated by its dataclasses); a ValueError
+    names a flag the method does not take or an invalid value."""
+    options = method_options(args, method_type(args.method))
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
                         max_train=args.max_train, max_test=args.max_test, seed=args.seed, pooling=args.pooling,
                         freeze_word_embeddings=not args.train_word_embeddings)
-    options = {
-        "dht": {"config": args.config},
-        "distil": {"teacher": args.teacher, "layers": args.layers, "temperature": args.temperature},
-        "fastbert": {"teacher": args.teacher, "speed": args.speed, "branch_lr": args.branch_lr},
-    }.get(args.method, {})
-    options = {k: v for k, v in options.items() if v is not None}
     return RunConfig(method=args.method, data=args.data, backbone=args.backbone, train=train, options=options)
 
 
@@ -107,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             if args.resume and args.output is None:
                 raise ValueError("--resume needs the --output folder of the run to continue")
+            run = run_config(args)  # options checked before any data is read
             output = args.output or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-            metrics = train(run_config(args), output, resume=args.resume, progress=not args.quiet,
-                            device=args.device)
+            metrics = train(run, output, resume=args.resume, progress=not args.quiet, device=args.device)
             print(summary(metrics))
             if "routes" in metrics["test"]:
                 print(routes_line(metrics["test"]))
@@ -121,8 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                       device=args.device, lr=args.lr)
             print((args.output / "table1.md").read_text() + "\n" + (args.output / "table2.md").read_text())
             print(f"bench folder: {args.output}")
+        elif args.command == "table":
+            from dht.report import results_table
+
+            print(results_table(args.folder, seeds=args.seeds))
         else:
-            overrides = {"speed": args.speed} if args.speed is not None else None
+            overrides = given_options(args) or None
             result = evaluate_run(args.run_dir, args.data, progress=not args.quiet, overrides=overrides,
                                   device=args.device)
             test = result["test"]

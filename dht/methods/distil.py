@@ -10,17 +10,36 @@ against the full model by the same counter as every other method.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dht.baselines.teacher import load_teacher_weights, teacher_dir
 from dht.data import Batch
 from dht.flops import full_forward_flops
+from dht.methods.teacher import TeacherOptions, load_teacher_weights, teacher_dir
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.training.config import RunConfig
-from dht.training.methods import Method, StepResult, register
+from dht.training.hooks import BenchRun, Method, StepResult, register
+from dht.training.options import option
+
+
+@dataclass(frozen=True)
+class DistilOptions(TeacherOptions):
+    """BL2's settings."""
+
+    layers: int | None = option(None, "student depth (default: half the teacher's layers)")
+    temperature: float = option(2.0, "distillation temperature T (> 0)")
+    alpha: float = option(0.5, "weight of the soft-target loss against the labels' (in [0, 1])")
+
+    def __post_init__(self) -> None:
+        if self.layers is not None and self.layers < 1:
+            raise ValueError(f"--layers must be >= 1, got {self.layers}")
+        if not self.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"--alpha must be in [0, 1], got {self.alpha}")
 
 
 def student_layers(num_layers: int, depth: int) -> tuple[int, ...]:
@@ -37,26 +56,31 @@ def distillation_loss(student: Tensor, teacher: Tensor, labels: Tensor, temperat
     return alpha * temperature ** 2 * soft + (1 - alpha) * F.cross_entropy(student, labels)
 
 
+@register
 class DistilMethod(Method):
     """BL2: a student over uniformly spaced teacher layers, distilled from the teacher's logits."""
 
     name = "distil"
+    Options = DistilOptions
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         super().__init__(model, run)
-        options = run.options
-        self.teacher_path = teacher_dir(options, self.name)
-        layers = student_layers(model.config.num_layers, int(options.get("layers", model.config.num_layers // 2)))
+        self.options: DistilOptions
+        depth = self.options.layers or model.config.num_layers // 2
+        layers = student_layers(model.config.num_layers, depth)
         self.plan = ExecutionPlan(layers, (tuple(range(model.config.num_heads)),) * len(layers))
-        self.temperature = float(options.get("temperature", 2.0))
-        self.alpha = float(options.get("alpha", 0.5))
-        if self.temperature <= 0 or not 0 <= self.alpha <= 1:
-            raise ValueError("--temperature must be > 0 and alpha in [0, 1]")
+        self.temperature, self.alpha = self.options.temperature, self.options.alpha
         self.teacher: DynamicEncoder | None = None
+
+    @classmethod
+    def bench_runs(cls, num_layers: int) -> list[BenchRun]:
+        """Students of 1, 3 and N_L / 2 layers (the paper's BL2 and two more points on the front)."""
+        depths = sorted({1, min(3, num_layers), max(1, num_layers // 2)})
+        return [BenchRun(f"distil-{d}", {"layers": d}) for d in depths]
 
     def initialise(self) -> None:
         """Start the student from the teacher; keep a frozen copy of the teacher for its soft targets."""
-        load_teacher_weights(self.model, self.teacher_path)
+        load_teacher_weights(self.model, teacher_dir(self.options.teacher))
         self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
 
     def plans(self, batch: Batch) -> ExecutionPlan:
@@ -71,5 +95,3 @@ class DistilMethod(Method):
         teacher = sum(full_forward_flops(self.model.config, t) for t in batch.attention_mask.sum(1).tolist())
         return StepResult(loss, flops, full, flops_all_in=flops + teacher)
 
-
-register("distil", DistilMethod)

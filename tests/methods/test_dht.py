@@ -116,7 +116,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, config):
 def test_run_records_costs_and_plots(tmp_path):
     metrics = train(dht_run("s-dht"), tmp_path / "run", progress=False)
     run = tmp_path / "run"
-    assert {"selection.png", "heads.png", "loss.png", "decisions.jsonl", "method.json"} <= {p.name for p in run.iterdir()}
+    files = {p.name for p in run.iterdir()}
+    assert {"selection.png", "heads.png", "loss.png", "decisions.jsonl", "method.json"} <= files
     records = [json.loads(line) for line in (run / "decisions.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 48  # every training sample once per epoch, queues flushed
     assert {r["index"] for r in records if r["epoch"] == 0} == set(range(48))

@@ -1,15 +1,12 @@
-"""bench/results_table.py: the seed summary compares means with the DHT issue's acceptance line."""
+"""dht.report (``dht table``): run rows from metrics files; the seed summary against DHT's acceptance line."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "results_table.py"
-spec = importlib.util.spec_from_file_location("results_table", SCRIPT)
-results_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(results_table)
+from dht import report
+from dht.cli import main
 
 
 def write_run(path: Path, method: str, f1: float, inference: float, training: float) -> None:
@@ -31,7 +28,7 @@ def test_seed_table_means_and_line(tmp_path):
     write_run(tmp_path / "seeds" / "t-dht-seed1.json", "dht", 0.89, 0.52, 0.62)  # mean 0.895: 1.5 below
     write_run(tmp_path / "f-dht.json", "dht", 0.91, 0.50, 0.75)  # accurate, but trains at 0.75
     write_run(tmp_path / "s-dht.json", "dht", 0.89, 0.50, 0.60)  # 2 points below
-    table = results_table.seed_table(tmp_path)
+    table = report.seed_table(tmp_path)
     assert row(table, "BL1 (full model)")[1:3] == ["2", "0.9100 (0.9000-0.9200)"]
     t = row(table, "DHT T-DHT")
     assert t[1:] == ["2", "0.8950 (0.8900-0.9000)", "1.50", "0.510, 0.520", "0.610, 0.620", "yes"]
@@ -41,5 +38,22 @@ def test_seed_table_means_and_line(tmp_path):
 
 def test_seed_table_needs_bl1(tmp_path):
     write_run(tmp_path / "t-dht.json", "dht", 0.9, 0.5, 0.6)
-    with pytest.raises(SystemExit, match="no full.json"):
-        results_table.seed_table(tmp_path)
+    with pytest.raises(ValueError, match="no full.json"):
+        report.seed_table(tmp_path)
+
+
+def test_run_table_rows_in_registry_order_and_other_json_skipped(tmp_path, capsys):
+    write_run(tmp_path / "t-dht.json", "dht", 0.88, 0.50, 0.60)
+    write_run(tmp_path / "full.json", "full", 0.90, 1.0, 1.0)
+    write_run(tmp_path / "distil-3.json", "distil", 0.89, 0.50, 0.83)
+    (tmp_path / "inference_wall.json").write_text(json.dumps({"rows": []}))  # not a run's metrics
+    (tmp_path / "results.json").write_text(json.dumps([{"method": "full"}]))
+    assert main(["table", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["BL1 (full model)", "distil-3", "DHT T-DHT"]
+    assert row("\n".join(lines), "DHT T-DHT")[1:5] == ["0.8800", "0.8800", "0.600 / 0.600", "0.500 / 0.500"]
+
+
+def test_table_of_a_missing_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["table", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err

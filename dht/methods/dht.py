@@ -1,11 +1,14 @@
-"""DHT as a training method: Algorithm 2 (search) and Algorithm 3 (queues) through the loop's hooks.
+"""DHT (spec; paper §4): Algorithm 2 (search) and Algorithm 3 (queues) through the loop's hooks.
 
-Per loader batch, S1: a no-grad probe of the first b layers gives each sample its context, UCB_L
-(tree) or UCB_cp (integrated) picks its arm, and the sample joins the queue of its depth. A full
-queue is released as a training batch, S2: the first b layers run again with gradients, then per
-group of c layers UCB_H (tree) picks how many heads and TSB which, the loss is computed per sample,
-the rewards of §4 update every bandit, and the loop back-propagates. Inference is greedy, reuses
-the probe and queues samples by depth like training, so each depth runs in full batches.
+Per loader batch, S1 (``_enqueue``, Alg. 2 lines 1-6): a no-grad probe of the first b layers gives
+each sample its context, UCB_L (tree) or UCB_cp (integrated) picks its arm, and the sample joins the
+queue of its depth (Alg. 3). A full queue is released as a training batch (``training_step``, Alg. 2
+lines 7-17): the first b layers run again with gradients, then per group of c layers the search mode
+picks how many heads and TSB which, the loss is computed per sample, the rewards of §4 update every
+bandit, and the loop back-propagates. What differs between tree and integrated search lives in
+``dht/search/strategies.py``; arms, rewards, queues, contexts and layouts in the rest of ``dht/search``.
+Inference is greedy, reuses the probe and queues samples by depth like training, so each depth runs
+in full batches.
 
 Decisions of ours where the spec is silent: the probe runs without dropout; arm features are
 standardised across arms (see features.py); the queue key is the arm's depth, and a released queue is
@@ -30,17 +33,30 @@ from torch import Tensor
 
 from dht.bandits import LinUCB, LinUCBConfig, LogisticTS, LogisticTSConfig
 from dht.data import Batch, collate
-from dht.flops import (full_train_flops, linucb_flops, plan_forward_flops, plan_train_flops, thompson_flops)
+from dht.flops import full_train_flops, linucb_flops, plan_forward_flops, plan_train_flops, thompson_flops
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.model.encoder import inverse_permutation
 from dht.search.arm_features import ArmFeatures, compute_arm_features
-from dht.search.arms import PRESETS, load_search
-from dht.search.features import Contexts, with_arm_features
+from dht.search.arms import PRESETS, load_search, read_search_file
+from dht.search.features import HEAD_DIM, TOP_DIM, Contexts, with_arm_features
 from dht.search.layout import arm_layout, kept_to_heads, probe_layers, run_group, sample_plan
 from dht.search.queues import DepthQueues, length_chunks
-from dht.search.rewards import PreviousBatch, binary_reward, cost, ratio_reward
+from dht.search.rewards import PreviousBatch, ratio_reward
+from dht.search.strategies import GroupDecision, search_strategy
 from dht.training.config import RunConfig
-from dht.training.methods import Method, Prediction, StepResult, forward_costs, register
+from dht.training.hooks import BenchRun, Method, Prediction, StepResult, forward_costs, register
+from dht.training.options import MethodOptions, option
+
+
+@dataclass(frozen=True)
+class DHTOptions(MethodOptions):
+    """DHT's settings: which search (the bandits' own settings live in the search config)."""
+
+    config: str = option("s-dht", f"DHT search: one of {', '.join(PRESETS)} or a JSON file of SearchConfig fields")
+
+    def check_training_inputs(self) -> None:
+        if self.config not in PRESETS:
+            read_search_file(self.config, flag="--config")
 
 
 @dataclass
@@ -48,30 +64,30 @@ class QueuedBatch(Batch):
     """A released queue: the padded batch plus each sample's arm and S1 context."""
 
     arms: Tensor = None  # (B,) long: index into the current arm list
-    x: Tensor = None  # (B, 84) float64: normalised S1 context
+    x: Tensor = None  # (B, TOP_DIM) float64: normalised S1 context
 
 
+@register
 class DHTMethod(Method):
     """Dynamic layers and heads chosen per sample by LinUCB and logistic Thompson sampling."""
 
     name = "dht"
+    Options = DHTOptions
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         super().__init__(model, run)
-        config, spec = model.config, run.options.get("config", "s-dht")
+        config, spec = model.config, self.options.config
         search = load_search(spec, config.num_layers, config.num_heads)
         if spec in PRESETS:  # presets queue one training batch; P-DHT always gets its frozen phase
             switch = None if search.freeze_after is None else min(search.freeze_after, max(1, run.train.epochs - 1))
             search = dataclasses.replace(search, q=run.train.batch_size, freeze_after=switch)
         self.search = search
+        self.strategy = search_strategy(search)  # tree or integrated search
         self.N_h = config.num_heads
-        self.groups_max = (config.num_layers - self.search.b) // self.search.c + 1
         self.contexts = Contexts.create()
         self.phase_two = False
         self.ucb_top = self._top_bandit()
-        self.ucb_h = LinUCB(LinUCBConfig(len(self.search.head_options), 84 + self.groups_max,
-                                         alpha=self.search.explore, lam=self.search.lam))
-        self.tsb = LogisticTS(LogisticTSConfig(self.N_h, 24, lam=self.search.lam),
+        self.tsb = LogisticTS(LogisticTSConfig(self.N_h, 2 * HEAD_DIM, lam=self.search.lam),  # w = [x_head; z_head]
                               generator=torch.Generator().manual_seed(run.train.seed + 1))
         self.generator = torch.Generator().manual_seed(run.train.seed + 2)  # arm-feature sampling
         self.previous = PreviousBatch()
@@ -82,12 +98,22 @@ class DHTMethod(Method):
         self.overhead = 0.0  # all-in FLOPs (probes, arm features, bandits) not yet charged to a step
         self.pad_id = 0
 
+    @classmethod
+    def bench_runs(cls, num_layers: int) -> list[BenchRun]:
+        """The paper's four configurations (§6.1)."""
+        return [BenchRun(preset, {"config": preset}) for preset in PRESETS]
+
+    @classmethod
+    def row_title(cls, row: str) -> str:
+        return f"DHT {row.upper()}"
+
     @property
     def arms(self):
         return self.search.phase_two_arms if self.phase_two else self.search.arms
 
     def _top_bandit(self) -> LinUCB:
-        return LinUCB(LinUCBConfig(len(self.arms), 168, alpha=self.search.explore, lam=self.search.lam))
+        """UCB_L (tree) or UCB_cp (integrated) over w = [x; z_arm]."""
+        return LinUCB(LinUCBConfig(len(self.arms), 2 * TOP_DIM, alpha=self.search.explore, lam=self.search.lam))
 
     # --- epochs: P-DHT's switch and the arm features -----------------------------------
     def on_epoch_start(self, epoch: int, train_ids: list[list[int]], pad_id: int) -> None:
@@ -170,26 +196,39 @@ class DHTMethod(Method):
 
     # --- Algorithm 2: S2, rewards and updates ------------------------------------------
     def training_step(self, batch: QueuedBatch) -> StepResult:
+        """Alg. 2 lines 7-17 on a released queue (Alg. 3 line 4): S2, the loss, the rewards, the updates.
+
+        Line 7: the batch re-runs the first b layers, now with gradients. Lines 8-14: per group of c
+        layers the search mode picks H_o (UCB_H in tree search, the arm's H in integrated search), TSB
+        picks which heads, and the group runs. Line 15: the shared classifier reads the last layer's
+        mean-pooled states; each sample's loss. Line 16: the rewards (Eqs. 10-15). Line 17: every
+        bandit is updated. The queue may run as two length-sorted chunks (``length_chunks``), which
+        only saves padding: one loss, one optimizer step, one bandit update for the whole queue.
+        """
         arms = [self.arms[a] for a in batch.arms.tolist()]
+        logits, decisions = self._s2_in_chunks(batch, arms)  # lines 7-15
+        losses = F.cross_entropy(logits, batch.labels, reduction="none")
+        per_sample = losses.detach().cpu()  # the bandits' side of the step runs on the CPU
+        rewards = self._update_bandits(batch, arms, per_sample, decisions)  # lines 16-17
+        return self._step_result(batch, arms, losses, per_sample, decisions, rewards)
+
+    def _s2_in_chunks(self, batch: QueuedBatch, arms: list) -> tuple[Tensor, list[GroupDecision]]:
+        """S2 on the queue's length-sorted chunks: logits (B, C) and each group's decisions, in batch order."""
         logits, chunk_decisions, rows = [], [], []
-        for chunk in length_chunks(batch.attention_mask.sum(1).tolist()):  # S2 on length-sorted chunks
+        for chunk in length_chunks(batch.attention_mask.sum(1).tolist()):
             part = batch.rows(chunk)
             h, decisions = self._run_s2(part, [arms[i] for i in chunk], greedy=False)
             logits.append(self.model.classify(h, part.attention_mask))
             chunk_decisions.append(decisions)
             rows += chunk
         back = inverse_permutation(torch.tensor(rows))
-        decisions = [tuple(None if parts[0] is None else torch.cat(parts)[back] for parts in zip(*group))
-                     for group in zip(*chunk_decisions)]  # per group, back in the batch's order
-        logits = torch.cat(logits).index_select(0, back.to(self.device))
-        losses = F.cross_entropy(logits, batch.labels, reduction="none")
-        per_sample = losses.detach().cpu()  # the bandits' side of the step runs on the CPU
-        rewards = self._update_bandits(batch, arms, per_sample, decisions)
-        return self._step_result(batch, arms, losses, per_sample, decisions, rewards)
+        decisions = [GroupDecision.join(list(group), back) for group in zip(*chunk_decisions)]
+        return torch.cat(logits).index_select(0, back.to(self.device)), decisions
 
-    def _run_s2(self, batch: Batch, arms: list, greedy: bool, hidden: Tensor | None = None) -> tuple[Tensor, list]:
-        """Run the arms' layers (all of one depth); per group choose heads (UCB_H, TSB). Returns h and,
-        per group, (W_h, chosen option or None, W_ts, kept, H_o)."""
+    def _run_s2(self, batch: Batch, arms: list, greedy: bool,
+                hidden: Tensor | None = None) -> tuple[Tensor, list[GroupDecision]]:
+        """Alg. 2 lines 7-14 for samples of one depth: the first b layers (unless ``hidden`` holds
+        their states), then per group H_o and the heads, then the group. Returns h (B, T, E)."""
         model, mask, N_h = self.model, batch.attention_mask, self.N_h
         layout = arm_layout(self.search, arms[0], self.phase_two)
         h = hidden
@@ -199,58 +238,43 @@ class DHTMethod(Method):
                 h = model.run_plan(h, mask, ExecutionPlan.first(len(layout.prefix), N_h))
         decisions = []
         for o, group in enumerate(layout.groups):
-            W_h = choice = None
-            if self.search.mode == "tree":
-                one_hot = torch.zeros(self.groups_max, dtype=torch.float64)
-                one_hot[o] = 1.0
-                W_h = with_arm_features(self.contexts.x_head_count(h, mask), self.features.head_count, one_hot)
-                choice = self.ucb_h.select(W_h, greedy=greedy)
-                H_o = torch.tensor(self.search.head_options)[choice]
-            else:
-                H_o = torch.tensor([arm.heads for arm in arms])
+            H_o, W_h, choice = self.strategy.head_counts(o, h, mask, arms, self.contexts, self.features.head_count,
+                                                         greedy)  # line 11
             W_ts = with_arm_features(self.contexts.x_heads(h, mask, N_h), self.features.head)
-            kept = self.tsb.select(W_ts, H_o, greedy=greedy)
-            h = run_group(model, h, mask, group, kept)
-            decisions.append((W_h, choice, W_ts, kept, H_o))
+            kept = self.tsb.select(W_ts, H_o, greedy=greedy)  # line 12
+            h = run_group(model, h, mask, group, kept)  # line 14
+            decisions.append(GroupDecision(W_ts, kept, H_o, W_h, choice))
         if layout.suffix:
             h = model.run_plan(h, mask, ExecutionPlan.uniform(layout.suffix, range(N_h)))
         return h, decisions
 
-    def _sample_plans(self, arms: list, decisions: list) -> tuple[list[list[tuple[int, ...]]], list[ExecutionPlan]]:
+    def _sample_plans(self, arms: list,
+                      decisions: list[GroupDecision]) -> tuple[list[list[tuple[int, ...]]], list[ExecutionPlan]]:
         """Each group's kept heads per sample, and the ExecutionPlan each sample followed."""
         layout = arm_layout(self.search, arms[0], self.phase_two)
-        per_group = [kept_to_heads(kept) for _, _, _, kept, _ in decisions]
+        per_group = [kept_to_heads(decision.kept) for decision in decisions]
         plans = [sample_plan(layout, [g[i] for g in per_group], self.N_h) for i in range(len(arms))]
         return per_group, plans
 
-    def _update_bandits(self, batch: QueuedBatch, arms: list, losses: Tensor, decisions: list) -> dict[str, Tensor]:
-        """§4 rewards (Eqs. 10-15), then every bandit's update (Alg. 1 lines 8-9; §3.2)."""
-        s, prev = self.search, self.previous
-        L = torch.tensor([arm.depth for arm in arms], dtype=torch.float64)
-        if s.mode == "tree":
-            delta_top, scale, name = cost(losses, L), s.alpha, "L"
-        else:
-            delta_top, scale, name = cost(losses, L, torch.tensor([a.heads for a in arms])), s.beta_cp, "cp"
+    def _update_bandits(self, batch: QueuedBatch, arms: list, losses: Tensor,
+                        decisions: list[GroupDecision]) -> dict[str, Tensor]:
+        """Alg. 2 lines 16-17: the §4 rewards (Eqs. 10-15), then every bandit's update (Alg. 1 lines
+        8-9; §3.2). ``losses`` (B,) are the samples' losses on the CPU."""
+        s, prev, name = self.search, self.previous, self.strategy.top_name
+        delta_top, scale = self.strategy.top_cost(losses, arms)
         baseline = prev.baseline(name, delta_top)
         rewards = {"top": ratio_reward(delta_top, baseline, scale, s.r_max)}
         w_top = torch.cat([batch.x, self.features.top[batch.arms]], 1)
         self.ucb_top.update(batch.arms, w_top, rewards["top"])
-        for o, (W_h, choice, W_ts, kept, H_o) in enumerate(decisions):
-            if s.mode == "tree":
-                delta = cost(losses, L, H_o)
-                base_h = prev.baseline(f"H{o}", delta)
-                rewards[f"H{o}"] = ratio_reward(delta, base_h, s.beta_h, s.r_max)
-                self.ucb_h.update(choice, W_h[torch.arange(len(choice)), choice], rewards[f"H{o}"])
-                rewards[f"ts{o}"] = binary_reward(delta, base_h)
-                prev.remember(f"H{o}", delta)
-            else:
-                rewards[f"ts{o}"] = binary_reward(delta_top, baseline)
-            self.tsb.update(W_ts, kept, rewards[f"ts{o}"])
+        for o, decision in enumerate(decisions):
+            group = self.strategy.group_rewards(o, decision, losses, arms, delta_top, baseline, prev)
+            rewards.update(group)
+            self.tsb.update(decision.W_ts, decision.kept, group[f"ts{o}"])
         prev.remember(name, delta_top)
         return rewards
 
-    def _step_result(self, batch: QueuedBatch, arms: list, losses: Tensor, per_sample: Tensor, decisions: list,
-                     rewards: dict[str, Tensor]) -> StepResult:
+    def _step_result(self, batch: QueuedBatch, arms: list, losses: Tensor, per_sample: Tensor,
+                     decisions: list[GroupDecision], rewards: dict[str, Tensor]) -> StepResult:
         """Cost of the step (paper-style and all-in) and one decision record per sample."""
         config, B = self.model.config, len(batch)
         per_group, plans = self._sample_plans(arms, decisions)
@@ -259,12 +283,10 @@ class DHTMethod(Method):
         embeddings_trainable = any(p.requires_grad for p in self.model.embeddings.parameters())
         flops = sum(plan_train_flops(config, p, t, frozen, embeddings_trainable) for p, t in zip(plans, lengths))
         full = sum(full_train_flops(config, t) for t in lengths)
-        top, heads, ts = self.ucb_top.config.dim, self.ucb_h.config.dim, self.tsb.config.dim
+        top, ts = self.ucb_top.config.dim, self.tsb.config.dim
         bandits = linucb_flops(B, len(self.arms), top, update=True) + len(decisions) * (
             thompson_flops(B, self.N_h, ts, False) + thompson_flops(B, self.N_h, ts, True))
-        if self.search.mode == "tree":
-            bandits += len(decisions) * (linucb_flops(B, len(self.search.head_options), heads, False)
-                                         + linucb_flops(B, 1, heads, True))
+        bandits += self.strategy.bandit_flops(B, len(decisions))
         all_in, self.overhead = flops + self.overhead + bandits, 0.0
         index = batch.index.tolist()
         records = [{"index": index[i], "arm": arms[i].label(self.N_h), "depth": arms[i].depth,
@@ -335,8 +357,9 @@ class DHTMethod(Method):
     # --- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         features = None if self.features is None else dataclasses.asdict(self.features)
-        return {"phase_two": self.phase_two, "consumed": self.consumed, "overhead": self.overhead, "pad_id": self.pad_id,
-                "ucb_top": self.ucb_top.state_dict(), "ucb_h": self.ucb_h.state_dict(),
+        return {"phase_two": self.phase_two, "consumed": self.consumed, "overhead": self.overhead,
+                "pad_id": self.pad_id,
+                "ucb_top": self.ucb_top.state_dict(), "strategy": self.strategy.state_dict(),
                 "tsb": self.tsb.state_dict(), "contexts": self.contexts.state_dict(),
                 "previous": self.previous.state_dict(), "features": features,
                 "generator": self.generator.get_state(), "pending": self.pending,
@@ -348,9 +371,10 @@ class DHTMethod(Method):
         if self.phase_two:
             self._freeze()
             self.ucb_top = self._top_bandit()
-        self.consumed, self.overhead, self.pad_id = int(state["consumed"]), float(state["overhead"]), int(state["pad_id"])
+        self.consumed, self.overhead = int(state["consumed"]), float(state["overhead"])
+        self.pad_id = int(state["pad_id"])
         self.ucb_top.load_state_dict(state["ucb_top"])
-        self.ucb_h.load_state_dict(state["ucb_h"])
+        self.strategy.load_state_dict(state["strategy"])
         self.tsb.load_state_dict(state["tsb"])
         self.contexts.load_state_dict(state["contexts"])
         self.previous.load_state_dict(state["previous"])
@@ -363,5 +387,3 @@ class DHTMethod(Method):
         from dht.search.records import write_selection_report
         return write_selection_report(output, self.N_h)
 
-
-register("dht", DHTMethod)

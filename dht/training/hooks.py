@@ -1,15 +1,17 @@
-"""Training methods plug into the one loop through these hooks; the registry maps names to them.
+"""The hooks through which a method plugs into the one loop, and the registry that names methods.
 
 A method decides, for a batch, what the network runs (its plans), what the loss is and what that
 costs; the loop owns data order, optimisation, checkpoints, timing and reports. A new method is one
-class and one ``register`` line.
+module in ``dht/methods/`` holding a ``Method`` subclass with its ``Options`` dataclass, decorated
+with ``@register``. This module imports no method: the methods register themselves when
+``dht.methods`` is imported (the CLI and the bench do), so the loop never depends on them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, ClassVar, Iterable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ from dht.data import Batch
 from dht.flops import full_forward_flops, full_train_flops, plan_forward_flops, plan_train_flops
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.training.config import RunConfig
+from dht.training.options import MethodOptions
 
 
 @dataclass
@@ -54,14 +57,43 @@ class Prediction:
         return self.flops if self.flops_all_in is None else self.flops_all_in
 
 
-class Method:
-    """Base hooks: the full model on every sample (BL1). Subclasses override what differs."""
+@dataclass(frozen=True)
+class BenchRun:
+    """A run a method contributes to ``dht bench``: its row name, its options, the run folder it trains
+    (rows that differ only in inference options share one) and the inference options it is evaluated
+    with. A method whose options have a ``teacher`` gets the bench's BL1 run as its teacher."""
 
-    name = "full"
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    folder: str = ""
+    overrides: dict[str, Any] | None = None
+
+    @property
+    def run(self) -> str:
+        return self.folder or self.name
+
+
+class Method:
+    """Base hooks: the full model on every sample, as BL1 trains it. Subclasses override what differs."""
+
+    name: ClassVar[str] = ""  # ``--method NAME``
+    title: ClassVar[str] = ""  # how tables name its rows ("BL1 (full model)"); default: the row's name
+    Options: ClassVar[type[MethodOptions]] = MethodOptions  # its settings (none by default)
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         self.model = model
         self.run = run
+        self.options = self.Options.from_dict(run.options, self.name)
+
+    @classmethod
+    def bench_runs(cls, num_layers: int) -> list[BenchRun]:
+        """The runs ``dht bench`` trains for this method on a backbone of ``num_layers`` layers."""
+        return [BenchRun(cls.name)]
+
+    @classmethod
+    def row_title(cls, row: str) -> str:
+        """A table row's label for one of this method's runs (``row`` is its bench name)."""
+        return cls.title or row
 
     @property
     def device(self) -> torch.device:
@@ -146,19 +178,26 @@ def forward_costs(model: DynamicEncoder, batch: Batch, plans: list[ExecutionPlan
     return flops, full
 
 
-METHODS: dict[str, Callable[[DynamicEncoder, RunConfig], Method]] = {}
+METHODS: dict[str, type[Method]] = {}  # in registration order: dht.methods registers BL1 first
+M = TypeVar("M", bound=type[Method])
 
 
-def register(name: str, factory: Callable[[DynamicEncoder, RunConfig], Method]) -> None:
-    """Make a method available as ``dht train --method NAME``."""
-    METHODS[name] = factory
+def register(method: M) -> M:
+    """Class decorator: make a method available as ``dht train --method NAME`` and to ``dht bench``."""
+    if not method.name or (method.name in METHODS and METHODS[method.name] is not method):
+        raise ValueError(f"method {method.__name__} needs a name of its own, got {method.name!r}")
+    METHODS[method.name] = method
+    return method
+
+
+def method_type(name: str) -> type[Method]:
+    """The registered method called ``name``; a ValueError listing the known ones otherwise."""
+    if name not in METHODS:
+        known = ", ".join(METHODS) or "none (import dht.methods to register the built-in ones)"
+        raise ValueError(f"unknown method {name!r}; choose from {known}")
+    return METHODS[name]
 
 
 def make_method(model: DynamicEncoder, run: RunConfig) -> Method:
-    """Instantiate the run's method; unknown names are a ValueError listing the known ones."""
-    if run.method not in METHODS:
-        raise ValueError(f"unknown method {run.method!r}; choose from {', '.join(sorted(METHODS))}")
-    return METHODS[run.method](model, run)
-
-
-register("full", Method)
+    """Instantiate the run's method on ``model``."""
+    return method_type(run.method)(model, run)

@@ -17,17 +17,36 @@ every branch classifier it passed through.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dht.baselines.teacher import load_teacher_weights, teacher_dir
 from dht.data import Batch
 from dht.flops import classifier_flops, full_forward_flops, full_train_flops, plan_forward_flops
+from dht.methods.teacher import TeacherOptions, load_teacher_weights, teacher_dir
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.training.config import RunConfig
-from dht.training.methods import Method, Prediction, StepResult, register
+from dht.training.hooks import BenchRun, Method, Prediction, StepResult, register
+from dht.training.options import option
+
+SPEEDS = (0.1, 0.5, 0.8)  # the bench's exit thresholds (FastBERT's paper reports this range)
+
+
+@dataclass(frozen=True)
+class FastBERTOptions(TeacherOptions):
+    """BL3's settings."""
+
+    speed: float = option(0.5, "exit at the first layer whose normalised entropy is below this, in [0, 1]",
+                          inference=True)
+    branch_lr: float = option(1e-3, "peak learning rate of the branch classifiers (> 0)")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.speed <= 1:
+            raise ValueError(f"--speed must be in [0, 1], got {self.speed}")
+        if not self.branch_lr > 0:
+            raise ValueError(f"--branch-lr must be > 0, got {self.branch_lr}")
 
 
 def normalised_entropy(logits: Tensor) -> Tensor:
@@ -64,26 +83,28 @@ def early_exit_predict(model: DynamicEncoder, input_ids: Tensor, mask: Tensor, s
     return logits, depth
 
 
+@register
 class FastBERTMethod(Method):
     """BL3: branch classifiers self-distilled from the final one; early-exit inference."""
 
     name = "fastbert"
+    Options = FastBERTOptions
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         super().__init__(model, run)
-        self.teacher_path = teacher_dir(run.options, self.name)
-        self.speed = float(run.options.get("speed", 0.5))
-        if not 0 <= self.speed <= 1:
-            raise ValueError(f"--speed must be in [0, 1], got {self.speed}")
-        self.branch_lr = float(run.options.get("branch_lr", 1e-3))
-        if not self.branch_lr > 0:
-            raise ValueError(f"--branch-lr must be > 0, got {self.branch_lr}")
+        self.options: FastBERTOptions
+        self.speed, self.branch_lr = self.options.speed, self.options.branch_lr
         model.add_branch_classifiers()
         model.requires_grad_(False)
         model.branches.requires_grad_(True)
 
+    @classmethod
+    def bench_runs(cls, num_layers: int) -> list[BenchRun]:
+        """One training run, evaluated at each of ``SPEEDS`` (the speed only decides where inference exits)."""
+        return [BenchRun(f"fastbert-{s}", {"speed": s}, "fastbert", {"speed": s}) for s in SPEEDS]
+
     def initialise(self) -> None:
-        load_teacher_weights(self.model, self.teacher_path)
+        load_teacher_weights(self.model, teacher_dir(self.options.teacher))
         with torch.no_grad():
             for branch in self.model.branches:
                 branch.load_state_dict(self.model.classifier.state_dict())
@@ -124,5 +145,3 @@ class FastBERTMethod(Method):
         return Prediction(logits, torch.tensor(flops, dtype=torch.float64), torch.tensor(full, dtype=torch.float64),
                           routes=[f"{d}L" for d in depth.tolist()])
 
-
-register("fastbert", FastBERTMethod)

@@ -1,0 +1,43 @@
+"""A finished BL1 run as the teacher of a baseline (BL2's students and BL3's FastBERT start from it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from dht.model import DynamicEncoder, EncoderConfig
+from dht.training.options import MethodOptions, option
+
+
+@dataclass(frozen=True)
+class TeacherOptions(MethodOptions):
+    """Options of a method that starts from a trained BL1 run."""
+
+    teacher: str = option("", "a finished BL1 run folder (dht train --method full) to start from")
+
+    def check_training_inputs(self) -> None:
+        teacher_dir(self.teacher)
+
+
+def teacher_dir(teacher: str) -> Path:
+    """The --teacher run folder; a ValueError naming the flag when it is missing or not a finished run."""
+    if not teacher:
+        raise ValueError("--teacher is required: a finished run of --method full (BL1)")
+    path = Path(teacher)
+    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
+        raise ValueError(f"--teacher {path}: not a finished run (needs config.json and model.safetensors)")
+    return path
+
+
+def load_teacher_weights(model: DynamicEncoder, path: Path) -> None:
+    """Copy the teacher's weights into ``model``; shapes must agree (branch classifiers may be new)."""
+    saved = EncoderConfig.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8"))["encoder"])
+    if saved.replace(branch_classifiers=False) != model.config.replace(branch_classifiers=False):
+        raise ValueError(f"{path}: the teacher's shape differs from this run's backbone and data")
+    missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+    if unexpected or any(not key.startswith("branches.") for key in missing):
+        raise ValueError(f"{path}: the teacher's weights do not fit "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -1,0 +1,79 @@
+"""Where a benchmark figure came from: the command, the commit and the machine, written with it.
+
+Every benchmark script (``bench/*.py``) and ``dht bench`` write their JSON through ``write_result``, so
+each committed figure carries the command line that made it, the git commit it ran on (with ``+dirty``
+when the tree had uncommitted changes), the CPU model, torch's thread count, the torch version and the
+device. Default output paths of the bench scripts are resolved from the repository root
+(``repo_path``), so a script writes to the same place from any working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def repo_path(relative: str) -> Path:
+    """A path under the repository root (bench scripts' default outputs)."""
+    return REPO / relative
+
+
+def git_commit() -> str:
+    """The checkout's commit, ``+dirty`` if tracked files changed; 'unknown' outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_label(device: str | torch.device | None) -> str:
+    """'cpu' or the GPU's name for a torch device (None: the CPU)."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def provenance(device: str | torch.device | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+    """The command line, commit, CPU model, threads, torch version and device of this process."""
+    args = sys.argv if argv is None else argv
+    return {"command": " ".join([Path(args[0]).name if args else "python", *args[1:]]),
+            "commit": git_commit(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "device": device_label(device)}
+
+
+def write_result(path: Path, result: dict[str, Any] | list, device: str | torch.device | None = None,
+                 argv: list[str] | None = None) -> dict[str, Any]:
+    """Write ``{"provenance": ..., "result": result}`` as JSON to ``path`` (folders made as needed), by a
+    temporary file and a rename so a reader never sees half a file; return what was written."""
+    document = {"provenance": provenance(device, argv), "result": result}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    partial.replace(path)
+    return document

@@ -1,0 +1,87 @@
+"""Typed method options: each method declares one frozen dataclass of the settings it takes.
+
+A field is declared with ``option(default, help)``: its type annotation, its default (written once,
+here) and a one-line help that the CLI shows. ``__post_init__`` validates the values, so an options
+object that exists is a valid one. Options marked ``inference=True`` may also be changed when a
+saved run is evaluated (FastBERT's exit threshold). A run folder stores them as a JSON object
+(``config.json`` → ``run.options``) and ``from_dict`` reads them back, refusing unknown keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Union
+
+
+def option(default: Any, doc: str, inference: bool = False) -> Any:
+    """A method option's field: its default, a one-line help ``doc``, and whether evaluation may change it."""
+    return dataclasses.field(default=default, metadata={"help": doc, "inference": inference})
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Base of every method's options (a method without options uses it as is)."""
+
+    @classmethod
+    def fields(cls) -> list[OptionField]:
+        """The declared options, with their resolved types."""
+        hints = typing.get_type_hints(cls)
+        return [OptionField(f.name, hints[f.name], f.default, f.metadata.get("help", ""),
+                            bool(f.metadata.get("inference", False))) for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], method: str) -> MethodOptions:
+        """Options of ``method`` from a JSON object; an unknown key or a value of the wrong type is a
+        ValueError."""
+        known = {f.name: f for f in cls.fields()}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"method {method} takes no option {', '.join(unknown)} "
+                             f"(it takes: {', '.join(known) or 'none'})")
+        return cls(**{name: known[name].coerce(value) for name, value in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> MethodOptions:
+        return dataclasses.replace(self, **changes)
+
+    def check_training_inputs(self) -> None:
+        """Check the files a training run will read (a teacher run, a config file) before any data is
+        read, so that a wrong path fails at once; raise ValueError naming the flag. Default: nothing."""
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One declared option: name, type (e.g. ``float`` or ``int | None``), default, help."""
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    inference: bool
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def base_type(self) -> type:
+        """The type without ``| None``: what a command-line string is converted to."""
+        args = [a for a in typing.get_args(self.type) if a is not type(None)]
+        optional = typing.get_origin(self.type) in (Union, types.UnionType)
+        return args[0] if optional and len(args) == 1 else self.type
+
+    def coerce(self, value: Any) -> Any:
+        """A JSON value checked against the declared type (ints are accepted where floats are)."""
+        if value is None and self.base_type is not self.type:
+            return None
+        kind = self.base_type
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ValueError(f"option {self.flag} must be {kind.__name__}, got {value!r}")
+        return value

@@ -1,0 +1,88 @@
+"""The CLI's flags come from the methods' typed options: a flag a method does not take, or a bad value,
+stops with one line and exit code 2 before any data is read."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import dht.training.setup
+from dht.cli import main
+from dht.methods.distil import DistilOptions
+from dht.methods.fastbert import FastBERTOptions
+from dht.training.options import MethodOptions
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Fail the test if a run reads its data or its backbone."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("data or backbone read before the options were checked")
+    monkeypatch.setattr(dht.training.setup, "read_dataset", forbidden)
+    monkeypatch.setattr(dht.training.setup, "resolve_backbone", forbidden)
+
+
+def error_of(capsys, *argv: str) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("dht: error:")  # one line
+    return err
+
+
+def test_a_flag_the_method_does_not_take_is_named(no_data, tmp_path, capsys):
+    err = error_of(capsys, "train", "--method", "full", "--speed", "0.5", "--backbone", "tiny",
+                   "--output", str(tmp_path / "run"))
+    assert "--method full does not take --speed" in err
+    err = error_of(capsys, "train", "--method", "full", "--config", "nonsense", "--speed", "7", "--layers", "99",
+                   "--backbone", "tiny", "--output", str(tmp_path / "run"))
+    assert "--config, --speed, --layers" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "distil"], "--teacher is required"),
+    (["--method", "fastbert", "--teacher", "no/such/run"], "--teacher no/such/run: not a finished run"),
+    (["--method", "fastbert", "--teacher", "x", "--speed", "7"], "--speed must be in [0, 1]"),
+    (["--method", "distil", "--teacher", "x", "--temperature", "0"], "--temperature must be > 0"),
+    (["--method", "dht", "--config", "no-such.json"], "--config 'no-such.json': not one of"),
+])
+def test_options_are_checked_before_any_data_is_read(no_data, tmp_path, capsys, argv, message):
+    assert message in error_of(capsys, "train", *argv, "--backbone", "tiny", "--output", str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_dht_config_file_is_validated_before_the_data(no_data, tmp_path, capsys):
+    config = tmp_path / "search.json"
+    config.write_text("{not json")
+    assert "not valid JSON" in error_of(capsys, "train", "--method", "dht", "--config", str(config),
+                                        "--backbone", "tiny", "--output", str(tmp_path / "run"))
+
+
+def test_the_command_line_tool_exits_2_without_a_teacher(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "dht", "train", "--method", "distil", "--backbone", "tiny",
+                           "--output", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--teacher is required" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_options_from_json_refuse_unknown_keys_and_wrong_types():
+    assert DistilOptions.from_dict({"layers": 3, "temperature": 2}, "distil") == DistilOptions(layers=3,
+                                                                                               temperature=2.0)
+    with pytest.raises(ValueError, match="method distil takes no option colour"):
+        DistilOptions.from_dict({"colour": 1}, "distil")
+    with pytest.raises(ValueError, match="--layers must be int"):
+        DistilOptions.from_dict({"layers": "3"}, "distil")
+    with pytest.raises(ValueError, match="--speed must be float"):
+        FastBERTOptions.from_dict({"speed": True}, "fastbert")
+    assert DistilOptions.from_dict({"layers": None}, "distil").layers is None
+    with pytest.raises(ValueError, match="takes no option x .it takes: none"):
+        MethodOptions.from_dict({"x": 1}, "full")
+
+
+def test_every_option_has_its_default_once_and_a_help_line():
+    for options in (DistilOptions, FastBERTOptions):
+        fields = options.fields()
+        assert all(field.help for field in fields)
+        assert options().to_dict() == {field.name: field.default for field in fields}
