@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,44 +30,19 @@ QUICK = {"max_train": 1000, "max_test": 500, "epochs": 1}  # --quick: minutes on
 TEACHER = "full"  # the bench run that methods with a ``teacher`` option start from
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One row of the bench: the method and the run it contributed."""
-
-    method: str
-    bench: BenchRun
-
-    @property
-    def name(self) -> str:
-        return self.bench.name
-
-    @property
-    def run(self) -> str:
-        return self.bench.run
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return self.bench.options
-
-    @property
-    def overrides(self) -> dict[str, Any] | None:
-        return self.bench.overrides
-
-
-def entries(num_layers: int, teacher: Path) -> list[Entry]:
+def entries(num_layers: int, teacher: Path) -> list[BenchRun]:
     """Every registered method's bench runs, in registry order, BL1's first (it is the others' teacher)."""
     runs = []
     for name, method in sorted(METHODS.items(), key=lambda item: item[0] != TEACHER):
         takes_teacher = any(field.name == "teacher" for field in method.Options.fields())
         for bench in method.bench_runs(num_layers):
-            if takes_teacher:
-                bench = replace(bench, options={"teacher": str(teacher), **bench.options})
-            runs.append(Entry(name, bench))
+            options = {"teacher": str(teacher), **bench.options} if takes_teacher else bench.options
+            runs.append(replace(bench, method=name, options=options))
     return runs
 
 
 def train_all(base: RunConfig, output: Path, num_layers: int, progress: bool,
-              device: str | None = None) -> list[Entry]:
+              device: str | None = None) -> list[BenchRun]:
     """Train every entry that has no metrics.json yet (resuming those with a checkpoint)."""
     runs = entries(num_layers, output / "runs" / TEACHER)
     for i, entry in enumerate(runs, 1):
@@ -93,7 +68,7 @@ def time_inference(prepared: list[Prepared], rounds: int) -> tuple[list[dict[str
     return results, [statistics.median(s) for s in seconds]
 
 
-def result_rows(output: Path, runs: list[Entry], rounds: int, device: str | None = None) -> list[dict[str, Any]]:
+def result_rows(output: Path, runs: list[BenchRun], rounds: int, device: str | None = None) -> list[dict[str, Any]]:
     """One row per run: training figures from its metrics.json, inference timed here, on one clock."""
     prepared = [load_run(output / "runs" / entry.run, overrides=entry.overrides, device=device) for entry in runs]
     tests, seconds = time_inference(prepared, rounds)
@@ -168,6 +143,6 @@ def run_bench(data: str, backbone: str, output: Path, quick: bool, seed: int = 0
     write_result(output / "results.json", rows, device)
     plot_pareto(rows, output / "pareto.png")
     for entry in runs:
-        if entry.method == "dht" and (output / "runs" / entry.run / "selection.png").is_file():
+        if (output / "runs" / entry.run / "selection.png").is_file():  # what a dynamic method's runs chose
             shutil.copy(output / "runs" / entry.run / "selection.png", output / f"selection-{entry.name}.png")
     return rows

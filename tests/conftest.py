@@ -7,6 +7,12 @@ import dht.methods  # noqa: F401  (registers the built-in methods, as the CLI an
 from dht.model import DynamicEncoder, EncoderConfig
 
 
+def pytest_configure(config) -> None:
+    """The whole suite runs single-threaded: on a shared 2-core machine OpenMP barriers stall tiny ops
+    (a loaded run took 446 s with two threads and 121 s with one). Nothing here times anything."""
+    torch.set_num_threads(1)
+
+
 def tiny_config(**changes) -> EncoderConfig:
     """A 4-layer, 4-head, 32-wide encoder over a small vocabulary."""
     base = EncoderConfig(vocab_size=100, hidden_size=32, num_layers=4, num_heads=4, intermediate_size=64,
@@ -28,12 +34,3 @@ def random_batch(batch: int = 5, length: int = 12, vocab: int = 100, seed: int =
     lengths[0] = length
     mask = torch.arange(length)[None, :] < lengths[:, None]
     return ids.masked_fill(~mask, 0), mask
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Run single-threaded: on a shared 2-core machine OpenMP barriers stall tiny ops."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -3,8 +3,9 @@
 Each file in tests/golden holds a ``dht train`` command line, the metrics it wrote (without seconds and
 device), the loss of every step, and the SHA-256 of decisions.jsonl (every DHT arm, head set and reward
 per sample and step). The tiny-backbone runs cover every method and DHT preset, P-DHT's switch
-included, and run here in-process, single-threaded as they were made; the two MiniLM-L6 runs (BL1 and
-F-DHT on 320 training rows, about 25 s each) run in a subprocess with the 2 threads they were made with.
+included, and run here in-process, single-threaded as they were made (as the whole suite runs); the two
+MiniLM-L6 runs (BL1 and F-DHT on 320 training rows, about 25 s each) run in a subprocess with the 2
+threads they were made with.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def outcome(run: Path) -> tuple[dict, list[float], str | None]:
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory, one_thread):
+def teacher(tmp_path_factory):
     """The tiny BL1 run the golden students and FastBERT start from (itself a golden run)."""
     run = tmp_path_factory.mktemp("golden") / "tiny-full"
     assert main(command("tiny-full", run, run)) == 0
@@ -57,7 +58,7 @@ def teacher(tmp_path_factory, one_thread):
 
 
 @pytest.mark.parametrize("name", TINY)
-def test_tiny_runs_equal_their_golden_files(name, teacher, tmp_path, one_thread):
+def test_tiny_runs_equal_their_golden_files(name, teacher, tmp_path):
     run = teacher if name == "tiny-full" else tmp_path / name
     if name != "tiny-full":
         assert main(command(name, run, teacher)) == 0

@@ -67,6 +67,7 @@ class BenchRun:
     options: dict[str, Any] = field(default_factory=dict)
     folder: str = ""
     overrides: dict[str, Any] | None = None
+    method: str = ""  # the registered method's name, filled in by the bench
 
     @property
     def run(self) -> str:

@@ -8,7 +8,6 @@ from dht.bandits import LinUCB, LinUCBConfig
 F64 = torch.float64
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ridge(X, r, lam):

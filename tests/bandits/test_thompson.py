@@ -1,6 +1,5 @@
 """Tests of dht.bandits.thompson: top-K selection, Laplace update, best-set learning, state."""
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -9,7 +8,6 @@ from dht.bandits import LogisticTS, LogisticTSConfig
 F64 = torch.float64
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_batch(B, n, d, seed, scale=1.0):
