@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", default=None, help="dataset folder (default: the run's own)")
     add_method_flags(evaluate.add_argument_group("inference options (default: the run's own)"), METHODS,
                      inference_only=True)
+    evaluate.add_argument("--budget", type=float, default=None,
+                          help="target inference FLOP ratio (all-in): set the method's knob (DHT's cost weight, "
+                               "FastBERT's speed) to meet it on training rows, then evaluate")
+    evaluate.add_argument("--oracle", action="store_true",
+                          help="also score the oracle routers (cheapest correct route, cheapest agreeing with the "
+                               "full model), trying every route on every test sample")
+    evaluate.add_argument("--output", type=Path, default=None, help="where to write (default: RUN/evaluation.json)")
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.add_argument("--quiet", action="store_true")
     bench = commands.add_parser("bench", help="run every method and write the paper's Tables 1-2 and a Pareto plot")
@@ -120,12 +127,22 @@ def main(argv: list[str] | None = None) -> int:
         else:
             overrides = given_options(args) or None
             result = evaluate_run(args.run_dir, args.data, progress=not args.quiet, overrides=overrides,
-                                  device=args.device)
+                                  device=args.device, budget=args.budget, oracle=args.oracle, output=args.output)
             test = result["test"]
+            if "budget" in result:
+                found = result["budget"]
+                low, high = found["reachable"]
+                print(f"budget {found['target']}: {found['option']} = {found['value']:.4g} "
+                      f"({found['train_flop_ratio_all_in']:.3f} on {found['train_rows']} training rows; "
+                      f"this run reaches {low:.3f}-{high:.3f})")
             print(f"{args.run_dir} on {result['dataset']}: accuracy {test['accuracy']:.4f}, "
-                  f"macro-F1 {test['f1_macro']:.4f}, FLOP ratio {test['flop_ratio']:.3f}, {test['seconds']:.1f} s")
+                  f"macro-F1 {test['f1_macro']:.4f}, FLOP ratio {test['flop_ratio']:.3f} "
+                  f"(all-in {test['flop_ratio_all_in']:.3f}), {test['seconds']:.1f} s")
             if "routes" in test:
                 print(routes_line(test))
+            for name, row in test.get("oracle", {}).items():
+                if name != "routes":
+                    print(f"{name}: macro-F1 {row['f1_macro']:.4f} at FLOP ratio {row['flop_ratio']:.3f}")
     except (ValueError, FileNotFoundError) as error:  # DataError, BackboneError, bad settings
         print(f"dht: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

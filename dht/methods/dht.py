@@ -39,12 +39,12 @@ from dht.model.encoder import inverse_permutation
 from dht.search.arm_features import ArmFeatures, compute_arm_features
 from dht.search.arms import PRESETS, load_search, read_search_file
 from dht.search.features import HEAD_DIM, TOP_DIM, Contexts, with_arm_features
-from dht.search.layout import arm_layout, kept_to_heads, probe_layers, run_group, sample_plan
+from dht.search.layout import arm_flop_shares, arm_layout, kept_to_heads, probe_layers, run_group, sample_plan
 from dht.search.queues import DepthQueues, length_chunks
 from dht.search.rewards import PreviousBatch, ratio_reward
 from dht.search.strategies import GroupDecision, search_strategy
 from dht.training.config import RunConfig
-from dht.training.hooks import BenchRun, Method, Prediction, StepResult, forward_costs, register
+from dht.training.hooks import BenchRun, Knob, Method, Prediction, StepResult, forward_costs, register
 from dht.training.options import MethodOptions, option
 
 
@@ -53,6 +53,8 @@ class DHTOptions(MethodOptions):
     """DHT's settings: which search (the bandits' own settings live in the search config)."""
 
     config: str = option("s-dht", f"DHT search: one of {', '.join(PRESETS)} or a JSON file of SearchConfig fields")
+    cost_weight: float = option(0.0, "at inference, each arm's predicted reward minus this times its share of "
+                                "the full model's FLOPs: > 0 cheaper arms, < 0 deeper ones", inference=True)
 
     def check_training_inputs(self) -> None:
         if self.config not in PRESETS:
@@ -73,6 +75,9 @@ class DHTMethod(Method):
 
     name = "dht"
     Options = DHTOptions
+    # The cost weight λ is in reward units per full model; rewards are clipped to [0, r_max = 10] and
+    # arms differ by as little as 0.02 of the full model, so ±1000 reaches both ends of every arm list.
+    knob = Knob("cost_weight", dearest=-1000.0, cheapest=1000.0)
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         super().__init__(model, run)
@@ -97,6 +102,7 @@ class DHTMethod(Method):
         self.consumed = 0  # loader batches of this epoch already queued
         self.overhead = 0.0  # all-in FLOPs (probes, arm features, bandits) not yet charged to a step
         self.pad_id = 0
+        self.forced_arm: int | None = None  # inference: every sample on this arm (the oracles' routes)
 
     @classmethod
     def bench_runs(cls, num_layers: int) -> list[BenchRun]:
@@ -326,10 +332,34 @@ class DHTMethod(Method):
             routes[row] = route
         return Prediction(*merged, routes)
 
+    def choose_arms(self, x: Tensor) -> Tensor:
+        """Alg. 2 lines 3-6 at inference: the greedy arm per sample (α = 0), each arm's predicted reward
+        θᵀw less λ times its share of the full model's FLOPs (λ = ``cost_weight``, 0 by default); x
+        (B, TOP_DIM) -> (B,) long. Ties go to the lowest index, as the greedy LinUCB choice."""
+        if self.forced_arm is not None:
+            return torch.full((len(x),), self.forced_arm, dtype=torch.long)
+        predicted = self.ucb_top.scores(with_arm_features(x, self.features.top), greedy=True)  # (B, A)
+        if self.options.cost_weight:
+            costs = arm_flop_shares(self.model.config, self.search, self.arms, self.phase_two)
+            predicted = predicted - self.options.cost_weight * costs
+        return predicted.argmax(1)
+
+    def fixed_routes(self) -> list[str]:
+        """The current arm list's labels, as the arms are listed."""
+        return [arm.label(self.N_h) for arm in self.arms]
+
+    def predict_route_batches(self, batches: Iterable[Batch], route: str) -> Iterator[tuple[Batch, Prediction]]:
+        """Every sample on the arm labelled ``route``, with greedy heads."""
+        self.forced_arm = self.fixed_routes().index(route)
+        try:
+            yield from self.predict_batches(batches)
+        finally:
+            self.forced_arm = None
+
     def _queue_for_inference(self, batch: Batch, queues: DepthQueues) -> list[list[dict]]:
-        """S1 and the greedy arm per sample (Alg. 2 lines 2-6 with α = 0), queued by depth."""
+        """S1 and each sample's arm (``choose_arms``), queued by depth."""
         h_probe, x = self._probe(batch)
-        chosen = self.ucb_top.select(with_arm_features(x, self.features.top), greedy=True).tolist()
+        chosen = self.choose_arms(x).tolist()
         select = linucb_flops(1, len(self.arms), self.ucb_top.config.dim, update=False)
         probe = ExecutionPlan.first(1, self.N_h)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from dht.flops import classifier_flops, full_forward_flops, full_train_flops, pl
 from dht.methods.teacher import TeacherOptions, load_teacher_weights, teacher_dir
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.training.config import RunConfig
-from dht.training.hooks import BenchRun, Method, Prediction, StepResult, register
+from dht.training.hooks import BenchRun, Knob, Method, Prediction, StepResult, register
 from dht.training.options import option
 
 SPEEDS = (0.1, 0.5, 0.8)  # the bench's exit thresholds (FastBERT's paper reports this range)
@@ -89,11 +90,12 @@ class FastBERTMethod(Method):
 
     name = "fastbert"
     Options = FastBERTOptions
+    knob = Knob("speed", dearest=0.0, cheapest=1.0)  # 0 never exits early, 1 exits at the first branch
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         super().__init__(model, run)
         self.options: FastBERTOptions
-        self.speed, self.branch_lr = self.options.speed, self.options.branch_lr
+        self.branch_lr = self.options.branch_lr
         model.add_branch_classifiers()
         model.requires_grad_(False)
         model.branches.requires_grad_(True)
@@ -134,14 +136,33 @@ class FastBERTMethod(Method):
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:
         self.model.eval()
-        logits, depth = early_exit_predict(self.model, batch.input_ids, batch.attention_mask, self.speed)
+        logits, depth = early_exit_predict(self.model, batch.input_ids, batch.attention_mask, self.options.speed)
+        return self._exit_prediction(batch, logits, depth.tolist())
+
+    def _exit_prediction(self, batch: Batch, logits: Tensor, depth: list[int]) -> Prediction:
+        """Logits of samples that exited after ``depth`` layers each, with what that cost: the layers
+        run, every branch classifier passed, and the final classifier for those that reached the top."""
         config, L = self.model.config, self.model.config.num_layers
         flops, full = [], []
-        for t, d in zip(batch.attention_mask.sum(1).tolist(), depth.tolist()):
+        for t, d in zip(batch.attention_mask.sum(1).tolist(), depth):
             branches = d if d < L else L - 1  # each branch passed costs one small classifier
             flops.append(plan_forward_flops(config, ExecutionPlan.first(d, config.num_heads), t, classify=d == L)
                          + branches * classifier_flops(config))
             full.append(full_forward_flops(config, t))
         return Prediction(logits, torch.tensor(flops, dtype=torch.float64), torch.tensor(full, dtype=torch.float64),
-                          routes=[f"{d}L" for d in depth.tolist()])
+                          routes=[f"{d}L" for d in depth])
 
+    def fixed_routes(self) -> list[str]:
+        """Exit after layer 1, 2, ..., N_L."""
+        return [f"{d}L" for d in range(1, self.model.config.num_layers + 1)]
+
+    @torch.no_grad()
+    def predict_route_batches(self, batches: Iterable[Batch], route: str) -> Iterator[tuple[Batch, Prediction]]:
+        """Every sample exits after the route's layer, whatever its entropy."""
+        self.model.eval()
+        model, d = self.model, int(route.rstrip("L"))
+        for batch in batches:
+            mask = batch.attention_mask
+            h = model.run_plan(model.embed(batch.input_ids), mask, ExecutionPlan.first(d, model.config.num_heads))
+            head = model.classifier if d == model.config.num_layers else model.branches[d - 1]
+            yield batch, self._exit_prediction(batch, head(model.pool(h, mask)), [d] * len(batch))

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dht.model import DynamicEncoder, ExecutionPlan
+from dht.flops import full_forward_flops, plan_forward_flops
+from dht.model import DynamicEncoder, EncoderConfig, ExecutionPlan
 from dht.model.encoder import HeadParts, Heads
 from dht.search.arms import Arm, SearchConfig
 
@@ -107,3 +108,17 @@ def sample_plan(layout: Layout, group_heads: list[tuple[int, ...]], num_heads: i
     layers.extend(layout.suffix)
     heads.extend([everything] * len(layout.suffix))
     return ExecutionPlan(tuple(layers), tuple(heads))
+
+
+def arm_flop_shares(config: EncoderConfig, search: SearchConfig, arms: tuple[Arm, ...], phase_two: bool,
+                    tokens: int = 64) -> Tensor:
+    """Each arm's forward FLOPs as a share of the full model's, for a sample of ``tokens`` tokens, (A,)
+    float64; an arm that leaves H to UCB_H (tree search) is counted with every head."""
+    full = full_forward_flops(config, tokens)
+    shares = []
+    for arm in arms:
+        layout = arm_layout(search, arm, phase_two)
+        kept = tuple(range(arm.heads or config.num_heads))
+        plan = sample_plan(layout, [kept] * len(layout.groups), config.num_heads)
+        shares.append(plan_forward_flops(config, plan, tokens) / full)
+    return torch.tensor(shares, dtype=torch.float64)

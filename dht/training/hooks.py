@@ -74,12 +74,23 @@ class BenchRun:
         return self.folder or self.name
 
 
+@dataclass(frozen=True)
+class Knob:
+    """An inference option that trades accuracy for cost, for ``dht evaluate RUN --budget R``: the run's
+    inference FLOP ratio falls (weakly) as the option moves from ``dearest`` to ``cheapest``."""
+
+    option: str
+    dearest: float
+    cheapest: float
+
+
 class Method:
     """Base hooks: the full model on every sample, as BL1 trains it. Subclasses override what differs."""
 
     name: ClassVar[str] = ""  # ``--method NAME``
     title: ClassVar[str] = ""  # how tables name its rows ("BL1 (full model)"); default: the row's name
     Options: ClassVar[type[MethodOptions]] = MethodOptions  # its settings (none by default)
+    knob: ClassVar[Knob | None] = None  # its accuracy-for-cost knob at inference, if it has one
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         self.model = model
@@ -161,6 +172,19 @@ class Method:
         may regroup the samples (DHT queues them by depth) so a yielded batch need not be one given."""
         for batch in batches:
             yield batch, self.predict(batch)
+
+    def set_inference_options(self, **changes: Any) -> None:
+        """Change inference options (``inference=True`` fields) of a trained method, e.g. its knob."""
+        self.options = self.options.replace(**changes)
+
+    def fixed_routes(self) -> list[str]:
+        """The paths a sample can take at inference (DHT's arms, FastBERT's exits), shallowest first;
+        none for a method with one path. The oracle rows of ``dht evaluate --oracle`` try each."""
+        return []
+
+    def predict_route_batches(self, batches: Iterable[Batch], route: str) -> Iterator[tuple[Batch, Prediction]]:
+        """Like ``predict_batches``, but every sample takes ``route`` (one of ``fixed_routes``)."""
+        raise NotImplementedError(f"method {self.name} has no fixed routes")
 
     # --- state beyond the network's weights (bandits, normalisers) ---------------------
     def state_dict(self) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from dht.data import iterate_batches
 from dht.training.checkpoint import load_checkpoint, save_checkpoint, save_model, split_state
 from dht.training.config import RunConfig
+from dht.training.evaluation import predict_split, split_scores
 from dht.training.hooks import Method
-from dht.training.metrics import accuracy, f1_macro, route_scores
 from dht.training.setup import Prepared, dataset_dir, device_name, prepare, prepare_saved
 
 
@@ -193,36 +193,13 @@ def save_method_state(output: Path, method: Method) -> None:
     save_file(tensors, str(output / "method.safetensors"))
 
 
-@torch.no_grad()
 def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
     """Predict the test split (batches sorted by length) and score it; seconds are wall time."""
-    method, split, batch_size = prepared.method, prepared.test, prepared.run.train.eval_batch_size
-    method.model.eval()
-    predictions = torch.empty(len(split), dtype=torch.long)
-    routes: list[str] = [""] * len(split)
-    flops = full = all_in = 0.0
-    started = time.perf_counter()
-    batches = iterate_batches(split.ids, split.labels, batch_size, prepared.pad_id, shuffle=False, sort_by_length=True)
-    batches = (batch.to(method.device) for batch in batches)
-    with tqdm(total=len(split), unit="sample", desc="evaluate", disable=not progress, mininterval=1.0,
-              dynamic_ncols=True) as bar:
-        for batch, result in method.predict_batches(batches):  # DHT regroups the samples by depth
-            bar.update(len(batch))
-            predictions[batch.index.cpu()] = result.logits.argmax(-1).cpu()
-            for index, route in zip(batch.index.tolist(), result.routes or ()):
-                routes[index] = route
-            flops += float(result.flops.sum())
-            full += float(result.full_flops.sum())
-            all_in += float(result.all_in.sum())
-    seconds = time.perf_counter() - started
-    labels = torch.tensor(split.labels)
-    num_classes = prepared.dataset.num_classes
-    scores = {"accuracy": accuracy(predictions, labels), "f1_macro": f1_macro(predictions, labels, num_classes),
-              "flop_ratio": flops / full, "flop_ratio_all_in": all_in / full, "seconds": seconds,
-              "samples": len(split), "device": device_name(method.device)}
-    if any(routes):
-        scores["routes"] = route_scores(routes, predictions, labels)
-    return scores
+    split = prepared.test
+    result = predict_split(prepared.method, split.ids, split.labels, prepared.run.train.eval_batch_size,
+                           prepared.pad_id, progress)
+    return {**split_scores(result, split.labels, prepared.dataset.num_classes),
+            "device": device_name(prepared.method.device)}
 
 
 def load_run(run_dir: Path, data: str | None = None, overrides: dict | None = None,
@@ -244,10 +221,28 @@ def load_run(run_dir: Path, data: str | None = None, overrides: dict | None = No
 
 
 def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True,
-                 overrides: dict | None = None, device: str | None = None) -> dict[str, Any]:
-    """Re-evaluate a saved run on its test split (or another dataset folder's); write evaluation.json."""
+                 overrides: dict | None = None, device: str | None = None, budget: float | None = None,
+                 oracle: bool = False, output: Path | None = None) -> dict[str, Any]:
+    """Re-evaluate a saved run on its test split (or another dataset folder's); write ``output``
+    (default: RUN/evaluation.json).
+
+    budget: a target inference FLOP ratio (all-in); the method's knob is first set to meet it on
+    training rows (``budget_search``), and the value found is reported. oracle: add the two oracle
+    routers' scores (``oracle_scores``); on the run's own test split they also go into its metrics.json.
+    """
+    from dht.training.operating import budget_search, oracle_scores
+
     prepared = load_run(run_dir, data, overrides, device)
-    result = {"run": str(run_dir), "dataset": prepared.dataset.name, "options": prepared.run.options,
-              "test": evaluate(prepared, progress)}
-    (run_dir / "evaluation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    found = budget_search(prepared, budget) if budget is not None else None
+    result: dict[str, Any] = {"run": str(run_dir), "dataset": prepared.dataset.name,
+                              "options": prepared.method.options.to_dict(), "test": evaluate(prepared, progress)}
+    if found is not None:
+        result["budget"] = found
+    if oracle:
+        result["test"]["oracle"] = oracle_scores(prepared)
+        if data is None and budget is None and not overrides:
+            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+            metrics["test"]["oracle"] = result["test"]["oracle"]
+            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    (output or run_dir / "evaluation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result

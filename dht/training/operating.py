@@ -1,0 +1,140 @@
+"""Operating points of a trained run: a knob found for a FLOP budget, and the routing limit (oracles).
+
+``budget_search`` finds the value of a method's knob (``Method.knob``: DHT's cost weight, FastBERT's
+speed) at which its inference FLOP ratio (all-in) on a seeded sample of *training* rows meets a target,
+by bisection: the ratio falls weakly as the knob moves from its dearest to its cheapest end, so each
+step halves the interval that holds the target. The test split is not looked at while searching.
+
+``oracle_scores`` asks what any router could do with a run's network: every sample tries every fixed
+route (DHT's arms with greedy heads, FastBERT's exits), and the oracle takes, per sample, the cheapest
+route whose prediction is correct (the limit of routing on this network) or the cheapest that agrees
+with the full model's prediction (all layers, all heads). Its FLOPs are the chosen routes' networks
+(paper-style): an oracle's own choice is free by definition.
+
+Dimension legend: N samples, R routes.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from dht.training.evaluation import SplitPrediction, predict_split, split_scores
+from dht.training.hooks import Method
+from dht.training.metrics import accuracy, f1_macro
+from dht.training.setup import Prepared
+
+BUDGET_ROWS = 512  # training rows the knob is searched on (seeded)
+
+
+def bisect_knob(ratio_at: Callable[[float], float], target: float, dearest: float, cheapest: float,
+                tolerance: float, steps: int) -> tuple[float, float, list[tuple[float, float]]]:
+    """The knob value in [dearest, cheapest] whose ratio is closest to ``target`` among those tried.
+
+    ``ratio_at`` must fall weakly from ``dearest`` to ``cheapest``. Stops once a ratio is within
+    ``tolerance`` of the target or after ``steps`` halvings; returns (value, its ratio, every (value,
+    ratio) tried). A target outside [ratio(cheapest), ratio(dearest)] returns the nearer end."""
+    tried = [(dearest, ratio_at(dearest)), (cheapest, ratio_at(cheapest))]
+    low, high = dearest, cheapest  # ratio(low) >= target >= ratio(high) while the target is inside
+    if tried[0][1] > target > tried[1][1]:
+        for _ in range(steps):
+            middle = (low + high) / 2
+            ratio = ratio_at(middle)
+            tried.append((middle, ratio))
+            if abs(ratio - target) <= tolerance:
+                break
+            low, high = (middle, high) if ratio > target else (low, middle)
+    value, ratio = min(tried, key=lambda pair: abs(pair[1] - target))
+    return value, ratio, tried
+
+
+def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, tolerance: float = 0.005,
+                  steps: int = 20) -> dict[str, Any]:
+    """Set the method's knob so its all-in inference FLOP ratio on ``rows`` seeded training rows is
+    ``target``; return what was found. Raises ValueError for a method without a knob or a target
+    outside (0, 1.5]."""
+    method = prepared.method
+    if method.knob is None:
+        raise ValueError(f"--budget: method {method.name} has no knob that trades accuracy for cost")
+    if not 0 < target <= 1.5:
+        raise ValueError(f"--budget must be in (0, 1.5], got {target}")
+    train = prepared.train
+    chosen = sorted(random.Random(prepared.run.train.seed).sample(range(len(train)), min(rows, len(train))))
+    ids, labels = [train.ids[i] for i in chosen], [train.labels[i] for i in chosen]
+    batch_size = prepared.run.train.eval_batch_size
+
+    def ratio_at(value: float) -> float:
+        method.set_inference_options(**{method.knob.option: value})
+        result = predict_split(method, ids, labels, batch_size, prepared.pad_id)
+        return result.totals[2] / result.totals[1]
+
+    value, ratio, tried = bisect_knob(ratio_at, target, method.knob.dearest, method.knob.cheapest, tolerance, steps)
+    method.set_inference_options(**{method.knob.option: value})
+    return {"target": target, "option": method.knob.option, "value": value, "train_rows": len(chosen),
+            "train_flop_ratio_all_in": ratio, "evaluations": len(tried),
+            "reachable": [tried[1][1], tried[0][1]]}  # the ratios at the cheapest and the dearest end
+
+
+def route_predictions(method: Method, prepared: Prepared, route: str | None) -> SplitPrediction:
+    """The test split with every sample on ``route``; None: the full model (all layers, all heads)."""
+    split = prepared.test
+    if route is None:
+        full = _FullPlan(method)
+        return predict_split(full, split.ids, split.labels, prepared.run.train.eval_batch_size, prepared.pad_id)
+    routed = _OneRoute(method, route)
+    return predict_split(routed, split.ids, split.labels, prepared.run.train.eval_batch_size, prepared.pad_id)
+
+
+def oracle_scores(prepared: Prepared) -> dict[str, Any]:
+    """The two oracle routers on the test split: the cheapest correct route per sample, and the cheapest
+    route agreeing with the full model. Raises ValueError for a method with one route."""
+    method, split = prepared.method, prepared.test
+    routes = method.fixed_routes()
+    if not routes:
+        raise ValueError(f"--oracle: method {method.name} has one route, nothing to choose")
+    per_route = [route_predictions(method, prepared, route) for route in routes]
+    reference = route_predictions(method, prepared, None).predictions  # (N,)
+    labels = torch.tensor(split.labels)
+    predictions = torch.stack([r.predictions for r in per_route])  # (R, N)
+    flops = torch.stack([r.flops for r in per_route])  # (R, N) float64
+    full = per_route[0].full_flops  # (N,)
+    out = {"routes": {route: split_scores(r, split.labels, prepared.dataset.num_classes) | {"route": route}
+                      for route, r in zip(routes, per_route)}}
+    for name, good in (("oracle_correct", predictions == labels),
+                       ("oracle_agrees_with_full", predictions == reference)):
+        pick = cheapest_good_route(flops, good)  # (N,)
+        chosen = predictions.gather(0, pick[None]).squeeze(0)
+        spent = flops.gather(0, pick[None]).squeeze(0)
+        out[name] = {"accuracy": accuracy(chosen, labels), "f1_macro": f1_macro(chosen, labels,
+                                                                                prepared.dataset.num_classes),
+                     "flop_ratio": float(spent.sum() / full.sum()),
+                     "shares": {route: round(float((pick == r).float().mean()), 4) for r, route in enumerate(routes)}}
+    return out
+
+
+def cheapest_good_route(flops: Tensor, good: Tensor) -> Tensor:
+    """Per sample, the route with the fewest FLOPs among those where ``good``; where no route is good,
+    the cheapest route. flops (R, N) float, good (R, N) bool -> (N,) long; ties go to the lower index."""
+    cost = flops.masked_fill(~good, float("inf"))
+    return torch.where(good.any(0), cost.argmin(0), flops.argmin(0))
+
+
+class _OneRoute(Method):
+    """A trained method with every sample sent down one route (for the oracles)."""
+
+    def __init__(self, method: Method, route: str) -> None:  # wraps a built method: no options to parse
+        self.model, self.run, self.options = method.model, method.run, method.options
+        self.inner, self.route = method, route
+
+    def predict_batches(self, batches):
+        return self.inner.predict_route_batches(batches, self.route)
+
+
+class _FullPlan(Method):
+    """A trained method's network with every layer and head for every sample (the base hooks)."""
+
+    def __init__(self, method: Method) -> None:  # wraps a built method: no options to parse
+        self.model, self.run, self.options = method.model, method.run, method.options

@@ -1,0 +1,102 @@
+"""Operating points of a trained run: the knob found for a budget, and the oracle routers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dht.cli import main
+from dht.training.config import RunConfig, TrainConfig
+from dht.training.loop import evaluate, load_run, train
+from dht.training.operating import bisect_knob, budget_search, cheapest_good_route, oracle_scores
+
+SMALL = TrainConfig(epochs=2, batch_size=16, max_train=160, max_test=64, seed=5)
+
+
+def test_bisection_finds_the_step_nearest_the_target():
+    steps = [(0.0, 1.0), (0.25, 0.8), (0.5, 0.6), (0.75, 0.4)]  # a falling step function on [0, 1]
+    ratio_at = lambda x: next((r for edge, r in reversed(steps) if x >= edge), 1.0)
+    value, ratio, tried = bisect_knob(ratio_at, 0.62, 0.0, 1.0, tolerance=0.005, steps=20)
+    assert ratio == 0.6 and 0.5 <= value < 0.75
+    assert bisect_knob(ratio_at, 0.41, 0.0, 1.0, tolerance=0.02, steps=20)[1] == 0.4  # stops within tolerance
+    # A target beyond what the knob reaches returns the nearer end after the two end evaluations.
+    value, ratio, tried = bisect_knob(ratio_at, 0.1, 0.0, 1.0, tolerance=0.005, steps=20)
+    assert (value, ratio, len(tried)) == (1.0, 0.4, 2)
+    value, ratio, tried = bisect_knob(ratio_at, 1.2, 0.0, 1.0, tolerance=0.005, steps=20)
+    assert (value, ratio, len(tried)) == (0.0, 1.0, 2)
+
+
+def test_the_cheapest_good_route_per_sample():
+    flops = torch.tensor([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0], [3.0, 3.0, 3.0]])  # routes x samples
+    good = torch.tensor([[False, False, False], [True, False, False], [True, True, False]])
+    # sample 0: routes 1 and 2 good -> 1; sample 1: only 2 -> 2; sample 2: none -> the cheapest, 0
+    assert cheapest_good_route(flops, good).tolist() == [1, 2, 0]
+    uneven = torch.tensor([[5.0, 1.0], [2.0, 3.0]])  # per-sample costs decide, not the route's order
+    assert cheapest_good_route(uneven, torch.ones(2, 2, dtype=torch.bool)).tolist() == [1, 0]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny F-DHT run and a tiny FastBERT run on its own BL1 teacher."""
+    root = tmp_path_factory.mktemp("operating")
+    train(RunConfig(method="dht", backbone="tiny", train=SMALL, options={"config": "f-dht"}), root / "dht",
+          progress=False)
+    train(RunConfig(backbone="tiny", train=SMALL), root / "bl1", progress=False)
+    train(RunConfig(method="fastbert", backbone="tiny", train=SMALL, options={"teacher": str(root / "bl1")}),
+          root / "fastbert", progress=False)
+    return root
+
+
+@pytest.mark.parametrize("name", ["dht", "fastbert"])
+def test_a_budget_sets_the_knob_and_the_test_ratio_follows(runs, name):
+    prepared = load_run(runs / name)
+    ends = budget_search(prepared, 1.0, tolerance=0.0, steps=0)["reachable"]
+    assert ends[0] < ends[1]  # the knob moves the cost
+    target = (ends[0] + ends[1]) / 2
+    found = budget_search(prepared, target)
+    assert found["option"] == prepared.method.knob.option
+    assert getattr(prepared.method.options, found["option"]) == found["value"]  # the method now runs with it
+    # On a tiny training sample the ratio moves in steps; it lands on the step nearest the target.
+    assert abs(found["train_flop_ratio_all_in"] - target) < 0.1
+    test = evaluate(prepared)["flop_ratio_all_in"]
+    assert ends[0] - 0.05 <= test <= ends[1] + 0.05
+
+
+def test_the_extreme_cost_weights_choose_the_cheapest_and_the_dearest_arm(runs):
+    prepared = load_run(runs / "dht")
+    method = prepared.method
+    for weight, expected in ((1000.0, "2L4H"), (-1000.0, "4L4H")):
+        method.set_inference_options(cost_weight=weight)
+        assert set(evaluate(prepared)["routes"]) == {expected}
+
+
+def test_oracles_bound_every_route(runs):
+    prepared = load_run(runs / "dht")
+    dynamic = evaluate(prepared)
+    oracle = oracle_scores(prepared)
+    assert list(oracle["routes"]) == ["2L4H", "4L3H", "4L4H"]
+    best = max(route["accuracy"] for route in oracle["routes"].values())
+    assert oracle["oracle_correct"]["accuracy"] >= max(best, dynamic["accuracy"])
+    cheapest = min(route["flop_ratio"] for route in oracle["routes"].values())
+    assert cheapest - 1e-9 <= oracle["oracle_correct"]["flop_ratio"] <= 1.0
+    assert sum(oracle["oracle_correct"]["shares"].values()) == pytest.approx(1.0, abs=1e-3)
+    # The full-depth, all-heads arm always agrees with the full model: every sample has an agreeing route.
+    assert oracle["oracle_agrees_with_full"]["flop_ratio"] <= oracle["routes"]["4L4H"]["flop_ratio"] + 1e-9
+
+
+def test_fastbert_oracle_exits_and_the_cli(runs, capsys):
+    assert main(["evaluate", str(runs / "fastbert"), "--oracle", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "oracle_correct: macro-F1" in out and "oracle_agrees_with_full" in out
+    metrics = json.loads((runs / "fastbert" / "metrics.json").read_text())
+    routes = metrics["test"]["oracle"]["routes"]
+    assert list(routes) == ["1L", "2L", "3L", "4L"]
+    assert routes["1L"]["flop_ratio"] < routes["2L"]["flop_ratio"] < routes["4L"]["flop_ratio"]
+    # The last exit is the full model: the oracle that agrees with it costs at most that.
+    assert metrics["test"]["oracle"]["oracle_agrees_with_full"]["flop_ratio"] <= routes["4L"]["flop_ratio"]
+    assert main(["evaluate", str(runs / "bl1"), "--oracle", "--quiet"]) == 2
+    assert "has one route" in capsys.readouterr().err
+    assert main(["evaluate", str(runs / "bl1"), "--budget", "0.5", "--quiet"]) == 2
+    assert "has no knob" in capsys.readouterr().err
