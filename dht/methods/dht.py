@@ -44,7 +44,7 @@ from dht.search.queues import DepthQueues, length_chunks
 from dht.search.rewards import PreviousBatch, ratio_reward
 from dht.search.strategies import GroupDecision, search_strategy
 from dht.training.config import RunConfig
-from dht.training.hooks import BenchRun, Knob, Method, Prediction, StepResult, forward_costs, register
+from dht.training.hooks import BenchRun, Knob, Method, Prediction, StepResult, forward_costs, in_batch_order, register
 from dht.training.options import MethodOptions, option
 
 
@@ -320,17 +320,7 @@ class DHTMethod(Method):
 
     def predict(self, batch: Batch) -> Prediction:
         """One batch's predictions, in its order (predict_batches over this batch alone)."""
-        parts = list(self.predict_batches([batch]))
-        position = {index: row for row, index in enumerate(batch.index.tolist())}
-        rows = torch.tensor([position[index] for part, _ in parts for index in part.index.tolist()])
-        merged = []
-        for name in ("logits", "flops", "full_flops", "all_in"):
-            values = torch.cat([getattr(prediction, name) for _, prediction in parts])
-            merged.append(torch.empty_like(values).index_copy_(0, rows.to(values.device), values))
-        routes = [""] * len(rows)
-        for row, route in zip(rows.tolist(), (route for _, prediction in parts for route in prediction.routes)):
-            routes[row] = route
-        return Prediction(*merged, routes)
+        return in_batch_order(batch, list(self.predict_batches([batch])))
 
     def choose_arms(self, x: Tensor) -> Tensor:
         """Alg. 2 lines 3-6 at inference: the greedy arm per sample (α = 0), each arm's predicted reward

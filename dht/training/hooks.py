@@ -203,6 +203,21 @@ def forward_costs(model: DynamicEncoder, batch: Batch, plans: list[ExecutionPlan
     return flops, full
 
 
+def in_batch_order(batch: Batch, parts: list[tuple[Batch, Prediction]]) -> Prediction:
+    """One Prediction for ``batch`` from the parts a method regrouped its samples into (by ``index``),
+    rows back in the batch's order."""
+    position = {index: row for row, index in enumerate(batch.index.tolist())}
+    rows = torch.tensor([position[index] for part, _ in parts for index in part.index.tolist()])
+    merged = []
+    for name in ("logits", "flops", "full_flops", "all_in"):
+        values = torch.cat([getattr(prediction, name) for _, prediction in parts])
+        merged.append(torch.empty_like(values).index_copy_(0, rows.to(values.device), values))
+    routes = [""] * len(rows)
+    for row, route in zip(rows.tolist(), (route for _, prediction in parts for route in prediction.routes or ())):
+        routes[row] = route
+    return Prediction(*merged, routes)
+
+
 METHODS: dict[str, type[Method]] = {}  # in registration order: dht.methods registers BL1 first
 M = TypeVar("M", bound=type[Method])
 
