@@ -44,28 +44,31 @@ def row(seed: int, method: str, config: str, knob: str | None, value: float | No
 
 
 def sweep_seed(base: RunConfig, seed: int, runs: Path, preset: str, speeds: list[float],
-               weights: list[float], device: str) -> list[dict[str, Any]]:
-    """Train (or reuse) BL1, FastBERT and DHT with ``seed``; evaluate their knobs and DHT's oracles."""
+               weights: list[float], device: str, dht_epochs: int | None = None) -> list[dict[str, Any]]:
+    """Train (or reuse) BL1, FastBERT and DHT with ``seed`` (DHT for ``dht_epochs`` if given); evaluate
+    their knobs and DHT's oracles."""
     config = TrainConfig(**{**base.train.__dict__, "seed": seed})
+    dht_config = TrainConfig(**{**config.__dict__, "epochs": dht_epochs or config.epochs})
     folder = runs / f"seed{seed}"
     bl1 = trained(RunConfig(method="full", data=base.data, backbone=base.backbone, train=config),
                   folder / "full", device)
     rows = [row(seed, "full", "full", None, None, bl1["test"], bl1)]
     fastbert = trained(RunConfig(method="fastbert", data=base.data, backbone=base.backbone, train=config,
                                  options={"teacher": str(folder / "full")}), folder / "fastbert", device)
-    dht_run = trained(RunConfig(method="dht", data=base.data, backbone=base.backbone, train=config,
-                                options={"config": preset}), folder / preset, device)
+    dht_name = preset if dht_epochs is None else f"{preset}-{dht_epochs}ep"
+    dht_run = trained(RunConfig(method="dht", data=base.data, backbone=base.backbone, train=dht_config,
+                                options={"config": preset}), folder / dht_name, device)
     for name, metrics, knob, values in (("fastbert", fastbert, "speed", speeds),
-                                        (preset, dht_run, "cost_weight", weights)):
+                                        (dht_name, dht_run, "cost_weight", weights)):
         prepared = load_run(folder / name, device=device)
         for value in values:
             prepared.method.set_inference_options(**{knob: value})
             rows.append(row(seed, metrics["method"], name, knob, value, evaluate(prepared), metrics))
-        if name == preset:
+        if name == dht_name:
             prepared.method.set_inference_options(cost_weight=0.0)
             oracle = oracle_scores(prepared)
             for kind in ("oracle_correct", "oracle_agrees_with_full"):
-                rows.append(row(seed, "dht", preset, kind, None, oracle[kind], metrics))
+                rows.append(row(seed, "dht", dht_name, kind, None, oracle[kind], metrics))
     return rows
 
 
@@ -77,6 +80,7 @@ def main() -> None:
     parser.add_argument("--data", default="")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--dht-epochs", type=int, default=None, help="DHT's epochs (default: --epochs)")
     parser.add_argument("--max-train", type=int, default=None)
     parser.add_argument("--max-test", type=int, default=None)
     parser.add_argument("--speeds", type=float, nargs="+", default=SPEEDS)
@@ -88,7 +92,8 @@ def main() -> None:
                      train=TrainConfig(epochs=args.epochs, max_train=args.max_train, max_test=args.max_test))
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
-        rows += sweep_seed(base, seed, args.runs, args.preset, args.speeds, args.cost_weights, args.device)
+        rows += sweep_seed(base, seed, args.runs, args.preset, args.speeds, args.cost_weights, args.device,
+                           args.dht_epochs)
         write_result(args.output, rows, resolve_device(args.device))
         print(f"seed {seed}: {len(rows)} rows so far", flush=True)
 
