@@ -24,7 +24,7 @@ from dht.provenance import write_result
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.hooks import METHODS, BenchRun
 from dht.training.loop import evaluate, load_run, train
-from dht.training.setup import Prepared
+from dht.training.setup import Prepared, resolve_device
 
 QUICK = {"max_train": 1000, "max_test": 500, "epochs": 1}  # --quick: minutes on a laptop CPU
 TEACHER = "full"  # the bench run that methods with a ``teacher`` option start from
@@ -140,7 +140,7 @@ def run_bench(data: str, backbone: str, output: Path, quick: bool, seed: int = 0
     table1, table2 = tables(rows)
     (output / "table1.md").write_text(table1, encoding="utf-8")
     (output / "table2.md").write_text(table2, encoding="utf-8")
-    write_result(output / "results.json", rows, device)
+    write_result(output / "results.json", rows, resolve_device(device))
     plot_pareto(rows, output / "pareto.png")
     for entry in runs:
         if (output / "runs" / entry.run / "selection.png").is_file():  # what a dynamic method's runs chose

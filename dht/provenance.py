@@ -50,12 +50,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_label(device: str | torch.device | None) -> str:
-    """'cpu' or the GPU's name for a torch device (None: the CPU)."""
+def device_name(device: str | torch.device | None) -> str:
+    """The device in words, as metrics.json and benchmark JSON record it: ``cpu (N threads)`` or
+    ``cuda (GPU name)``; None is the CPU. Raises RuntimeError for a string that names no device."""
     device = torch.device(device or "cpu")
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return str(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def provenance(device: str | torch.device | None = None, argv: list[str] | None = None) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def provenance(device: str | torch.device | None = None, argv: list[str] | None 
     return {"command": " ".join([Path(args[0]).name if args else "python", *args[1:]]),
             "commit": git_commit(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "device": device_label(device)}
+            "device": device_name(device)}
 
 
 def write_result(path: Path, result: dict[str, Any] | list, device: str | torch.device | None = None,

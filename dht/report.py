@@ -5,12 +5,13 @@ seeds and compares the means with DHT's acceptance line (macro-F1 >= BL1's mean 
 inference <= 0.60 and training <= 0.70 of BL1's FLOPs, all-in). A file is a run's metrics when it holds a
 ``method``, ``test`` and ``train`` block; it is named after the run: full.json, f-dht.json (seed 0),
 seeds/f-dht-seed1.json, ... Other JSON files are skipped. Rows follow the method registry's order (BL1
-first), then the run's name; each method names its own rows (``Method.row_title``).
+first), then each method's bench runs (``table_order``); each method names its own rows (``Method.row_title``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from statistics import mean
 
@@ -39,8 +40,15 @@ def read_runs(folder: Path) -> list[tuple[str, str, dict]]:
         metrics = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(metrics, dict) and {"method", "test", "train"} <= set(metrics) and metrics["method"] in METHODS:
             runs.append((*run_name(path), metrics))
-    order = list(METHODS)
-    return sorted(runs, key=lambda run: (order.index(run[2]["method"]), run[0], run[1]))
+    return sorted(runs, key=lambda run: table_order(run[2]["method"], run[0]) + (run[1],))
+
+
+def table_order(method: str, name: str) -> tuple:
+    """Where a run's row goes: its method's place in the registry, then the run's place among the method's
+    bench runs (asked of a 12-layer backbone, the paper's), then its name with numbers compared as numbers."""
+    names = [bench.name for bench in METHODS[method].bench_runs(12)]
+    natural = tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+    return list(METHODS).index(method), names.index(name) if name in names else len(names), natural
 
 
 def row_title(name: str, metrics: dict) -> str:

@@ -8,10 +8,12 @@ import sys
 
 import pytest
 
+import dht.training.loop
 import dht.training.setup
-from dht.cli import main
+from dht.cli import build_parser, main
 from dht.methods.distil import DistilOptions
 from dht.methods.fastbert import FastBERTOptions
+from dht.training.hooks import METHODS
 from dht.training.options import MethodOptions
 
 
@@ -81,8 +83,38 @@ def test_options_from_json_refuse_unknown_keys_and_wrong_types():
         MethodOptions.from_dict({"x": 1}, "full")
 
 
-def test_every_option_has_its_default_once_and_a_help_line():
-    for options in (DistilOptions, FastBERTOptions):
-        fields = options.fields()
-        assert all(field.help for field in fields)
-        assert options().to_dict() == {field.name: field.default for field in fields}
+def test_every_registered_option_is_a_flag_with_help_and_a_default_of_its_type():
+    parser_flags = {action.option_strings[0] for action in build_parser()._subparsers._group_actions[0]
+                    .choices["train"]._actions if action.option_strings}
+    for method in METHODS.values():
+        for field in method.Options.fields():
+            assert field.help and field.flag in parser_flags, (method.name, field.name)
+            assert field.coerce(field.default) == field.default  # the default has the declared type
+        method.Options()  # the defaults are valid together
+
+
+def test_resume_refuses_method_flags(tmp_path, capsys):
+    err = error_of(capsys, "train", "--resume", "--output", str(tmp_path / "run"), "--layers", "3")
+    assert "--resume continues the saved run with its own options; drop --layers" in err
+
+
+def test_evaluate_refuses_before_loading(monkeypatch, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"run": {"method": "fastbert"}}')
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the run was loaded before the flags were checked")
+    monkeypatch.setattr(dht.training.loop, "load_run", forbidden)
+    assert "--budget sets --speed itself" in error_of(capsys, "evaluate", str(run), "--budget", "0.5",
+                                                      "--speed", "0.3")
+    assert "--budget must be in (0, 1.5]" in error_of(capsys, "evaluate", str(run), "--budget", "2")
+    (run / "config.json").write_text('{"run": {"method": "full"}}')
+    assert "has no knob" in error_of(capsys, "evaluate", str(run), "--budget", "0.5")
+    assert "has one route" in error_of(capsys, "evaluate", str(run), "--oracle")
+
+
+def test_a_flag_prefix_is_not_taken_for_a_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--method", "fastbert", "--spe", "0.5", "--output", str(tmp_path / "run")])
+    assert stop.value.code == 2 and "unrecognized arguments: --spe" in capsys.readouterr().err

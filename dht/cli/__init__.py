@@ -17,10 +17,13 @@ DEVICE_HELP = "auto (the GPU when torch sees one, else the CPU), cpu, or cuda[:N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dht", description="Dynamic Hierarchical Transformer classifiers.")
+    # allow_abbrev=False: a prefix of a flag (--dep for --depth) is an error, never another method's option.
+    parser = argparse.ArgumentParser(prog="dht", description="Dynamic Hierarchical Transformer classifiers.",
+                                     allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a method on a dataset folder, then evaluate it")
+    train = commands.add_parser("train", help="train a method on a dataset folder, then evaluate it",
+                                allow_abbrev=False)
     defaults = TrainConfig()
     train.add_argument("--method", default="full", choices=list(METHODS), help="what to train (default: full)")
     add_method_flags(train.add_argument_group("method options (each taken only by the methods named)"), METHODS)
@@ -43,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help=DEVICE_HELP)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    evaluate = commands.add_parser("evaluate", help="re-evaluate a saved run")
+    evaluate = commands.add_parser("evaluate", help="re-evaluate a saved run", allow_abbrev=False)
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", default=None, help="dataset folder (default: the run's own)")
     add_method_flags(evaluate.add_argument_group("inference options (default: the run's own)"), METHODS,
@@ -57,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", type=Path, default=None, help="where to write (default: RUN/evaluation.json)")
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.add_argument("--quiet", action="store_true")
-    bench = commands.add_parser("bench", help="run every method and write the paper's Tables 1-2 and a Pareto plot")
+    bench = commands.add_parser("bench", help="run every method and write the paper's Tables 1-2 and a Pareto plot",
+                                allow_abbrev=False)
     bench.add_argument("--quick", action="store_true", help="1 epoch on 1,000 training and 500 test rows")
     bench.add_argument("--data", default="", help="dataset folder (default: the embedded AG News)")
     bench.add_argument("--backbone", default="minilm-l6")
@@ -67,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto", help=DEVICE_HELP)
     bench.add_argument("--quiet", action="store_true")
 
-    table = commands.add_parser("table", help="print the results table of a folder of committed metrics files")
+    table = commands.add_parser("table", help="print the results table of a folder of committed metrics files",
+                                allow_abbrev=False)
     table.add_argument("folder", type=Path, nargs="?", default=Path("bench/results/ag_news"))
     table.add_argument("--seeds", action="store_true", help="mean and range over seeds (files in FOLDER/seeds/)")
     return parser
@@ -106,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             if args.resume and args.output is None:
                 raise ValueError("--resume needs the --output folder of the run to continue")
+            if args.resume and given_options(args):
+                flags = ", ".join("--" + name.replace("_", "-") for name in given_options(args))
+                raise ValueError(f"--resume continues the saved run with its own options; drop {flags}")
             run = run_config(args)  # options checked before any data is read
             output = args.output or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
             metrics = train(run, output, resume=args.resume, progress=not args.quiet, device=args.device)

@@ -37,17 +37,14 @@ def _converter(field: OptionField) -> Callable[[str], Any]:
 
 def add_method_flags(parser: argparse.ArgumentParser, methods: dict[str, type[Method]],
                      inference_only: bool = False) -> None:
-    """Add one flag per option name across ``methods`` (only inference options if ``inference_only``).
-
-    Raises TypeError when two methods declare the same option name with different types."""
+    """Add one flag per option name across ``methods`` (only inference options if ``inference_only``);
+    ``register`` has checked that the types are ones a flag carries and that shared names agree."""
     owners: dict[str, list[tuple[str, OptionField]]] = {}
     for method in methods.values():
         for field in method.Options.fields():
             if field.inference or not inference_only:
                 owners.setdefault(field.name, []).append((method.name, field))
     for name, declared in owners.items():
-        if len({field.base_type for _, field in declared}) > 1:
-            raise TypeError(f"option {name!r} has different types in methods {[m for m, _ in declared]}")
         first = declared[0][1]
         texts: dict[str, list[str]] = {}  # methods that declare the same help and default share one line
         for method, field in declared:

@@ -394,7 +394,9 @@ class DHTMethod(Method):
         self.consumed, self.overhead = int(state["consumed"]), float(state["overhead"])
         self.pad_id = int(state["pad_id"])
         self.ucb_top.load_state_dict(state["ucb_top"])
-        self.strategy.load_state_dict(state["strategy"])
+        # Runs saved before the search strategies existed hold UCB_H at the top level (it was built for
+        # integrated search too, and never used there).
+        self.strategy.load_state_dict(state["strategy"] if "strategy" in state else {"ucb_h": state["ucb_h"]})
         self.tsb.load_state_dict(state["tsb"])
         self.contexts.load_state_dict(state["contexts"])
         self.previous.load_state_dict(state["previous"])

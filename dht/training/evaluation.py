@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from dht.data import iterate_batches
-from dht.training.hooks import Method
+from dht.data import Batch, iterate_batches
+from dht.training.hooks import Method, Prediction
 from dht.training.metrics import accuracy, f1_macro, route_scores
+
+PredictBatches = Callable[[Iterable[Batch]], Iterator[tuple[Batch, Prediction]]]
 
 
 @dataclass
@@ -33,9 +35,11 @@ class SplitPrediction:
 
 @torch.no_grad()
 def predict_split(method: Method, ids: list[list[int]], labels: list[int], batch_size: int, pad_id: int,
-                  progress: bool = False) -> SplitPrediction:
-    """Predict every sample (batches sorted by length; DHT regroups them by depth); seconds are wall time."""
+                  progress: bool = False, predict_batches: PredictBatches | None = None) -> SplitPrediction:
+    """Predict every sample (batches sorted by length; DHT regroups them by depth) with
+    ``predict_batches`` (default: the method's own); seconds are wall time."""
     method.model.eval()
+    predict_batches = predict_batches or method.predict_batches
     N = len(ids)
     predictions = torch.empty(N, dtype=torch.long)
     flops, full, all_in = (torch.zeros(N, dtype=torch.float64) for _ in range(3))
@@ -46,7 +50,7 @@ def predict_split(method: Method, ids: list[list[int]], labels: list[int], batch
     batches = (batch.to(method.device) for batch in batches)
     with tqdm(total=N, unit="sample", desc="evaluate", disable=not progress, mininterval=1.0,
               dynamic_ncols=True) as bar:
-        for batch, result in method.predict_batches(batches):
+        for batch, result in predict_batches(batches):
             bar.update(len(batch))
             index = batch.index.cpu()
             predictions[index] = result.logits.argmax(-1).cpu()

@@ -9,6 +9,7 @@ with ``@register``. This module imports no method: the methods register themselv
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, TypeVar
@@ -20,7 +21,7 @@ from torch import Tensor
 from dht.data import Batch
 from dht.flops import full_forward_flops, full_train_flops, plan_forward_flops, plan_train_flops
 from dht.model import DynamicEncoder, ExecutionPlan
-from dht.training.config import RunConfig
+from dht.training.config import RunConfig, TrainConfig
 from dht.training.options import MethodOptions
 
 
@@ -174,7 +175,11 @@ class Method:
             yield batch, self.predict(batch)
 
     def set_inference_options(self, **changes: Any) -> None:
-        """Change inference options (``inference=True`` fields) of a trained method, e.g. its knob."""
+        """Change inference options (``inference=True`` fields) of a trained method, e.g. its knob;
+        a ValueError for any other option, or an invalid value."""
+        changeable = {field.name for field in self.Options.fields() if field.inference}
+        if set(changes) - changeable:
+            raise ValueError(f"method {self.name} has no inference option {', '.join(set(changes) - changeable)}")
         self.options = self.options.replace(**changes)
 
     def fixed_routes(self) -> list[str]:
@@ -203,6 +208,15 @@ def forward_costs(model: DynamicEncoder, batch: Batch, plans: list[ExecutionPlan
     return flops, full
 
 
+@torch.no_grad()
+def full_model_prediction(model: DynamicEncoder, batch: Batch) -> Prediction:
+    """Every layer and every head for every sample of ``batch`` (eval mode), with its per-sample cost."""
+    model.eval()
+    plan = model.full_plan()
+    logits = model(batch.input_ids, batch.attention_mask, plan)
+    return Prediction(logits, *forward_costs(model, batch, [plan] * len(batch)))
+
+
 def in_batch_order(batch: Batch, parts: list[tuple[Batch, Prediction]]) -> Prediction:
     """One Prediction for ``batch`` from the parts a method regrouped its samples into (by ``index``),
     rows back in the batch's order."""
@@ -222,10 +236,27 @@ METHODS: dict[str, type[Method]] = {}  # in registration order: dht.methods regi
 M = TypeVar("M", bound=type[Method])
 
 
+# Names of run settings and command-line flags that every method shares; an option may not take one.
+RESERVED = {f.name for f in dataclasses.fields(RunConfig)} | {f.name for f in dataclasses.fields(TrainConfig)} | {
+    "output", "resume", "device", "quiet", "budget", "oracle", "train_word_embeddings", "run_dir", "command"}
+
+
 def register(method: M) -> M:
-    """Class decorator: make a method available as ``dht train --method NAME`` and to ``dht bench``."""
+    """Class decorator: make a method available as ``dht train --method NAME`` and to ``dht bench``.
+
+    Raises ValueError for a missing or taken name, and TypeError for an option the CLI cannot carry (a
+    type other than bool, int, float or str, optionally ``| None``, or a reserved name)."""
     if not method.name or (method.name in METHODS and METHODS[method.name] is not method):
         raise ValueError(f"method {method.__name__} needs a name of its own, got {method.name!r}")
+    for option in method.Options.fields():
+        if option.base_type not in (bool, int, float, str) or option.name in RESERVED:
+            raise TypeError(f"method {method.name}: option {option.name!r} of type {option.type} cannot be a "
+                            "flag (types: bool, int, float, str; names other than the shared flags')")
+        for other in METHODS.values():
+            same = [f for f in other.Options.fields() if f.name == option.name and other is not method]
+            if same and same[0].base_type is not option.base_type:
+                raise TypeError(f"method {method.name}: option {option.name!r} is a {option.base_type.__name__}, "
+                                f"but method {other.name} has it as a {same[0].base_type.__name__}")
     METHODS[method.name] = method
     return method
 

@@ -16,11 +16,12 @@ import torch
 from tqdm import tqdm
 
 from dht.data import iterate_batches
+from dht.provenance import device_name
 from dht.training.checkpoint import load_checkpoint, save_checkpoint, save_model, split_state
 from dht.training.config import RunConfig
 from dht.training.evaluation import predict_split, split_scores
-from dht.training.hooks import Method
-from dht.training.setup import Prepared, dataset_dir, device_name, prepare, prepare_saved
+from dht.training.hooks import Method, method_type
+from dht.training.setup import Prepared, dataset_dir, prepare, prepare_saved
 
 
 class RunExistsError(ValueError):
@@ -57,7 +58,7 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
     prepared = prepare(run, device=device)  # validates everything before anything is written
     output.mkdir(parents=True, exist_ok=True)
     shutil.copy(prepared.tokenizer_json, output / "tokenizer.json")
-    config = {"run": run.to_dict(), "encoder": prepared.model.config.to_dict(),
+    config = {"run": prepared.run.to_dict(), "encoder": prepared.model.config.to_dict(),
               "dataset": {"name": prepared.dataset.name, "path": str(dataset_dir(run)),
                           "classes": list(prepared.dataset.classes)}}
     (output / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
@@ -230,8 +231,11 @@ def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True,
     training rows (``budget_search``), and the value found is reported. oracle: add the two oracle
     routers' scores (``oracle_scores``); on the run's own test split they also go into its metrics.json.
     """
-    from dht.training.operating import budget_search, oracle_scores
+    from dht.training.operating import budget_search, check_operating, oracle_scores
 
+    if (run_dir / "config.json").is_file():
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["run"]["method"]
+        check_operating(method_type(saved), overrides, budget, oracle)
     prepared = load_run(run_dir, data, overrides, device)
     found = budget_search(prepared, budget) if budget is not None else None
     result: dict[str, Any] = {"run": str(run_dir), "dataset": prepared.dataset.name,

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from dht.training.evaluation import SplitPrediction, predict_split, split_scores
-from dht.training.hooks import Method
+from dht.training.hooks import Method, full_model_prediction
 from dht.training.metrics import accuracy, f1_macro
 from dht.training.setup import Prepared
 
@@ -49,6 +49,22 @@ def bisect_knob(ratio_at: Callable[[float], float], target: float, dearest: floa
             low, high = (middle, high) if ratio > target else (low, middle)
     value, ratio = min(tried, key=lambda pair: abs(pair[1] - target))
     return value, ratio, tried
+
+
+def check_operating(method: type[Method], overrides: dict[str, Any] | None, budget: float | None,
+                    oracle: bool) -> None:
+    """Refuse, before anything is loaded, a budget for a method without a knob or together with the
+    knob's own flag, a budget outside (0, 1.5], and oracles for a method with one route."""
+    if budget is not None:
+        if method.knob is None:
+            raise ValueError(f"--budget: method {method.name} has no knob that trades accuracy for cost")
+        if method.knob.option in (overrides or {}):
+            flag = "--" + method.knob.option.replace("_", "-")
+            raise ValueError(f"--budget sets {flag} itself: give one of them, not both")
+        if not 0 < budget <= 1.5:
+            raise ValueError(f"--budget must be in (0, 1.5], got {budget}")
+    if oracle and method.predict_route_batches is Method.predict_route_batches:
+        raise ValueError(f"--oracle: method {method.name} has one route, nothing to choose")
 
 
 def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, tolerance: float = 0.005,
@@ -78,14 +94,15 @@ def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, to
             "reachable": [tried[1][1], tried[0][1]]}  # the ratios at the cheapest and the dearest end
 
 
-def route_predictions(method: Method, prepared: Prepared, route: str | None) -> SplitPrediction:
+def route_predictions(prepared: Prepared, route: str | None) -> SplitPrediction:
     """The test split with every sample on ``route``; None: the full model (all layers, all heads)."""
-    split = prepared.test
+    method, split = prepared.method, prepared.test
     if route is None:
-        full = _FullPlan(method)
-        return predict_split(full, split.ids, split.labels, prepared.run.train.eval_batch_size, prepared.pad_id)
-    routed = _OneRoute(method, route)
-    return predict_split(routed, split.ids, split.labels, prepared.run.train.eval_batch_size, prepared.pad_id)
+        predict = lambda batches: ((batch, full_model_prediction(method.model, batch)) for batch in batches)
+    else:
+        predict = lambda batches: method.predict_route_batches(batches, route)
+    return predict_split(method, split.ids, split.labels, prepared.run.train.eval_batch_size, prepared.pad_id,
+                         predict_batches=predict)
 
 
 def oracle_scores(prepared: Prepared) -> dict[str, Any]:
@@ -95,8 +112,8 @@ def oracle_scores(prepared: Prepared) -> dict[str, Any]:
     routes = method.fixed_routes()
     if not routes:
         raise ValueError(f"--oracle: method {method.name} has one route, nothing to choose")
-    per_route = [route_predictions(method, prepared, route) for route in routes]
-    reference = route_predictions(method, prepared, None).predictions  # (N,)
+    per_route = [route_predictions(prepared, route) for route in routes]
+    reference = route_predictions(prepared, None).predictions  # (N,)
     labels = torch.tensor(split.labels)
     predictions = torch.stack([r.predictions for r in per_route])  # (R, N)
     flops = torch.stack([r.flops for r in per_route])  # (R, N) float64
@@ -120,21 +137,3 @@ def cheapest_good_route(flops: Tensor, good: Tensor) -> Tensor:
     the cheapest route. flops (R, N) float, good (R, N) bool -> (N,) long; ties go to the lower index."""
     cost = flops.masked_fill(~good, float("inf"))
     return torch.where(good.any(0), cost.argmin(0), flops.argmin(0))
-
-
-class _OneRoute(Method):
-    """A trained method with every sample sent down one route (for the oracles)."""
-
-    def __init__(self, method: Method, route: str) -> None:  # wraps a built method: no options to parse
-        self.model, self.run, self.options = method.model, method.run, method.options
-        self.inner, self.route = method, route
-
-    def predict_batches(self, batches):
-        return self.inner.predict_route_batches(batches, self.route)
-
-
-class _FullPlan(Method):
-    """A trained method's network with every layer and head for every sample (the base hooks)."""
-
-    def __init__(self, method: Method) -> None:  # wraps a built method: no options to parse
-        self.model, self.run, self.options = method.model, method.run, method.options

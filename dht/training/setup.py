@@ -76,19 +76,12 @@ def resolve_device(spec: str | None = None) -> torch.device:
     return device
 
 
-def device_name(device: torch.device) -> str:
-    """The device in words, for metrics.json: ``cpu (N threads)`` or the GPU's name."""
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
 def prepare(run: RunConfig, data: str | None = None, device: str | None = None) -> Prepared:
     """Build a fresh run from its settings (pretrained backbone, new classifier, seeded) on ``device``.
 
     The method's options, and the files they name (a teacher run, a config file), are checked first,
     before any data is read."""
-    check_options(run)
+    run = check_options(run)
     where = resolve_device(device)
     dataset = read_dataset(dataset_dir(run) if data is None else Path(data))
     backbone = resolve_backbone(run.backbone)
@@ -101,10 +94,13 @@ def prepare(run: RunConfig, data: str | None = None, device: str | None = None) 
     return prepared
 
 
-def check_options(run: RunConfig) -> None:
-    """Validate the run's method options and the files they name; a ValueError naming the flag."""
+def check_options(run: RunConfig) -> RunConfig:
+    """Validate the run's method options and the files they name (a ValueError naming the flag); return
+    the run with every option written out, defaults included, as its config.json records them."""
     kind = method_type(run.method)
-    kind.Options.from_dict(run.options, kind.name).check_training_inputs()
+    options = kind.Options.from_dict(run.options, kind.name)
+    options.check_training_inputs()
+    return replace(run, options=options.to_dict())
 
 
 def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None = None,
@@ -123,6 +119,7 @@ def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None
             raise ValueError(f"{run_dir}: a {run.method} run has no inference option --{key.replace('_', '-')} "
                              f"to change")
     run = replace(run, options={**run.options, **(overrides or {})})
+    kind.Options.from_dict(run.options, kind.name)  # values checked before the data is read
     dataset = read_dataset(dataset_dir(run) if data is None else Path(data))
     config = EncoderConfig.from_dict(saved["encoder"])
     if dataset.num_classes != config.num_classes:

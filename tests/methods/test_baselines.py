@@ -166,5 +166,8 @@ def test_bench_runs_every_method_and_skips_finished_runs(tmp_path, monkeypatch):
     for name in ("table1.md", "table2.md", "results.json", "pareto.png", "selection-s-dht.png"):
         assert (tmp_path / name).is_file()
     stamp = (tmp_path / "runs" / "full" / "metrics.json").stat().st_mtime
-    bench.run_bench("", "tiny", tmp_path, quick=True, rounds=1, progress=False)
+    # Again through the CLI, whose --device defaults to auto: nothing retrained, results.json rewritten.
+    assert main(["bench", "--quick", "--backbone", "tiny", "--output", str(tmp_path), "--quiet"]) == 0
     assert (tmp_path / "runs" / "full" / "metrics.json").stat().st_mtime == stamp  # not redone
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["provenance"]["device"].startswith("cpu") and len(written["result"]) == len(rows)

@@ -133,3 +133,18 @@ def test_run_records_costs_and_plots(tmp_path):
     again = evaluate_run(run, progress=False)  # bandits, normalisers and features reload from method.json
     assert {k: again["test"][k] for k in ("accuracy", "f1_macro", "flop_ratio")} == \
         {k: metrics["test"][k] for k in ("accuracy", "f1_macro", "flop_ratio")}
+
+
+@pytest.mark.parametrize("config", ["t-dht", "f-dht"])
+def test_a_run_saved_before_the_search_strategies_still_evaluates(tmp_path, config):
+    """Run folders of commit b2afe5b hold UCB_H as method.json's "ucb_h" (for integrated search too)."""
+    run = tmp_path / "run"
+    metrics = train(dht_run(config), run, progress=False)
+    state = json.loads((run / "method.json").read_text())
+    strategy = state.pop("strategy")
+    # Tree search's UCB_H moves back to the top level; integrated search saved one it never used.
+    state["ucb_h"] = strategy["ucb_h"] if config == "t-dht" else {"unused": "UCB_H of integrated search"}
+    (run / "method.json").write_text(json.dumps(state))
+    again = evaluate_run(run, progress=False)
+    assert {k: again["test"][k] for k in ("accuracy", "f1_macro", "flop_ratio")} == \
+        {k: metrics["test"][k] for k in ("accuracy", "f1_macro", "flop_ratio")}

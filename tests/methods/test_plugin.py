@@ -104,3 +104,23 @@ def test_the_parser_lists_every_registered_method(shallow):
     method = next(action for action in train._actions if action.dest == "method")
     assert method.choices == list(METHODS)  # every registered method, in registry order
     assert method.choices[:4] == ["full", "distil", "fastbert", "dht"] and method.choices[-1] == "shallow"
+
+
+def test_an_option_a_flag_cannot_carry_is_refused_at_registration():
+    @dataclass(frozen=True)
+    class ListOptions(MethodOptions):
+        depths: list = option((), "not a flag's type")
+
+    @dataclass(frozen=True)
+    class SeedOptions(MethodOptions):
+        seed: int = option(0, "the run's own --seed")
+
+    @dataclass(frozen=True)
+    class SpeedOptions(MethodOptions):
+        speed: str = option("fast", "FastBERT's --speed is a float")
+
+    for options in (ListOptions, SeedOptions, SpeedOptions):
+        kind = type("Odd", (Method,), {"name": "odd", "Options": options})
+        with pytest.raises(TypeError, match="option"):
+            register(kind)
+        assert "odd" not in METHODS

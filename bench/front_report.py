@@ -1,0 +1,98 @@
+"""Markdown tables of the accuracy-for-cost front from committed JSON (bench/front_sweep.py, budget_curve.py).
+
+Usage: python bench/front_report.py sweep FILE [FILE ...]   # means over seeds, each row against FastBERT
+       python bench/front_report.py budget FILE              # one run's budget curve and oracles
+
+For a sweep, each DHT row is compared with FastBERT's speed curve (its mean over seeds, interpolated
+linearly in inference FLOPs, all-in): "above" when the row's mean macro-F1 is higher at the same cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+
+
+def load(path: Path) -> tuple[dict, object]:
+    document = json.loads(path.read_text(encoding="utf-8"))
+    return document["provenance"], document["result"]
+
+
+def fastbert_curve(rows: list[dict]) -> list[tuple[float, float]]:
+    """FastBERT's (inference FLOPs all-in, macro-F1) means over seeds per speed, sorted by FLOPs."""
+    by_speed = defaultdict(list)
+    for r in rows:
+        if r["method"] == "fastbert":
+            by_speed[r["value"]].append(r)
+    return sorted((mean(r["test_flop_ratio_all_in"] for r in rs), mean(r["f1_macro"] for r in rs))
+                  for rs in by_speed.values())
+
+
+def interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
+    """The curve's F1 at FLOPs x (linear between points); None outside its range."""
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def sweep_table(paths: list[Path]) -> str:
+    rows = [r for path in paths for r in load(path)[1]]
+    curve = fastbert_curve(rows)
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["config"], r["knob"], r["value"])].append(r)
+    lines = ["| run | knob | seeds | macro-F1 mean (min-max) | inference FLOPs all-in | training FLOPs all-in "
+             "(per token) | FastBERT's curve there | above it |", "|---|---|---|---|---|---|---|---|"]
+    seen = set()
+    for (config, knob, value), rs in groups.items():
+        seeds = sorted({r["seed"] for r in rs})
+        if (config, knob, value) in seen:
+            continue
+        seen.add((config, knob, value))
+        f1 = [r["f1_macro"] for r in rs]
+        flops = mean(r["test_flop_ratio_all_in"] for r in rs)
+        label = "" if knob is None else knob if value is None else f"{knob} {value:g}"
+        reference = interpolate(curve, flops) if rs[0]["method"] == "dht" else None
+        verdict = "" if reference is None else "yes" if mean(f1) > reference else "no"
+        lines.append(f"| {config} | {label} | {len(seeds)} | {mean(f1):.4f} ({min(f1):.4f}-{max(f1):.4f}) "
+                     f"| {flops:.3f} | {mean(r['train_flop_ratio_all_in'] for r in rs):.3f} "
+                     f"| {'' if reference is None else f'{reference:.4f}'} | {verdict} |")
+    return "\n".join(lines)
+
+
+def budget_table(path: Path) -> str:
+    _, result = load(path)
+    lines = [f"Run: {result['run']} (method {result['method']}, seed {result['seed']})", "",
+             "| target R | knob value | training rows' ratio | reachable on training rows | test FLOPs all-in "
+             "| within ±0.02 | macro-F1 |", "|---|---|---|---|---|---|---|"]
+    for r in result["budgets"]:
+        low, high = r["reachable_on_train"]
+        lines.append(f"| {r['target']} | {r['option']} {r['value']:.4g} | {r['train_flop_ratio_all_in']:.3f} "
+                     f"| {low:.3f}-{high:.3f} | {r['test_flop_ratio_all_in']:.3f} "
+                     f"| {'yes' if r['landed_within_0.02'] else 'no'} | {r['f1_macro']:.4f} |")
+    if "oracle" in result:
+        oracle = result["oracle"]
+        lines += ["", "| route or oracle | macro-F1 | accuracy | inference FLOPs (network) |", "|---|---|---|---|"]
+        for name, r in oracle["routes"].items():
+            lines.append(f"| every sample on {name} | {r['f1_macro']:.4f} | {r['accuracy']:.4f} "
+                         f"| {r['flop_ratio']:.3f} |")
+        for name in ("oracle_correct", "oracle_agrees_with_full"):
+            r = oracle[name]
+            lines.append(f"| {name} | {r['f1_macro']:.4f} | {r['accuracy']:.4f} | {r['flop_ratio']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=("sweep", "budget"))
+    parser.add_argument("files", type=Path, nargs="+")
+    args = parser.parse_args()
+    print(sweep_table(args.files) if args.kind == "sweep" else budget_table(args.files[0]))
+
+
+if __name__ == "__main__":
+    main()
