@@ -37,7 +37,7 @@ from dht.flops import full_train_flops, linucb_flops, plan_forward_flops, plan_t
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.model.encoder import inverse_permutation
 from dht.search.arm_features import ArmFeatures, compute_arm_features
-from dht.search.arms import PRESETS, load_search, read_search_file
+from dht.search.arms import PRESETS, Arm, load_search, read_search_file
 from dht.search.features import HEAD_DIM, TOP_DIM, Contexts, with_arm_features
 from dht.search.layout import arm_flop_shares, arm_layout, kept_to_heads, probe_layers, run_group, sample_plan
 from dht.search.queues import DepthQueues, length_chunks
@@ -55,6 +55,12 @@ class DHTOptions(MethodOptions):
     config: str = option("s-dht", f"DHT search: one of {', '.join(PRESETS)} or a JSON file of SearchConfig fields")
     cost_weight: float = option(0.0, "at inference, each arm's predicted reward minus this times its share of "
                                 "the full model's FLOPs: > 0 cheaper arms, < 0 deeper ones", inference=True)
+    exit_classifiers: str = option("shared", "shared: one classifier reads every depth (the paper's); per-depth: "
+                                   "each exit depth has a classifier of its own (ours)")
+
+    def __post_init__(self) -> None:
+        if self.exit_classifiers not in ("shared", "per-depth"):
+            raise ValueError(f"--exit-classifiers must be shared or per-depth, got {self.exit_classifiers!r}")
 
     def check_training_inputs(self) -> None:
         if self.config not in PRESETS:
@@ -103,6 +109,23 @@ class DHTMethod(Method):
         self.overhead = 0.0  # all-in FLOPs (probes, arm features, bandits) not yet charged to a step
         self.pad_id = 0
         self.forced_arm: int | None = None  # inference: every sample on this arm (the oracles' routes)
+        if self.options.exit_classifiers == "per-depth":
+            model.add_branch_classifiers()  # one after every layer but the last, which keeps the classifier
+
+    def initialise(self) -> None:
+        """Per-depth exit classifiers start as copies of the final one (as FastBERT's branches)."""
+        if self.options.exit_classifiers == "per-depth":
+            with torch.no_grad():
+                for branch in self.model.branches:
+                    branch.load_state_dict(self.model.classifier.state_dict())
+
+    def exit_logits(self, h: Tensor, mask: Tensor, arm: Arm) -> Tensor:
+        """Logits (B, C) of samples that ran ``arm``, from the last layer's states h (B, T, E): the shared
+        classifier (spec §2), or with per-depth exits the classifier of the arm's last layer."""
+        last = self.search.num_layers if self.phase_two and arm.top else arm.depth
+        if self.options.exit_classifiers == "shared" or last == self.search.num_layers:
+            return self.model.classify(h, mask)
+        return self.model.branches[last - 1](self.model.classifier_dropout(self.model.pool(h, mask)))
 
     @classmethod
     def bench_runs(cls, num_layers: int) -> list[BenchRun]:
@@ -224,7 +247,7 @@ class DHTMethod(Method):
         for chunk in length_chunks(batch.attention_mask.sum(1).tolist()):
             part = batch.rows(chunk)
             h, decisions = self._run_s2(part, [arms[i] for i in chunk], greedy=False)
-            logits.append(self.model.classify(h, part.attention_mask))
+            logits.append(self.exit_logits(h, part.attention_mask, arms[chunk[0]]))
             chunk_decisions.append(decisions)
             rows += chunk
         back = inverse_permutation(torch.tensor(rows))
@@ -368,7 +391,7 @@ class DHTMethod(Method):
             hidden = torch.nn.utils.rnn.pad_sequence([i["h"] for i in items], batch_first=True)
         arms = [self.arms[i["arm"]] for i in items]
         h, decisions = self._run_s2(batch, arms, greedy=True, hidden=hidden)
-        logits = self.model.classify(h, batch.attention_mask)
+        logits = self.exit_logits(h, batch.attention_mask, arms[0])
         flops, full = forward_costs(self.model, batch, self._sample_plans(arms, decisions)[1])
         overhead = torch.tensor([i["overhead"] for i in items], dtype=torch.float64)
         overhead += len(decisions) * thompson_flops(1, self.N_h, self.tsb.config.dim, False)

@@ -148,3 +148,20 @@ def test_a_run_saved_before_the_search_strategies_still_evaluates(tmp_path, conf
     again = evaluate_run(run, progress=False)
     assert {k: again["test"][k] for k in ("accuracy", "f1_macro", "flop_ratio")} == \
         {k: metrics["test"][k] for k in ("accuracy", "f1_macro", "flop_ratio")}
+
+
+def test_per_depth_exit_classifiers_train_one_classifier_per_exit(tmp_path):
+    run = RunConfig(method="dht", backbone="tiny", train=SMALL,
+                    options={"config": "f-dht", "exit_classifiers": "per-depth"})
+    prepared = prepare(run)
+    branches, final = prepared.model.branches, prepared.model.classifier
+    assert all(torch.equal(b.weight, final.weight) for b in branches)  # they start as the shared one
+    metrics = train(run, tmp_path / "run", progress=False)
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    # F-DHT's arms on the tiny model exit after layer 2 or 4: the layer-2 exit learned on its own, while the
+    # exits after layers 1 and 3, which no arm uses, kept the initial copy of the classifier.
+    assert not torch.equal(weights["branches.1.weight"], weights["classifier.weight"])
+    assert torch.equal(weights["branches.0.weight"], weights["branches.2.weight"])
+    again = evaluate_run(tmp_path / "run", progress=False)
+    assert again["test"]["f1_macro"] == metrics["test"]["f1_macro"]
+    assert again["options"]["exit_classifiers"] == "per-depth"
