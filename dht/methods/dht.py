@@ -33,13 +33,13 @@ from torch import Tensor
 
 from dht.bandits import LinUCB, LinUCBConfig, LogisticTS, LogisticTSConfig
 from dht.data import Batch, collate
-from dht.flops import full_train_flops, linucb_flops, plan_forward_flops, plan_train_flops, thompson_flops
+from dht.flops import linucb_flops, plan_forward_flops, thompson_flops
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.model.encoder import inverse_permutation
 from dht.search.arm_features import ArmFeatures, compute_arm_features
 from dht.search.arms import PRESETS, Arm, load_search, read_search_file
 from dht.search.features import HEAD_DIM, TOP_DIM, Contexts, with_arm_features
-from dht.search.layout import arm_flop_shares, arm_layout, kept_to_heads, probe_layers, run_group, sample_plan
+from dht.search.layout import arm_flop_shares, arm_layout, probe_layers, run_group, sample_plans
 from dht.search.queues import DepthQueues, length_chunks
 from dht.search.rewards import PreviousBatch, ratio_reward
 from dht.search.strategies import GroupDecision, search_strategy
@@ -277,14 +277,6 @@ class DHTMethod(Method):
             h = model.run_plan(h, mask, ExecutionPlan.uniform(layout.suffix, range(N_h)))
         return h, decisions
 
-    def _sample_plans(self, arms: list,
-                      decisions: list[GroupDecision]) -> tuple[list[list[tuple[int, ...]]], list[ExecutionPlan]]:
-        """Each group's kept heads per sample, and the ExecutionPlan each sample followed."""
-        layout = arm_layout(self.search, arms[0], self.phase_two)
-        per_group = [kept_to_heads(decision.kept) for decision in decisions]
-        plans = [sample_plan(layout, [g[i] for g in per_group], self.N_h) for i in range(len(arms))]
-        return per_group, plans
-
     def _update_bandits(self, batch: QueuedBatch, arms: list, losses: Tensor,
                         decisions: list[GroupDecision]) -> dict[str, Tensor]:
         """Alg. 2 lines 16-17: the §4 rewards (Eqs. 10-15), then every bandit's update (Alg. 1 lines
@@ -305,13 +297,9 @@ class DHTMethod(Method):
     def _step_result(self, batch: QueuedBatch, arms: list, losses: Tensor, per_sample: Tensor,
                      decisions: list[GroupDecision], rewards: dict[str, Tensor]) -> StepResult:
         """Cost of the step (paper-style and all-in) and one decision record per sample."""
-        config, B = self.model.config, len(batch)
-        per_group, plans = self._sample_plans(arms, decisions)
-        lengths = batch.attention_mask.sum(1).tolist()
-        frozen = self.model.frozen_layers()
-        embeddings_trainable = any(p.requires_grad for p in self.model.embeddings.parameters())
-        flops = sum(plan_train_flops(config, p, t, frozen, embeddings_trainable) for p, t in zip(plans, lengths))
-        full = sum(full_train_flops(config, t) for t in lengths)
+        B = len(batch)
+        per_group, plans = sample_plans(self.search, arms, [d.kept for d in decisions], self.phase_two, self.N_h)
+        flops, full = self.train_cost(batch, plans)
         top, ts = self.ucb_top.config.dim, self.tsb.config.dim
         bandits = linucb_flops(B, len(self.arms), top, update=True) + len(decisions) * (
             thompson_flops(B, self.N_h, ts, False) + thompson_flops(B, self.N_h, ts, True))
@@ -392,7 +380,8 @@ class DHTMethod(Method):
         arms = [self.arms[i["arm"]] for i in items]
         h, decisions = self._run_s2(batch, arms, greedy=True, hidden=hidden)
         logits = self.exit_logits(h, batch.attention_mask, arms[0])
-        flops, full = forward_costs(self.model, batch, self._sample_plans(arms, decisions)[1])
+        plans = sample_plans(self.search, arms, [d.kept for d in decisions], self.phase_two, self.N_h)[1]
+        flops, full = forward_costs(self.model, batch, plans)
         overhead = torch.tensor([i["overhead"] for i in items], dtype=torch.float64)
         overhead += len(decisions) * thompson_flops(1, self.N_h, self.tsb.config.dim, False)
         return batch, Prediction(logits, flops, full, flops + overhead, [arm.label(self.N_h) for arm in arms])

@@ -110,6 +110,15 @@ def sample_plan(layout: Layout, group_heads: list[tuple[int, ...]], num_heads: i
     return ExecutionPlan(tuple(layers), tuple(heads))
 
 
+def sample_plans(search: SearchConfig, arms: list[Arm], kept: list[Tensor],
+                 phase_two: bool, num_heads: int) -> tuple[list[list[tuple[int, ...]]], list[ExecutionPlan]]:
+    """For samples that ran ``arms`` (one depth) keeping ``kept[o]`` (B, N_h) heads in group o: each
+    group's kept heads per sample, and the ExecutionPlan each sample followed (FLOPs and records)."""
+    layout = arm_layout(search, arms[0], phase_two)
+    per_group = [kept_to_heads(mask) for mask in kept]
+    return per_group, [sample_plan(layout, [g[i] for g in per_group], num_heads) for i in range(len(arms))]
+
+
 def arm_flop_shares(config: EncoderConfig, search: SearchConfig, arms: tuple[Arm, ...], phase_two: bool,
                     tokens: int = 64) -> Tensor:
     """Each arm's forward FLOPs as a share of the full model's, for a sample of ``tokens`` tokens, (A,)
