@@ -185,7 +185,11 @@ def _parse_label(cell: str, num_classes: int, path: Path, line: int) -> int:
 
 def _csv_records(path: Path) -> list[tuple[int, list[str]]]:
     """Return (start line, cells) for each non-blank CSV record of a file."""
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True)
+    text = _read_text(path)
+    # The csv module refuses fields over 131,072 characters by default; a text of any length is valid
+    # CSV (the tokenizer truncates it), so the limit is raised to the file's own size.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     records = []
     start = 1
     while True:

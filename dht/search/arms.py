@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,9 @@ class SearchConfig:
             raise ValueError("a search needs at least one arm")
         for arm in self.arms + self.phase_two_arms:
             self.check_arm(arm)
+        for name in ("alpha", "beta_h", "beta_cp", "lam", "r_max", "explore"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
         for name in ("alpha", "beta_h", "beta_cp", "lam", "r_max"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -100,15 +104,56 @@ class SearchConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SearchConfig":
+    def from_dict(cls, data: Any) -> "SearchConfig":
+        """A search from a JSON object; a ValueError naming the field for an unknown or missing field, a
+        value of the wrong type, or an arm that is not ``{"depth": L, "heads": H or null, "top": k}``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a search config is a JSON object of SearchConfig fields, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown search settings: {', '.join(unknown)}")
+        required = [name for name, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise ValueError(f"missing search settings: {', '.join(missing)}")
         data = dict(data)
         for key in ("arms", "phase_two_arms"):
-            data[key] = tuple(Arm(**arm) if isinstance(arm, dict) else Arm(*arm) for arm in data.get(key, ()))
+            if not isinstance(data.get(key, []), (list, tuple)):
+                raise ValueError(f"{key} must be a list of arms, got {data[key]!r}")
+            data[key] = tuple(arm_from_json(arm, f"{key}[{i}]") for i, arm in enumerate(data.get(key, [])))
+        if not isinstance(data["head_options"], (list, tuple)) or not all(_is_int(h) for h in data["head_options"]):
+            raise ValueError(f"head_options must be a list of integers, got {data['head_options']!r}")
         data["head_options"] = tuple(data["head_options"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(data) - known:
-            raise ValueError(f"unknown search settings: {', '.join(sorted(set(data) - known))}")
+        for name in ("num_layers", "num_heads", "b", "c", "q", "feature_samples", "top", "freeze_after"):
+            if name in data and not (_is_int(data[name]) or (name == "freeze_after" and data[name] is None)):
+                raise ValueError(f"{name} must be an integer, got {data[name]!r}")
+        for name in ("alpha", "beta_h", "beta_cp", "explore", "lam", "r_max"):
+            if name in data and not (_is_int(data[name]) or isinstance(data[name], float)):
+                raise ValueError(f"{name} must be a number, got {data[name]!r}")
         return cls(**data)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def arm_from_json(arm: Any, where: str) -> Arm:
+    """An Arm from ``{"depth": L, "heads": H or null[, "top": k]}`` (or a [L, H, k] list); a ValueError
+    naming ``where`` otherwise."""
+    if isinstance(arm, (list, tuple)):
+        arm = dict(zip(("depth", "heads", "top"), arm))
+    if not isinstance(arm, dict):
+        raise ValueError(f"{where}: an arm is an object with depth and heads, got {arm!r}")
+    unknown = sorted(set(arm) - {"depth", "heads", "top"})
+    if unknown or "depth" not in arm or "heads" not in arm:
+        raise ValueError(f"{where}: an arm has depth, heads (null: chosen by UCB_H) and optionally top"
+                         + (f"; unknown {', '.join(unknown)}" if unknown else f", got {arm!r}"))
+    if not _is_int(arm["depth"]) or not (arm["heads"] is None or _is_int(arm["heads"])) \
+            or not _is_int(arm.get("top", 0)):
+        raise ValueError(f"{where}: depth, heads and top must be integers, got {arm!r}")
+    return Arm(**arm)
 
 
 # --- the arm-list rules (spec §2 table) ----------------------------------------------------
@@ -183,7 +228,10 @@ def read_search_file(spec: str, flag: str = "config") -> SearchConfig:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
-    return SearchConfig.from_dict(data)
+    try:
+        return SearchConfig.from_dict(data)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
 
 
 def load_search(spec: str, num_layers: int, num_heads: int) -> SearchConfig:

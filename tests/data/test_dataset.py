@@ -204,3 +204,12 @@ def test_data_error_is_one_line():
     assert str(error) == "f.csv:7: bad thing"
     assert isinstance(error, ValueError)
     assert str(DataError("f.csv", "empty")) == "f.csv: empty"
+
+
+def test_a_text_longer_than_the_csv_module_default_is_read(tmp_path):
+    long = "word " * 40_000  # 200,000 characters, over csv's default 131,072
+    (tmp_path / "train.csv").write_text(f'label,text\n1,"{long}"\n2,short\n', encoding="utf-8")
+    (tmp_path / "test.csv").write_text("label,text\n1,a\n2,b\n", encoding="utf-8")
+    (tmp_path / "classes.txt").write_text("x\ny\n", encoding="utf-8")
+    dataset = read_dataset(tmp_path)
+    assert len(dataset.train.texts[0]) >= 199_999 and dataset.train.texts[1] == "short"

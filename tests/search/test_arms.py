@@ -80,3 +80,31 @@ def test_depth_only_example_config_loads_for_minilm():
     path = Path(__file__).resolve().parents[2] / "bench" / "configs" / "depth-only-minilm.json"
     search = load_search(str(path), 6, 12)
     assert [arm.label(12) for arm in search.arms] == ["2L12H", "4L12H", "6L12H"] and search.head_options == (12,)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arms": [{"depth": 2, "heads": 4, "colour": 1}]}, r"arms\[0\]: .*unknown colour"),
+    ({"arms": [{"depth": 2}]}, r"arms\[0\]: an arm has depth, heads"),
+    ({"arms": [{"depth": "2", "heads": 4}]}, r"arms\[0\]: depth, heads and top must be integers"),
+    ({"num_layers": "6"}, "num_layers must be an integer"),
+    ({"head_options": 8}, "head_options must be a list of integers"),
+    ({"explore": float("inf")}, "explore must be finite"),
+    ({"alpha": "big"}, "alpha must be a number"),
+    ({"mode": None, "__drop__": "mode"}, "missing search settings: mode"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_file_and_the_field(tmp_path, change, message):
+    data = preset("s-dht", 6, 12).to_dict()
+    data = {**data, **{k: v for k, v in change.items() if k != "__drop__"}}
+    data.pop(change.get("__drop__", "__none__"), None)
+    path = tmp_path / "search.json"
+    path.write_text(json.dumps(data))  # json writes inf as Infinity, which json reads back
+    with pytest.raises(ValueError, match=message) as error:
+        load_search(str(path), 6, 12)
+    assert str(error.value).startswith(str(path))
+
+
+def test_a_config_file_that_is_not_an_object_is_refused(tmp_path):
+    path = tmp_path / "search.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="a search config is a JSON object"):
+        load_search(str(path), 6, 12)
