@@ -21,6 +21,7 @@ from dht.training.checkpoint import load_checkpoint, save_checkpoint, save_model
 from dht.training.config import RunConfig
 from dht.training.evaluation import predict_split, split_scores
 from dht.training.hooks import Method, method_type
+from dht.training.lock import run_lock
 from dht.training.setup import Prepared, dataset_dir, prepare, prepare_saved
 
 
@@ -73,8 +74,15 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
 
     stop_after_steps: stop (after checkpointing) once this many optimizer steps have run in this
     call, as an interruption would; ``resume=True`` continues from there. device: ``--device``
-    (auto: the GPU when there is one); a run may be resumed on another device.
+    (auto: the GPU when there is one); a run may be resumed on another device. The folder is locked
+    while the run writes it (``run_lock``): a second run on it raises RunInUseError.
     """
+    with run_lock(output):
+        return _train(run, output, resume, stop_after_steps, progress, device)
+
+
+def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | None, progress: bool,
+           device: str | None) -> dict[str, Any] | None:
     prepared = start_run(run, output, resume, device)
     run, model, method = prepared.run, prepared.model, prepared.method
     where = method.device
