@@ -109,15 +109,14 @@ class DHTMethod(Method):
         self.overhead = 0.0  # all-in FLOPs (probes, arm features, bandits) not yet charged to a step
         self.pad_id = 0
         self.forced_arm: int | None = None  # inference: every sample on this arm (the oracles' routes)
+        self.arm_costs: dict[bool, Tensor] = {}  # each arm list's FLOP shares, for the cost weight
         if self.options.exit_classifiers == "per-depth":
             model.add_branch_classifiers()  # one after every layer but the last, which keeps the classifier
 
     def initialise(self) -> None:
         """Per-depth exit classifiers start as copies of the final one (as FastBERT's branches)."""
         if self.options.exit_classifiers == "per-depth":
-            with torch.no_grad():
-                for branch in self.model.branches:
-                    branch.load_state_dict(self.model.classifier.state_dict())
+            self.model.branches_from_classifier()
 
     def exit_logits(self, h: Tensor, mask: Tensor, arm: Arm) -> Tensor:
         """Logits (B, C) of samples that ran ``arm``, from the last layer's states h (B, T, E): the shared
@@ -125,7 +124,7 @@ class DHTMethod(Method):
         last = self.search.num_layers if self.phase_two and arm.top else arm.depth
         if self.options.exit_classifiers == "shared" or last == self.search.num_layers:
             return self.model.classify(h, mask)
-        return self.model.branches[last - 1](self.model.classifier_dropout(self.model.pool(h, mask)))
+        return self.model.classify(h, mask, self.model.branches[last - 1])
 
     @classmethod
     def bench_runs(cls, num_layers: int) -> list[BenchRun]:
@@ -341,7 +340,10 @@ class DHTMethod(Method):
             return torch.full((len(x),), self.forced_arm, dtype=torch.long)
         predicted = self.ucb_top.scores(with_arm_features(x, self.features.top), greedy=True)  # (B, A)
         if self.options.cost_weight:
-            costs = arm_flop_shares(self.model.config, self.search, self.arms, self.phase_two)
+            if self.phase_two not in self.arm_costs:  # one list per phase: P-DHT changes its arms
+                self.arm_costs[self.phase_two] = arm_flop_shares(self.model.config, self.search, self.arms,
+                                                                 self.phase_two)
+            costs = self.arm_costs[self.phase_two]
             predicted = predicted - self.options.cost_weight * costs
         return predicted.argmax(1)
 

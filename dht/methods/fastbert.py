@@ -107,9 +107,7 @@ class FastBERTMethod(Method):
 
     def initialise(self) -> None:
         load_teacher_weights(self.model, teacher_dir(self.options.teacher))
-        with torch.no_grad():
-            for branch in self.model.branches:
-                branch.load_state_dict(self.model.classifier.state_dict())
+        self.model.branches_from_classifier()
 
     def peak_lr(self) -> float:
         return self.branch_lr
@@ -165,4 +163,4 @@ class FastBERTMethod(Method):
             mask = batch.attention_mask
             h = model.run_plan(model.embed(batch.input_ids), mask, ExecutionPlan.first(d, model.config.num_heads))
             head = model.classifier if d == model.config.num_layers else model.branches[d - 1]
-            yield batch, self._exit_prediction(batch, head(model.pool(h, mask)), [d] * len(batch))
+            yield batch, self._exit_prediction(batch, model.classify(h, mask, head), [d] * len(batch))

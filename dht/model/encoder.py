@@ -270,9 +270,10 @@ class DynamicEncoder(nn.Module):
         """h (B, T, E) -> sentence vectors (B, E): mean over real tokens, or the first token."""
         return masked_mean(h, mask) if self.config.pooling == "mean" else h[:, 0]
 
-    def classify(self, h: Tensor, mask: Tensor) -> Tensor:
-        """Last executed layer's states h (B, T, E) -> logits (B, C)."""
-        return self.classifier(self.classifier_dropout(self.pool(h, mask)))
+    def classify(self, h: Tensor, mask: Tensor, head: nn.Linear | None = None) -> Tensor:
+        """Last executed layer's states h (B, T, E) -> logits (B, C), through ``head`` (a branch
+        classifier) or the final classifier."""
+        return (head or self.classifier)(self.classifier_dropout(self.pool(h, mask)))
 
     # --- the whole model ---------------------------------------------------------------
     def forward(self, input_ids: Tensor, mask: Tensor,
@@ -318,6 +319,12 @@ class DynamicEncoder(nn.Module):
             self.branches = nn.ModuleList(nn.Linear(self.config.hidden_size, self.config.num_classes)
                                           for _ in range(self.config.num_layers - 1))
             self.branches.apply(self._init_weights)
+
+    @torch.no_grad()
+    def branches_from_classifier(self) -> None:
+        """Set every branch classifier to a copy of the final classifier."""
+        for branch in self.branches:
+            branch.load_state_dict(self.classifier.state_dict())
 
     def freeze_layers(self, layers: Sequence[int], embeddings: bool = True) -> None:
         """Stop gradients for the given layers (and the embeddings); used by P-DHT."""

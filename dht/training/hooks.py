@@ -163,10 +163,7 @@ class Method:
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:
         """Logits of an evaluation batch and their cost per sample (eval mode: no dropout)."""
-        self.model.eval()
-        plan = self.plans(batch)
-        logits = self.model(batch.input_ids, batch.attention_mask, plan)
-        return Prediction(logits, *forward_costs(self.model, batch, [plan] * len(batch)))
+        return plan_prediction(self.model, batch, self.plans(batch))
 
     def predict_batches(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, Prediction]]:
         """Predict a stream of evaluation batches; yields (batch, prediction) pairs, where a method
@@ -209,10 +206,9 @@ def forward_costs(model: DynamicEncoder, batch: Batch, plans: list[ExecutionPlan
 
 
 @torch.no_grad()
-def full_model_prediction(model: DynamicEncoder, batch: Batch) -> Prediction:
-    """Every layer and every head for every sample of ``batch`` (eval mode), with its per-sample cost."""
+def plan_prediction(model: DynamicEncoder, batch: Batch, plan: ExecutionPlan) -> Prediction:
+    """Every sample of ``batch`` through ``plan`` (eval mode: no dropout), with its per-sample cost."""
     model.eval()
-    plan = model.full_plan()
     logits = model(batch.input_ids, batch.attention_mask, plan)
     return Prediction(logits, *forward_costs(model, batch, [plan] * len(batch)))
 

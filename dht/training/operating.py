@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from dht.training.evaluation import SplitPrediction, predict_split, split_scores
-from dht.training.hooks import Method, full_model_prediction
+from dht.training.hooks import Method, plan_prediction
 from dht.training.metrics import accuracy, f1_macro
 from dht.training.setup import Prepared
 
@@ -73,10 +73,7 @@ def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, to
     ``target``; return what was found. Raises ValueError for a method without a knob or a target
     outside (0, 1.5]."""
     method = prepared.method
-    if method.knob is None:
-        raise ValueError(f"--budget: method {method.name} has no knob that trades accuracy for cost")
-    if not 0 < target <= 1.5:
-        raise ValueError(f"--budget must be in (0, 1.5], got {target}")
+    check_operating(type(method), None, target, oracle=False)
     train = prepared.train
     chosen = sorted(random.Random(prepared.run.train.seed).sample(range(len(train)), min(rows, len(train))))
     ids, labels = [train.ids[i] for i in chosen], [train.labels[i] for i in chosen]
@@ -98,7 +95,8 @@ def route_predictions(prepared: Prepared, route: str | None) -> SplitPrediction:
     """The test split with every sample on ``route``; None: the full model (all layers, all heads)."""
     method, split = prepared.method, prepared.test
     if route is None:
-        predict = lambda batches: ((batch, full_model_prediction(method.model, batch)) for batch in batches)
+        full = method.model.full_plan()
+        predict = lambda batches: ((batch, plan_prediction(method.model, batch, full)) for batch in batches)
     else:
         predict = lambda batches: method.predict_route_batches(batches, route)
     return predict_split(method, split.ids, split.labels, prepared.run.train.eval_batch_size, prepared.pad_id,
