@@ -50,7 +50,7 @@ class SearchConfig:
     beta_cp: float = 1.0  # β_cp: reward scale of r_cp
     # LinUCB exploration α in the UCB score (Alg. 1 line 6); the paper gives no value. At 1.0 the bandits often
     # settled on the cheapest arm within ~50 steps, while the classifier was untrained and every depth had
-    # the same loss; 1.5 keeps trying deeper arms until their lower loss shows (README, "Exploration").
+    # the same loss; 1.5 keeps trying deeper arms until their lower loss shows (docs/results.md, "Exploration").
     explore: float = 1.5
     lam: float = 1.0  # ridge λ of LinUCB and prior precision of TSB
     q: int = 32  # queue size = training batch size (Alg. 3)
