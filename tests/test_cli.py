@@ -3,6 +3,7 @@ stops with one line and exit code 2 before any data is read."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 import dht.training.loop
 import dht.training.setup
 from dht.cli import build_parser, main
+from dht.cli.flags import MANIFEST, manifest_of, registry_fields
 from dht.methods.distil import DistilOptions
 from dht.methods.fastbert import FastBERTOptions
 from dht.training.hooks import METHODS
@@ -46,11 +48,16 @@ def test_a_flag_the_method_does_not_take_is_named(no_data, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--method", "distil"], "--teacher is required"),
     (["--method", "fastbert", "--teacher", "no/such/run"], "--teacher no/such/run: not a finished run"),
-    (["--method", "fastbert", "--teacher", "x", "--speed", "7"], "--speed must be in [0, 1]"),
-    (["--method", "distil", "--teacher", "x", "--temperature", "0"], "--temperature must be > 0"),
+    (["--method", "fastbert", "--teacher", "TEACHER", "--speed", "7"], "--speed must be in [0, 1]"),
+    (["--method", "distil", "--teacher", "TEACHER", "--temperature", "0"], "--temperature must be > 0"),
     (["--method", "dht", "--config", "no-such.json"], "--config 'no-such.json': not one of"),
 ])
 def test_options_are_checked_before_any_data_is_read(no_data, tmp_path, capsys, argv, message):
+    teacher = tmp_path / "teacher"  # what the check of --teacher looks at: the files a finished run has
+    teacher.mkdir()
+    (teacher / "config.json").write_text("{}")
+    (teacher / "model.safetensors").write_text("")
+    argv = [str(teacher) if arg == "TEACHER" else arg for arg in argv]
     assert message in error_of(capsys, "train", *argv, "--backbone", "tiny", "--output", str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
@@ -67,6 +74,33 @@ def test_the_command_line_tool_exits_2_without_a_teacher(tmp_path):
                            "--output", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--teacher is required" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "distil"], "--teacher is required"),
+    (["--method", "fastbert", "--teacher", "no/such/run"], "--teacher no/such/run: not a finished run"),
+    (["--method", "full", "--speed", "0.5"], "--method full does not take --speed"),
+])
+def test_a_bad_command_line_is_refused_without_importing_torch(tmp_path, argv, message):
+    """What makes the refusal fast (bench/cli_startup.py times it): neither the methods nor torch load."""
+    code = ("import sys; from dht.cli import main; code = main(sys.argv[1:]); "
+            "print('loaded:', sorted(m for m in ('torch', 'dht.methods', 'dht.training.hooks') if m in sys.modules)); "
+            "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, "train", *argv, "--output", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr
+    assert "loaded: []" in done.stdout
+
+
+def test_the_flag_manifest_is_the_registry():
+    """``dht/cli/methods.json`` lets the CLI parse without importing the methods; it must say what they
+    declare (after changing a method's options: python -m dht.cli.manifest)."""
+    import dht.methods  # noqa: F401
+
+    written = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    builtin = {name: method for name, method in METHODS.items() if method.__module__.startswith("dht.methods.")}
+    assert {"full", "distil", "fastbert", "dht"} <= set(builtin)
+    assert written == manifest_of(registry_fields(builtin)), "stale: run python -m dht.cli.manifest"
 
 
 def test_options_from_json_refuse_unknown_keys_and_wrong_types():

@@ -1,4 +1,9 @@
-"""The ``dht`` command: parse arguments and call the library. No logic lives here."""
+"""The ``dht`` command: parse arguments and call the library. No logic lives here.
+
+Parsing and the checks that need no model import neither the methods nor torch (the flags come from
+``dht/cli/methods.json``, see ``dht.cli.flags``), so a bad command line fails at once; the library is
+imported after them.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-import dht.methods  # noqa: F401  (registers the built-in methods)
-from dht.cli.flags import add_method_flags, given_options, method_options
+from dht.cli.flags import MethodFields, add_method_flags, check_method_flags, given_options, method_fields
 from dht.training.config import RunConfig, TrainConfig
-from dht.training.hooks import METHODS, method_type
 
 EXIT_BAD_INPUT = 2
 DEVICE_HELP = "auto (the GPU when torch sees one, else the CPU), cpu, or cuda[:N]"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser:
+    """The ``dht`` parser, its method flags from ``methods`` (default: ``method_fields()``)."""
+    methods = method_fields() if methods is None else methods
     # allow_abbrev=False: a prefix of a flag (--dep for --depth) is an error, never another method's option.
     parser = argparse.ArgumentParser(prog="dht", description="Dynamic Hierarchical Transformer classifiers.",
                                      allow_abbrev=False)
@@ -25,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a method on a dataset folder, then evaluate it",
                                 allow_abbrev=False)
     defaults = TrainConfig()
-    train.add_argument("--method", default="full", choices=list(METHODS), help="what to train (default: full)")
-    add_method_flags(train.add_argument_group("method options (each taken only by the methods named)"), METHODS)
+    train.add_argument("--method", default="full", choices=list(methods), help="what to train (default: full)")
+    add_method_flags(train.add_argument_group("method options (each taken only by the methods named)"), methods)
     train.add_argument("--data", default="", help="dataset folder with train.csv, test.csv, classes.txt "
                                                    "(default: the embedded AG News)")
     train.add_argument("--backbone", default="minilm-l6",
@@ -49,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="re-evaluate a saved run", allow_abbrev=False)
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument("--data", default=None, help="dataset folder (default: the run's own)")
-    add_method_flags(evaluate.add_argument_group("inference options (default: the run's own)"), METHODS,
+    add_method_flags(evaluate.add_argument_group("inference options (default: the run's own)"), methods,
                      inference_only=True)
     evaluate.add_argument("--budget", type=float, default=None,
                           help="target inference FLOP ratio (all-in): set the method's knob (DHT's cost weight, "
@@ -81,7 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run_config(args: argparse.Namespace) -> RunConfig:
     """Turn parsed ``train`` arguments into a RunConfig (validated by its dataclasses); a ValueError
     names a flag the method does not take or an invalid value."""
-    options = method_options(args, method_type(args.method))
+    import dht.methods  # noqa: F401  (registers the built-in methods; imports torch)
+    from dht.cli.flags import method_options
+    from dht.training.hooks import method_type
+
+    options = method_options(args, method_type(args.method).Options)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
                         max_train=args.max_train, max_test=args.max_test, seed=args.seed, pooling=args.pooling,
                         freeze_word_embeddings=not args.train_word_embeddings)
@@ -103,18 +112,27 @@ def routes_line(test: dict) -> str:
                                            for route, r in test.get("routes", {}).items())
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from dht.training.loop import evaluate_run, train  # heavy imports after argument errors
+def check_train_flags(args: argparse.Namespace, methods: MethodFields) -> None:
+    """What a ``train`` command line can be refused for before anything is imported (ValueError)."""
+    if args.resume and args.output is None:
+        raise ValueError("--resume needs the --output folder of the run to continue")
+    if args.resume and given_options(args):
+        flags = ", ".join("--" + name.replace("_", "-") for name in given_options(args))
+        raise ValueError(f"--resume continues the saved run with its own options; drop {flags}")
+    if not args.resume:
+        check_method_flags(args, methods[args.method], args.method)
 
+
+def main(argv: list[str] | None = None) -> int:
+    methods = method_fields()
+    args = build_parser(methods).parse_args(argv)
     try:
         if args.command == "train":
-            if args.resume and args.output is None:
-                raise ValueError("--resume needs the --output folder of the run to continue")
-            if args.resume and given_options(args):
-                flags = ", ".join("--" + name.replace("_", "-") for name in given_options(args))
-                raise ValueError(f"--resume continues the saved run with its own options; drop {flags}")
-            run = run_config(args)  # options checked before any data is read
+            check_train_flags(args, methods)
+        from dht.training.loop import evaluate_run, train  # heavy imports (torch) after argument errors
+
+        if args.command == "train":
+            run = run_config(args)  # option values checked before any data is read
             output = args.output or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
             metrics = train(run, output, resume=args.resume, progress=not args.quiet, device=args.device)
             print(summary(metrics))

@@ -63,6 +63,7 @@ class DHTOptions(MethodOptions):
             raise ValueError(f"--exit-classifiers must be shared or per-depth, got {self.exit_classifiers!r}")
 
     def check_training_inputs(self) -> None:
+        super().check_training_inputs()
         if self.config not in PRESETS:
             read_search_file(self.config, flag="--config")
 

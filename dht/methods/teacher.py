@@ -9,27 +9,21 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from dht.model import DynamicEncoder, EncoderConfig
-from dht.training.options import MethodOptions, option
+from dht.training.options import MethodOptions, finished_run, option
 
 
 @dataclass(frozen=True)
 class TeacherOptions(MethodOptions):
     """Options of a method that starts from a trained BL1 run."""
 
-    teacher: str = option("", "a finished BL1 run folder (dht train --method full) to start from")
-
-    def check_training_inputs(self) -> None:
-        teacher_dir(self.teacher)
+    teacher: str = option("", "a finished BL1 run folder (dht train --method full) to start from",
+                          check="finished_run")
 
 
 def teacher_dir(teacher: str) -> Path:
     """The --teacher run folder; a ValueError naming the flag when it is missing or not a finished run."""
-    if not teacher:
-        raise ValueError("--teacher is required: a finished run of --method full (BL1)")
-    path = Path(teacher)
-    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
-        raise ValueError(f"--teacher {path}: not a finished run (needs config.json and model.safetensors)")
-    return path
+    finished_run("--teacher", teacher)
+    return Path(teacher)
 
 
 def load_teacher_weights(model: DynamicEncoder, path: Path) -> None:

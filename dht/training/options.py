@@ -2,8 +2,11 @@
 
 A field is declared with ``option(default, help)``: its type annotation, its default (written once,
 here) and a one-line help that the CLI shows. ``__post_init__`` validates the values, so an options
-object that exists is a valid one. Options marked ``inference=True`` may also be changed when a
-saved run is evaluated (FastBERT's exit threshold). A run folder stores them as a JSON object
+object that exists is a valid one. ``check=`` names a check of the file an option points to (a teacher
+run), from ``INPUT_CHECKS``: these are declared rather than written in the method's module so that the
+CLI can run them without importing the methods (and torch), and a bad path fails at once. Options
+marked ``inference=True`` may also be changed when a saved run is evaluated (FastBERT's exit
+threshold). A run folder stores them as a JSON object
 (``config.json`` → ``run.options``) and ``from_dict`` reads them back, refusing unknown keys.
 """
 
@@ -13,12 +16,28 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Union
+from pathlib import Path
+from typing import Any, Callable, Union
 
 
-def option(default: Any, doc: str, inference: bool = False) -> Any:
-    """A method option's field: its default, a one-line help ``doc``, and whether evaluation may change it."""
-    return dataclasses.field(default=default, metadata={"help": doc, "inference": inference})
+def option(default: Any, doc: str, inference: bool = False, check: str = "") -> Any:
+    """A method option's field: its default, a one-line help ``doc``, whether evaluation may change it, and
+    the name of the ``INPUT_CHECKS`` entry that checks the file it names before a run reads anything."""
+    if check and check not in INPUT_CHECKS:
+        raise ValueError(f"unknown input check {check!r} (known: {', '.join(INPUT_CHECKS)})")
+    return dataclasses.field(default=default, metadata={"help": doc, "inference": inference, "check": check})
+
+
+def finished_run(flag: str, value: str) -> None:
+    """A required option naming a finished run folder (config.json and model.safetensors written); a
+    ValueError naming ``flag`` otherwise."""
+    if not value:
+        raise ValueError(f"{flag} is required: a finished run of --method full (BL1)")
+    if not (Path(value) / "model.safetensors").is_file() or not (Path(value) / "config.json").is_file():
+        raise ValueError(f"{flag} {value}: not a finished run (needs config.json and model.safetensors)")
+
+
+INPUT_CHECKS: dict[str, Callable[[str, Any], None]] = {"finished_run": finished_run}
 
 
 @dataclass(frozen=True)
@@ -30,7 +49,8 @@ class MethodOptions:
         """The declared options, with their resolved types."""
         hints = typing.get_type_hints(cls)
         return [OptionField(f.name, hints[f.name], f.default, f.metadata.get("help", ""),
-                            bool(f.metadata.get("inference", False))) for f in dataclasses.fields(cls)]
+                            bool(f.metadata.get("inference", False)), f.metadata.get("check", ""))
+                for f in dataclasses.fields(cls)]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], method: str) -> MethodOptions:
@@ -51,18 +71,29 @@ class MethodOptions:
 
     def check_training_inputs(self) -> None:
         """Check the files a training run will read (a teacher run, a config file) before any data is
-        read, so that a wrong path fails at once; raise ValueError naming the flag. Default: nothing."""
+        read, so that a wrong path fails at once; raise ValueError naming the flag. Default: the declared
+        checks (``option(check=...)``); a method whose checks need more overrides this and calls it."""
+        check_declared_inputs(self.fields(), self.to_dict())
+
+
+def check_declared_inputs(fields: list[OptionField], values: dict[str, Any]) -> None:
+    """Run each field's declared input check on its value in ``values`` (its default when absent)."""
+    for field in fields:
+        if field.check:
+            INPUT_CHECKS[field.check](field.flag, values.get(field.name, field.default))
 
 
 @dataclass(frozen=True)
 class OptionField:
-    """One declared option: name, type (e.g. ``float`` or ``int | None``), default, help."""
+    """One declared option: name, type (e.g. ``float`` or ``int | None``), default, help, whether evaluation
+    may change it, and its input check's name ("" for none)."""
 
     name: str
     type: Any
     default: Any
     help: str
     inference: bool
+    check: str = ""
 
     @property
     def flag(self) -> str:
@@ -85,3 +116,15 @@ class OptionField:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ValueError(f"option {self.flag} must be {kind.__name__}, got {value!r}")
         return value
+
+    def to_json(self) -> dict[str, Any]:
+        """The field as a JSON object (the CLI's manifest of the built-in methods' flags)."""
+        optional = self.base_type is not self.type
+        return {"name": self.name, "type": self.base_type.__name__, "optional": optional, "default": self.default,
+                "help": self.help, "inference": self.inference, "check": self.check}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OptionField:
+        base = {"bool": bool, "int": int, "float": float, "str": str}[data["type"]]
+        kind = base | None if data["optional"] else base
+        return cls(data["name"], kind, data["default"], data["help"], data["inference"], data["check"])
