@@ -65,6 +65,36 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
     evaluate.add_argument("--output", type=Path, default=None, help="where to write (default: RUN/evaluation.json)")
     evaluate.add_argument("--device", default="auto", help=DEVICE_HELP)
     evaluate.add_argument("--quiet", action="store_true")
+    predict = commands.add_parser("predict", help="classify new texts with a trained run", allow_abbrev=False)
+    predict.add_argument("run_dir", type=Path)
+    source = predict.add_mutually_exclusive_group()
+    source.add_argument("--input", default=None,
+                        help="a CSV with a 'text' column (or a dataset split), or a text file with one text per "
+                             "line; - for standard input (the default when no --text is given)")
+    source.add_argument("--text", action="append", default=None, help="a text to classify (repeatable)")
+    predict.add_argument("--output", type=Path, default=None, help="where to write (default: standard output)")
+    predict.add_argument("--format", choices=("jsonl", "csv"), default=None,
+                         help="output format (default: csv when --output ends in .csv, else jsonl)")
+    predict.add_argument("--batch-size", type=int, default=None, help="texts per batch (default: the run's)")
+    add_method_flags(predict.add_argument_group("inference options (default: the run's own)"), methods,
+                     inference_only=True)
+    predict.add_argument("--device", default="auto", help=DEVICE_HELP)
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    serve = commands.add_parser("serve", help="serve a trained run over HTTP (POST /predict, GET /health, "
+                                              "GET /info)", allow_abbrev=False)
+    serve.add_argument("run_dir", type=Path)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="how long a request waits for others to share its batch (default 5)")
+    serve.add_argument("--max-texts", type=int, default=256, help="texts per request at most (default 256)")
+    serve.add_argument("--max-chars", type=int, default=20_000, help="characters per text at most")
+    serve.add_argument("--batch-size", type=int, default=None, help="texts per model batch (default: the run's)")
+    add_method_flags(serve.add_argument_group("inference options (default: the run's own)"), methods,
+                     inference_only=True)
+    serve.add_argument("--device", default="auto", help=DEVICE_HELP)
+
     bench = commands.add_parser("bench", help="run every method and write the paper's Tables 1-2 and a Pareto plot",
                                 allow_abbrev=False)
     bench.add_argument("--quick", action="store_true", help="1 epoch on 1,000 training and 500 test rows")
@@ -112,6 +142,25 @@ def routes_line(test: dict) -> str:
                                            for route, r in test.get("routes", {}).items())
 
 
+def predict_command(args: argparse.Namespace) -> None:
+    """``dht predict``: read every text first (a bad input stops before the model loads), predict, then
+    write the whole output at once."""
+    from dht.classifier import Classifier, format_predictions, run_classes, write_atomically
+    from dht.data import read_texts
+
+    classes = run_classes(args.run_dir)
+    texts = args.text if args.text is not None else read_texts(args.input or "-", len(classes))
+    fmt = args.format or ("csv" if args.output is not None and args.output.suffix.lower() == ".csv" else "jsonl")
+    classifier = Classifier.load(args.run_dir, device=args.device, batch_size=args.batch_size,
+                                 **given_options(args))
+    rows = classifier.predict(texts, progress=not args.quiet and args.text is None)
+    text = format_predictions(texts, rows, classifier.classes, fmt)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        write_atomically(args.output, text)
+
+
 def check_train_flags(args: argparse.Namespace, methods: MethodFields) -> None:
     """What a ``train`` command line can be refused for before anything is imported (ValueError)."""
     if args.resume and args.output is None:
@@ -139,6 +188,15 @@ def main(argv: list[str] | None = None) -> int:
             if "routes" in metrics["test"]:
                 print(routes_line(metrics["test"]))
             print(f"run folder: {output}")
+        elif args.command == "predict":
+            predict_command(args)
+        elif args.command == "serve":
+            from dht.classifier import Classifier
+            from dht.serve import Limits, serve
+
+            limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_wait_ms=args.max_wait_ms)
+            serve(Classifier.load(args.run_dir, device=args.device, batch_size=args.batch_size,
+                                  **given_options(args)), args.host, args.port, limits)
         elif args.command == "bench":
             from dht.benchmark import run_bench
 

@@ -2,6 +2,7 @@
 
 from dht.data.batching import Batch, collate, iterate_batches
 from dht.data.dataset import DataError, Dataset, TextSplit, default_dataset_dir, read_dataset
+from dht.data.texts import read_texts
 from dht.data.tokenize import TextTokenizer
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "default_dataset_dir",
     "iterate_batches",
     "read_dataset",
+    "read_texts",
 ]

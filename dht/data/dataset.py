@@ -127,7 +127,7 @@ def read_dataset(directory: str | Path) -> Dataset:
 
 def read_classes(path: Path) -> tuple[str, ...]:
     """Read one class name per line; blank lines are allowed only at the end."""
-    lines = _read_text(path).splitlines()
+    lines = read_utf8(path).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     if not lines:
@@ -147,7 +147,7 @@ def read_classes(path: Path) -> tuple[str, ...]:
 
 def read_split(path: Path, num_classes: int) -> TextSplit:
     """Read one CSV split; labels 1..num_classes in the file become 0-based."""
-    records = _csv_records(path)
+    records = csv_records(path)
     if not records:
         raise DataError(path, "file is empty")
     first_line, first = records[0]
@@ -183,9 +183,9 @@ def _parse_label(cell: str, num_classes: int, path: Path, line: int) -> int:
     return label - 1
 
 
-def _csv_records(path: Path) -> list[tuple[int, list[str]]]:
+def csv_records(path: Path) -> list[tuple[int, list[str]]]:
     """Return (start line, cells) for each non-blank CSV record of a file."""
-    text = _read_text(path)
+    text = read_utf8(path)
     # The csv module refuses fields over 131,072 characters by default; a text of any length is valid
     # CSV (the tokenizer truncates it), so the limit is raised to the file's own size.
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
@@ -204,7 +204,7 @@ def _csv_records(path: Path) -> list[tuple[int, list[str]]]:
         start = reader.line_num + 1  # line_num is the line where the record ended
 
 
-def _read_text(path: Path) -> str:
+def read_utf8(path: Path) -> str:
     """Read a whole file as UTF-8 (a leading byte-order mark is dropped)."""
     if not path.is_file():
         raise DataError(path, "file not found")

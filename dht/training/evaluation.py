@@ -25,6 +25,7 @@ class SplitPrediction:
     """A method's predictions for every sample of a split, in the split's order, and what they cost."""
 
     predictions: Tensor  # (N,) long: predicted class
+    probabilities: Tensor  # (N, C) float32: softmax of the logits
     flops: Tensor  # (N,) float64: FLOPs of the network that ran (paper-style)
     full_flops: Tensor  # (N,) float64: the full model's FLOPs on the same tokens
     all_in: Tensor  # (N,) float64: plus overheads (probes, bandits)
@@ -35,32 +36,37 @@ class SplitPrediction:
 
 @torch.no_grad()
 def predict_split(method: Method, ids: list[list[int]], labels: list[int], batch_size: int, pad_id: int,
-                  progress: bool = False, predict_batches: PredictBatches | None = None) -> SplitPrediction:
+                  progress: bool = False, predict_batches: PredictBatches | None = None,
+                  desc: str = "evaluate") -> SplitPrediction:
     """Predict every sample (batches sorted by length; DHT regroups them by depth) with
-    ``predict_batches`` (default: the method's own); seconds are wall time."""
+    ``predict_batches`` (default: the method's own); ``labels`` may be dummies (prediction reads none);
+    seconds are wall time; ``desc`` names the progress bar."""
     method.model.eval()
     predict_batches = predict_batches or method.predict_batches
     N = len(ids)
     predictions = torch.empty(N, dtype=torch.long)
+    probabilities = torch.empty(N, method.model.config.num_classes)
     flops, full, all_in = (torch.zeros(N, dtype=torch.float64) for _ in range(3))
     routes: list[str] = [""] * N
     totals = [0.0, 0.0, 0.0]
     started = time.perf_counter()
     batches = iterate_batches(ids, labels, batch_size, pad_id, shuffle=False, sort_by_length=True)
     batches = (batch.to(method.device) for batch in batches)
-    with tqdm(total=N, unit="sample", desc="evaluate", disable=not progress, mininterval=1.0,
+    with tqdm(total=N, unit="sample", desc=desc, disable=not progress, mininterval=1.0,
               dynamic_ncols=True) as bar:
         for batch, result in predict_batches(batches):
             bar.update(len(batch))
             index = batch.index.cpu()
             predictions[index] = result.logits.argmax(-1).cpu()
+            probabilities[index] = result.logits.float().softmax(-1).cpu()
             for per_sample, value in ((flops, result.flops), (full, result.full_flops), (all_in, result.all_in)):
                 per_sample[index] = value.cpu().double()
             for i, value in enumerate((result.flops, result.full_flops, result.all_in)):
                 totals[i] += float(value.sum())
             for row, route in zip(index.tolist(), result.routes or ()):
                 routes[row] = route
-    return SplitPrediction(predictions, flops, full, all_in, routes, tuple(totals), time.perf_counter() - started)
+    return SplitPrediction(predictions, probabilities, flops, full, all_in, routes, tuple(totals),
+                           time.perf_counter() - started)
 
 
 def split_scores(result: SplitPrediction, labels: list[int], num_classes: int) -> dict[str, Any]:

@@ -77,6 +77,7 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
     (auto: the GPU when there is one); a run may be resumed on another device. The folder is locked
     while the run writes it (``run_lock``): a second run on it raises RunInUseError.
     """
+    output = Path(output)
     with run_lock(output):
         return _train(run, output, resume, stop_after_steps, progress, device)
 
@@ -213,20 +214,9 @@ def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
 
 def load_run(run_dir: Path, data: str | None = None, overrides: dict | None = None,
              device: str | None = None) -> Prepared:
-    """Rebuild a finished run (model and method state) on ``device`` for evaluation, with inference
-    ``overrides``."""
-    from safetensors.torch import load_file
-
-    from dht.training.checkpoint import join_state
-
-    if not (run_dir / "model.safetensors").is_file():
-        raise ValueError(f"{run_dir}: not a finished run (no model.safetensors)")
-    prepared = prepare_saved(run_dir, data, overrides, device)
-    if (run_dir / "method.json").is_file():
-        tensors = load_file(str(run_dir / "method.safetensors"))
-        state = join_state(json.loads((run_dir / "method.json").read_text(encoding="utf-8")), tensors)
-        prepared.method.load_state_dict(state)
-    return prepared
+    """Rebuild a finished run (model and method state) on ``device`` with its data, for evaluation, with
+    inference ``overrides``."""
+    return prepare_saved(run_dir, data, overrides, device)
 
 
 def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True,

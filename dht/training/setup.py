@@ -103,13 +103,30 @@ def check_options(run: RunConfig) -> RunConfig:
     return replace(run, options=options.to_dict())
 
 
-def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None = None,
-                  device: str | None = None) -> Prepared:
-    """Rebuild a saved run (its config.json, tokenizer.json and model.safetensors) on ``device``;
-    ``overrides`` replaces inference options the run already has (e.g. FastBERT's speed)."""
-    where = resolve_device(device)
-    from dht.training.checkpoint import load_model
+@dataclass
+class SavedRun:
+    """A finished run rebuilt without its data: what prediction needs."""
 
+    run: RunConfig
+    model: DynamicEncoder
+    method: Method
+    tokenizer: TextTokenizer
+    tokenizer_json: Path
+    classes: tuple[str, ...]  # class names; label k is classes[k]
+
+
+def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = None) -> SavedRun:
+    """Rebuild a finished run (its config.json, tokenizer.json, model.safetensors and the method's state)
+    on ``device``, without reading its dataset; ``overrides`` replaces inference options the run already
+    has (e.g. FastBERT's speed). Raises ValueError naming the folder when it is not a finished run."""
+    from safetensors.torch import load_file
+
+    from dht.training.checkpoint import join_state, load_model
+
+    where = resolve_device(device)
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        if not (run_dir / name).is_file():
+            raise ValueError(f"{run_dir}: not a finished run (no {name})")
     saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     run = RunConfig.from_dict(saved["run"])
     kind = method_type(run.method)
@@ -119,17 +136,39 @@ def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None
             raise ValueError(f"{run_dir}: a {run.method} run has no inference option --{key.replace('_', '-')} "
                              f"to change")
     run = replace(run, options={**run.options, **(overrides or {})})
-    kind.Options.from_dict(run.options, kind.name)  # values checked before the data is read
-    dataset = read_dataset(dataset_dir(run) if data is None else Path(data))
+    kind.Options.from_dict(run.options, kind.name)  # values checked before the weights are read
     config = EncoderConfig.from_dict(saved["encoder"])
-    if dataset.num_classes != config.num_classes:
-        raise ValueError(f"{run_dir} was trained for {config.num_classes} classes, "
-                         f"but the data has {dataset.num_classes}")
+    tokenizer = TextTokenizer(run_dir / "tokenizer.json", max_length=run.train.max_length)
     model = DynamicEncoder(config)
     load_model(run_dir / "model.safetensors", model)
-    prepared = _assemble(run, dataset, run_dir / "tokenizer.json", model)
+    method = make_method(model, run)
     model.to(where)
-    return prepared
+    if (run_dir / "method.json").is_file():
+        tensors = load_file(str(run_dir / "method.safetensors"))
+        method.load_state_dict(join_state(json.loads((run_dir / "method.json").read_text(encoding="utf-8")),
+                                          tensors))
+    classes = tuple(saved["dataset"]["classes"])
+    return SavedRun(run, model, method, tokenizer, run_dir / "tokenizer.json", classes)
+
+
+def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None = None,
+                  device: str | None = None) -> Prepared:
+    """A finished run (``open_run``) with its dataset (or another folder's with as many classes) read and
+    tokenised, for evaluation."""
+    saved = open_run(run_dir, overrides, device)
+    dataset = read_dataset(dataset_dir(saved.run) if data is None else Path(data))
+    if dataset.num_classes != saved.model.config.num_classes:
+        raise ValueError(f"{run_dir} was trained for {saved.model.config.num_classes} classes, "
+                         f"but the data has {dataset.num_classes}")
+    train, test = encode_splits(saved.run, dataset, saved.tokenizer)
+    return Prepared(saved.run, dataset, saved.tokenizer_json, saved.model, saved.method, train, test,
+                    saved.tokenizer.pad_id)
+
+
+def encode_splits(run: RunConfig, dataset: Dataset, tokenizer: TextTokenizer) -> tuple[EncodedSplit, EncodedSplit]:
+    """The run's training and test subsets (``--max-train``, ``--max-test``, seeded), tokenised."""
+    return (encode_split(tokenizer, dataset.train.subset(run.train.max_train, seed=run.train.seed)),
+            encode_split(tokenizer, dataset.test.subset(run.train.max_test, seed=run.train.seed)))
 
 
 def _assemble(run: RunConfig, dataset: Dataset, tokenizer_json: Path, model: DynamicEncoder) -> Prepared:
@@ -137,6 +176,5 @@ def _assemble(run: RunConfig, dataset: Dataset, tokenizer_json: Path, model: Dyn
     if run.train.max_length > model.config.max_position:
         raise ValueError(f"max-length {run.train.max_length} exceeds the backbone's "
                          f"{model.config.max_position} positions")
-    train = encode_split(tokenizer, dataset.train.subset(run.train.max_train, seed=run.train.seed))
-    test = encode_split(tokenizer, dataset.test.subset(run.train.max_test, seed=run.train.seed))
+    train, test = encode_splits(run, dataset, tokenizer)
     return Prepared(run, dataset, tokenizer_json, model, make_method(model, run), train, test, tokenizer.pad_id)
