@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from dht.data import Batch, collate
 from dht.model import ExecutionPlan
 from dht.provenance import write_result
-from dht.training.config import RunConfig
+from dht.training.config import RunConfig, run_file
 from dht.training.hooks import BenchRun, Method, StepResult, register
 from dht.training.loop import train
 from dht.training.options import MethodOptions, option
@@ -151,7 +151,7 @@ class Replay(Method):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dht_run", type=Path, help="a finished DHT run folder (decisions.jsonl, config.json)")
+    parser.add_argument("dht_run", type=Path, help="a finished DHT run folder (decisions.jsonl, run.json)")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--depths", action="store_true", help="run each step at the DHT run's depth for it")
     parser.add_argument("--shuffle", action="store_true", help="deal each epoch's samples into steps at random")
@@ -160,12 +160,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.detach_shallow and not args.depths:
         parser.error("--detach-shallow needs --depths")
-    for name in ("config.json", "decisions.jsonl"):
-        if not (args.dht_run / name).is_file():
-            parser.error(f"{args.dht_run} has no {name}: give a finished DHT run folder")
-    if (args.output / "config.json").exists():
+    for path in (run_file(args.dht_run), args.dht_run / "decisions.jsonl"):
+        if not path.is_file():
+            parser.error(f"{args.dht_run} has no {path.name}: give a finished DHT run folder")
+    if run_file(args.output).exists():
         parser.error(f"{args.output} already holds a run; choose another --output")
-    config = json.loads((args.dht_run / "config.json").read_text(encoding="utf-8"))
+    config = json.loads(run_file(args.dht_run).read_text(encoding="utf-8"))
     options = {"replay": str(args.dht_run), "depths": args.depths, "shuffle": args.shuffle,
                "detach_shallow": args.detach_shallow}
     run = RunConfig.from_dict({**config["run"], "method": "replay", "options": options})

@@ -13,13 +13,18 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from safetensors.torch import save_file
+
 import dht.methods  # noqa: F401  (registers the built-in methods)
+from dht.model.backbones import hf_config, hf_state_dict
 from dht.provenance import device_name
+from dht.training.config import run_file
 from dht.training.evaluation import SplitPrediction, predict_split
 from dht.training.setup import SavedRun, open_run
 
@@ -112,16 +117,52 @@ class Classifier:
         return info
 
 
-def run_classes(run_dir: Path) -> tuple[str, ...]:
-    """The class names a finished run predicts, read from its config.json alone (no model loaded);
-    a ValueError naming the folder when it is not a run."""
-    config = Path(run_dir) / "config.json"
-    if not config.is_file():
-        raise ValueError(f"{run_dir}: not a run folder (no config.json)")
+def export_run(run_dir: Path, directory: Path) -> list[str]:
+    """Write a finished run as a Hugging Face BERT folder: ``config.json`` (BertConfig) and
+    ``model.safetensors`` (BertModel names) that ``transformers.AutoModel.from_pretrained(directory)``
+    loads as the run's encoder at the full plan, ``tokenizer.json``, and beside them what transformers does
+    not know: ``dht_head.safetensors`` (the classifier and any exit classifiers, our names), ``run.json``
+    (the run's settings and class names) and the method's state (``method.json``/``method.safetensors``).
+    The folder is written whole or not at all; an existing non-empty ``directory`` is refused (ValueError).
+    Returns the file names written."""
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise ValueError(f"{directory}: exists and is not an empty folder; choose a new export folder")
+    saved = open_run(Path(run_dir), device="cpu")
+    model = saved.model
+    staging = Path(tempfile.mkdtemp(dir=directory.parent if directory.parent.exists() else None,
+                                    prefix=f".{directory.name}."))
     try:
-        return tuple(json.loads(config.read_text(encoding="utf-8"))["dataset"]["classes"])
+        (staging / "config.json").write_text(json.dumps(hf_config(model.config), indent=1), encoding="utf-8")
+        save_file(hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
+        head = {key: value.detach().contiguous() for key, value in model.state_dict().items()
+                if key.startswith(("classifier.", "branches."))}
+        save_file(head, str(staging / "dht_head.safetensors"))
+        shutil.copy(saved.tokenizer_json, staging / "tokenizer.json")
+        shutil.copy(run_file(run_dir), staging / "run.json")
+        for name in ("method.json", "method.safetensors"):
+            if (Path(run_dir) / name).is_file():
+                shutil.copy(Path(run_dir) / name, staging / name)
+        if directory.exists():
+            directory.rmdir()
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sorted(path.name for path in directory.iterdir())
+
+
+def run_classes(run_dir: Path) -> tuple[str, ...]:
+    """The class names a finished run predicts, read from its run.json alone (no model loaded); a
+    ValueError naming the folder when it is not a run."""
+    settings = run_file(run_dir)
+    if not settings.is_file():
+        raise ValueError(f"{run_dir}: not a run folder (no {settings.name})")
+    try:
+        return tuple(json.loads(settings.read_text(encoding="utf-8"))["dataset"]["classes"])
     except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{config}: not a run's config.json (no dataset.classes)") from None
+        raise ValueError(f"{settings}: not a run's settings (no dataset.classes)") from None
 
 
 def format_predictions(texts: Sequence[str], rows: Sequence[TextPrediction], classes: Sequence[str],

@@ -8,10 +8,13 @@ import csv
 import io
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import dht
 from dht.cli import main
@@ -142,9 +145,9 @@ def test_bad_input_is_one_line_naming_file_and_line_and_writes_nothing(runs, tmp
 
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
     assert main(["predict", str(tmp_path), "--text", "x"]) == 2
-    assert "not a run folder (no config.json)" in capsys.readouterr().err
+    assert "not a run folder (no run.json)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not a finished run"):
-        (tmp_path / "config.json").write_text("{}")
+        (tmp_path / "run.json").write_text("{}")
         dht.load(tmp_path)
 
 
@@ -171,3 +174,34 @@ def test_the_readme_python_example_runs(runs, tmp_path, monkeypatch, capsys):
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert printed and all(line.split()[0] in ("World", "Sports", "Business", "Sci/Tech") for line in printed)
+
+
+def test_an_exported_run_loads_in_transformers_with_our_hidden_states(runs, tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    export = tmp_path / "export"
+    assert main(["export", str(runs / "full"), str(export)]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json", "dht_head.safetensors",
+            "run.json"} <= {p.name for p in export.iterdir()}
+    theirs = transformers.AutoModel.from_pretrained(str(export), attn_implementation="sdpa").eval()
+    ours = dht.load(runs / "full", device="cpu")._saved.model.eval()
+    ids = torch.randint(1000, 30000, (3, 20), generator=torch.Generator().manual_seed(1))
+    mask = torch.arange(20)[None, :] < torch.tensor([20, 13, 4])[:, None]
+    ids = ids.masked_fill(~mask, 0)
+    with torch.no_grad():
+        h = ours.run_plan(ours.embed(ids), mask, ours.full_plan())
+        reference = theirs(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+    assert (h - reference)[mask].abs().max() <= 1e-4
+    assert torch.equal(load_file(str(export / "dht_head.safetensors"))["classifier.weight"], ours.classifier.weight)
+    assert main(["export", str(runs / "fastbert"), str(tmp_path / "fastbert")]) == 0
+    head = load_file(str(tmp_path / "fastbert" / "dht_head.safetensors"))
+    assert any(key.startswith("branches.") for key in head)  # FastBERT's exit classifiers travel too
+    assert main(["export", str(runs / "fastbert"), str(export)]) == 2  # never over an existing export
+    assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_a_run_made_before_run_json_still_loads(runs, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(runs / "full", old)
+    (old / "run.json").rename(old / "config.json")  # how runs were written before
+    assert [p.label for p in dht.load(old).predict(["one", "two"])] == \
+        [p.label for p in dht.load(runs / "full").predict(["one", "two"])]

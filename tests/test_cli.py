@@ -55,7 +55,7 @@ def test_a_flag_the_method_does_not_take_is_named(no_data, tmp_path, capsys):
 def test_options_are_checked_before_any_data_is_read(no_data, tmp_path, capsys, argv, message):
     teacher = tmp_path / "teacher"  # what the check of --teacher looks at: the files a finished run has
     teacher.mkdir()
-    (teacher / "config.json").write_text("{}")
+    (teacher / "run.json").write_text("{}")
     (teacher / "model.safetensors").write_text("")
     argv = [str(teacher) if arg == "TEACHER" else arg for arg in argv]
     assert message in error_of(capsys, "train", *argv, "--backbone", "tiny", "--output", str(tmp_path / "run"))
@@ -135,7 +135,7 @@ def test_resume_refuses_method_flags(tmp_path, capsys):
 def test_evaluate_refuses_before_loading(monkeypatch, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text('{"run": {"method": "fastbert"}}')
+    (run / "run.json").write_text('{"run": {"method": "fastbert"}}')
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the run was loaded before the flags were checked")
@@ -143,7 +143,7 @@ def test_evaluate_refuses_before_loading(monkeypatch, tmp_path, capsys):
     assert "--budget sets --speed itself" in error_of(capsys, "evaluate", str(run), "--budget", "0.5",
                                                       "--speed", "0.3")
     assert "--budget must be in (0, 1.5]" in error_of(capsys, "evaluate", str(run), "--budget", "2")
-    (run / "config.json").write_text('{"run": {"method": "full"}}')
+    (run / "run.json").write_text('{"run": {"method": "full"}}')
     assert "has no knob" in error_of(capsys, "evaluate", str(run), "--budget", "0.5")
     assert "has one route" in error_of(capsys, "evaluate", str(run), "--oracle")
 

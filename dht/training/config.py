@@ -1,9 +1,13 @@
-"""Run settings: what to train, on what, and how; saved as the run folder's config.json."""
+"""Run settings: what to train, on what, and how; saved as the run folder's run.json.
+
+(Runs made before the name changed hold them in config.json; ``run_file`` finds either. The name moved
+because transformers reads a folder's config.json as a model configuration.)"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -63,3 +67,16 @@ class RunConfig:
         data = dict(data)
         train = TrainConfig(**data.pop("train", {}))
         return cls(train=train, **data)
+
+
+RUN_FILE = "run.json"
+LEGACY_RUN_FILE = "config.json"
+
+
+def run_file(folder: str | Path) -> Path:
+    """The file holding a run folder's settings: run.json, or config.json for runs made before (the path
+    of run.json when neither exists)."""
+    folder = Path(folder)
+    if not (folder / RUN_FILE).is_file() and (folder / LEGACY_RUN_FILE).is_file():
+        return folder / LEGACY_RUN_FILE
+    return folder / RUN_FILE

@@ -1,6 +1,6 @@
 """The one training loop (every method plugs in through dht.training.hooks), and evaluation.
 
-Run folder: config.json, tokenizer.json, model.safetensors, metrics.json, log.jsonl, loss.png,
+Run folder: run.json, tokenizer.json, model.safetensors, metrics.json, log.jsonl, loss.png,
 checkpoint/ (for --resume), and method.safetensors / method.json when the method has state.
 """
 
@@ -18,7 +18,7 @@ from tqdm import tqdm
 from dht.data import iterate_batches
 from dht.provenance import device_name
 from dht.training.checkpoint import load_checkpoint, save_checkpoint, save_model, split_state
-from dht.training.config import RunConfig
+from dht.training.config import RUN_FILE, RunConfig, run_file
 from dht.training.evaluation import predict_split, split_scores
 from dht.training.hooks import Method, method_type
 from dht.training.lock import run_lock
@@ -52,9 +52,9 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
     if resume:
         if not (output / "checkpoint" / "state.json").is_file():
             raise ValueError(f"{output}: no checkpoint to resume from")
-        run = RunConfig.from_dict(json.loads((output / "config.json").read_text(encoding="utf-8"))["run"])
+        run = RunConfig.from_dict(json.loads(run_file(output).read_text(encoding="utf-8"))["run"])
         return prepare(run, device=device)
-    if (output / "config.json").exists():
+    if run_file(output).exists():
         raise RunExistsError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
     prepared = prepare(run, device=device)  # validates everything before anything is written
     output.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
     config = {"run": prepared.run.to_dict(), "encoder": prepared.model.config.to_dict(),
               "dataset": {"name": prepared.dataset.name, "path": str(dataset_dir(run)),
                           "classes": list(prepared.dataset.classes)}}
-    (output / "config.json").write_text(json.dumps(config, indent=1), encoding="utf-8")
+    (output / RUN_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
     for records in ("log.jsonl", "decisions.jsonl"):
         (output / records).write_text("", encoding="utf-8")
     return prepared
@@ -231,8 +231,8 @@ def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True,
     """
     from dht.training.operating import budget_search, check_operating, oracle_scores
 
-    if (run_dir / "config.json").is_file():
-        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["run"]["method"]
+    if run_file(run_dir).is_file():
+        saved = json.loads(run_file(run_dir).read_text(encoding="utf-8"))["run"]["method"]
         check_operating(method_type(saved), overrides, budget, oracle)
     prepared = load_run(run_dir, data, overrides, device)
     found = budget_search(prepared, budget) if budget is not None else None

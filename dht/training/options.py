@@ -7,7 +7,7 @@ run), from ``INPUT_CHECKS``: these are declared rather than written in the metho
 CLI can run them without importing the methods (and torch), and a bad path fails at once. Options
 marked ``inference=True`` may also be changed when a saved run is evaluated (FastBERT's exit
 threshold). A run folder stores them as a JSON object
-(``config.json`` → ``run.options``) and ``from_dict`` reads them back, refusing unknown keys.
+(``run.json`` → ``run.options``) and ``from_dict`` reads them back, refusing unknown keys.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from dht.training.config import run_file
+
 
 def option(default: Any, doc: str, inference: bool = False, check: str = "") -> Any:
     """A method option's field: its default, a one-line help ``doc``, whether evaluation may change it, and
@@ -29,12 +31,12 @@ def option(default: Any, doc: str, inference: bool = False, check: str = "") -> 
 
 
 def finished_run(flag: str, value: str) -> None:
-    """A required option naming a finished run folder (config.json and model.safetensors written); a
-    ValueError naming ``flag`` otherwise."""
+    """A required option naming a finished run folder (run.json, or an older run's config.json, and
+    model.safetensors written); a ValueError naming ``flag`` otherwise."""
     if not value:
         raise ValueError(f"{flag} is required: a finished run of --method full (BL1)")
-    if not (Path(value) / "model.safetensors").is_file() or not (Path(value) / "config.json").is_file():
-        raise ValueError(f"{flag} {value}: not a finished run (needs config.json and model.safetensors)")
+    if not (Path(value) / "model.safetensors").is_file() or not run_file(value).is_file():
+        raise ValueError(f"{flag} {value}: not a finished run (needs run.json and model.safetensors)")
 
 
 INPUT_CHECKS: dict[str, Callable[[str, Any], None]] = {"finished_run": finished_run}

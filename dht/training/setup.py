@@ -14,7 +14,7 @@ import torch
 
 from dht.data import Dataset, TextSplit, TextTokenizer, default_dataset_dir, read_dataset
 from dht.model import DynamicEncoder, EncoderConfig, resolve_backbone
-from dht.training.config import RunConfig
+from dht.training.config import RunConfig, run_file
 from dht.training.hooks import Method, make_method, method_type
 
 
@@ -96,7 +96,7 @@ def prepare(run: RunConfig, data: str | None = None, device: str | None = None) 
 
 def check_options(run: RunConfig) -> RunConfig:
     """Validate the run's method options and the files they name (a ValueError naming the flag); return
-    the run with every option written out, defaults included, as its config.json records them."""
+    the run with every option written out, defaults included, as its run.json records them."""
     kind = method_type(run.method)
     options = kind.Options.from_dict(run.options, kind.name)
     options.check_training_inputs()
@@ -116,7 +116,7 @@ class SavedRun:
 
 
 def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = None) -> SavedRun:
-    """Rebuild a finished run (its config.json, tokenizer.json, model.safetensors and the method's state)
+    """Rebuild a finished run (its run.json, tokenizer.json, model.safetensors and the method's state)
     on ``device``, without reading its dataset; ``overrides`` replaces inference options the run already
     has (e.g. FastBERT's speed). Raises ValueError naming the folder when it is not a finished run."""
     from safetensors.torch import load_file
@@ -124,10 +124,10 @@ def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = 
     from dht.training.checkpoint import join_state, load_model
 
     where = resolve_device(device)
-    for name in ("config.json", "tokenizer.json", "model.safetensors"):
-        if not (run_dir / name).is_file():
-            raise ValueError(f"{run_dir}: not a finished run (no {name})")
-    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    for path in (run_file(run_dir), run_dir / "tokenizer.json", run_dir / "model.safetensors"):
+        if not path.is_file():
+            raise ValueError(f"{run_dir}: not a finished run (no {path.name})")
+    saved = json.loads(run_file(run_dir).read_text(encoding="utf-8"))
     run = RunConfig.from_dict(saved["run"])
     kind = method_type(run.method)
     changeable = {f.name for f in kind.Options.fields() if f.inference}

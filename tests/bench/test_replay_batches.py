@@ -93,5 +93,5 @@ def test_a_folder_that_is_not_a_dht_run_stops_with_one_line(tmp_path, monkeypatc
     monkeypatch.setattr("sys.argv", ["replay_batches.py", str(tmp_path), "--output", str(tmp_path / "out")])
     with pytest.raises(SystemExit) as stop:
         replay_batches.main()
-    assert stop.value.code == 2 and "has no config.json" in capsys.readouterr().err
+    assert stop.value.code == 2 and "has no run.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -62,7 +62,7 @@ def test_a_toy_method_trains_and_evaluates_through_the_cli(shallow, tmp_path, ca
     # The tiny backbone has 4 layers: one of them costs about a quarter of the full model's FLOPs.
     assert metrics["test"]["flop_ratio"] == pytest.approx(0.25, abs=0.02)
     assert metrics["train"]["flop_ratio"] == pytest.approx(0.25, abs=0.02)
-    assert json.loads((run / "config.json").read_text())["run"]["options"] == {"depth": 1}
+    assert json.loads((run / "run.json").read_text())["run"]["options"] == {"depth": 1}
     assert main(["evaluate", str(run), "--quiet"]) == 0
     again = json.loads((run / "evaluation.json").read_text())["test"]
     assert again["f1_macro"] == metrics["test"]["f1_macro"] and again["flop_ratio"] == metrics["test"]["flop_ratio"]

@@ -7,8 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from dht.data import TextTokenizer
 from dht.model import BackboneError, resolve_backbone
-from dht.model.backbones import minilm_dir
+from dht.model.backbones import BackboneWarning, minilm_dir
 
 
 def test_full_plan_matches_transformers_bert_on_minilm_weights():
@@ -71,3 +72,43 @@ def test_tiny_backbone_is_random_and_small():
     backbone = resolve_backbone("tiny")
     assert backbone.directory is None and backbone.config.hidden_size == 32
     assert backbone.build(num_classes=3).classifier.out_features == 3
+
+
+def test_a_sequence_classifier_folder_loads_its_encoder_and_drops_its_head(tmp_path):
+    directory = copy_minilm(tmp_path, lambda w: {**{"bert." + k: v for k, v in w.items()},
+                                                 "classifier.weight": torch.zeros(2, 384),
+                                                 "classifier.bias": torch.zeros(2)})
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "architectures": ["BertForSequenceClassification"]}))
+    with pytest.warns(BackboneWarning, match=r"dropped the checkpoint's classification head \(classifier.bias, "
+                                             r"classifier.weight\)"):
+        model = resolve_backbone(str(directory)).build(num_classes=4)
+    reference = resolve_backbone("minilm-l6").build(num_classes=4)
+    assert torch.equal(model.layers[3].attention.qkv.weight, reference.layers[3].attention.qkv.weight)
+
+
+def test_a_vocab_only_folder_gets_the_same_tokens_as_tokenizer_json(tmp_path):
+    directory = copy_minilm(tmp_path, lambda w: w)
+    (directory / "tokenizer.json").unlink()
+    shutil.copy(minilm_dir() / "vocab.txt", directory / "vocab.txt")
+    backbone = resolve_backbone(str(directory))
+    assert backbone.tokenizer_json.parent != directory  # built, not written into the user's folder
+    texts = ["Héllo, World! Stocks fell 3.5% on Wall St.", "naïve café 東京 tokenization", "x " * 300]
+    built = TextTokenizer(backbone.tokenizer_json).encode(texts)
+    assert built == TextTokenizer(minilm_dir() / "tokenizer.json").encode(texts)
+    (directory / "vocab.txt").write_text("a\nb\n")
+    with pytest.raises(BackboneError, match=r"vocab.txt: no \[CLS\] token"):
+        resolve_backbone(str(directory))
+    (directory / "vocab.txt").unlink()
+    with pytest.raises(BackboneError, match="no tokenizer.json and no vocab.txt"):
+        resolve_backbone(str(directory))
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "distilbert", "xlm-roberta"])
+def test_other_architectures_are_refused_in_one_line(tmp_path, model_type):
+    directory = copy_minilm(tmp_path, lambda w: w)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "model_type": model_type}))
+    with pytest.raises(BackboneError, match=f"model_type '{model_type}' is not supported") as error:
+        resolve_backbone(str(directory))
+    assert "\n" not in str(error.value)

@@ -21,7 +21,7 @@ def test_a_second_run_on_a_folder_in_use_stops_naming_the_holder(tmp_path, capsy
         with pytest.raises(RunInUseError):
             with run_lock(run):
                 pass
-    assert not (run / "config.json").exists()  # the refused run wrote nothing
+    assert not (run / "run.json").exists()  # the refused run wrote nothing
     assert main(["train", *TINY, "--output", str(run)]) == 0  # released: the folder can be used
     with run_lock(run):  # and released again when the run ends
         pass

@@ -33,7 +33,7 @@ def test_one_step_changes_the_parameters(tmp_path):
 def test_run_folder_and_metrics(tmp_path):
     metrics = train(small_run(), tmp_path / "run", progress=False)
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.json", "model.safetensors", "metrics.json", "log.jsonl", "loss.png", "tokenizer.json"} <= files
+    assert {"run.json", "model.safetensors", "metrics.json", "log.jsonl", "loss.png", "tokenizer.json"} <= files
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(metrics))
     assert set(saved["test"]) >= {"accuracy", "f1_macro", "flop_ratio", "seconds", "samples"}
