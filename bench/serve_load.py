@@ -6,9 +6,10 @@ texts each, the embedded AG News test texts in file order) from ``--concurrency`
 request bounded by ``--timeout`` seconds. Every answer is compared with `dht predict RUN` on the same
 texts (class and route; a mismatch is counted, never hidden), then malformed requests (bad JSON, an empty
 list, an oversize request, a non-string text) must each get a 4xx with the server still answering.
-Run nothing else meanwhile: the server's two CPU threads are what is measured.
+Run nothing else meanwhile. The client threads share the machine with the server (on a 2-core laptop
+they take part of its CPU), so the figures are what one machine serving itself reaches.
 
-Usage: python bench/serve_load.py RUN [RUN ...] [--requests 400] [--concurrency 16] [--per-request 1]
+Usage: python bench/serve_load.py RUN [RUN ...] [--requests 400] [--concurrency 16 64] [--per-request 1]
        [--output bench/results/serve_load.json]
 """
 
@@ -78,7 +79,7 @@ def predicted(run: Path, texts: list[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in done.stdout.splitlines()]
 
 
-def load_one(run: Path, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def load_one(run: Path, texts: list[str], concurrency: int, args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "dht", "serve", str(run), "--port", str(port)],
@@ -100,7 +101,7 @@ def load_one(run: Path, texts: list[str], args: argparse.Namespace) -> dict[str,
             return time.perf_counter() - start, status, body
 
         started = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrency) as pool:
+        with ThreadPoolExecutor(concurrency) as pool:
             answers = list(pool.map(send, chunks))
         seconds = time.perf_counter() - started
         batches = json.loads(urllib.request.urlopen(base + "/info", timeout=10).read())["batches"]
@@ -120,7 +121,7 @@ def load_one(run: Path, texts: list[str], args: argparse.Namespace) -> dict[str,
                                                           for a, b in zip(got, want))
     latencies = sorted(1000 * latency for latency, _, _ in answers)
     return {"run": str(run), "method": info["method"], "options": info["options"], "requests": len(chunks),
-            "texts_per_request": args.per_request, "concurrency": args.concurrency, "errors": errors,
+            "texts_per_request": args.per_request, "concurrency": concurrency, "errors": errors,
             "mismatches": mismatches, "p50_ms": round(statistics.median(latencies), 1),
             "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1),
             "texts_per_s": round(len(texts) / seconds, 1), "seconds": round(seconds, 2),
@@ -132,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--per-request", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=60.0)
@@ -141,8 +142,8 @@ def main() -> None:
     test = read_dataset(default_dataset_dir()).test
     texts = [" ".join(text.split()) for text in test.texts[:args.requests * args.per_request]]
     rows = []
-    for run in args.runs:
-        row = load_one(run, texts, args)
+    for run, concurrency in ((run, c) for run in args.runs for c in args.concurrency):
+        row = load_one(run, texts, concurrency, args)
         rows.append(row)
         print(f"{run}: {row['requests']} requests x {row['texts_per_request']} text(s), concurrency "
               f"{row['concurrency']}: {row['texts_per_s']} texts/s, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, "
