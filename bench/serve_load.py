@@ -11,6 +11,7 @@ they take part of its CPU), so the figures are what one machine serving itself r
 
 Usage: python bench/serve_load.py RUN [RUN ...] [--requests 400] [--concurrency 16 64] [--per-request 1]
        [--output bench/results/serve_load.json]
+       python bench/serve_load.py --table [FILE]   (the markdown table of a results file)
 """
 
 from __future__ import annotations
@@ -129,9 +130,20 @@ def load_one(run: Path, texts: list[str], concurrency: int, args: argparse.Names
             "malformed_status": malformed, "still_serving": still_serving}
 
 
+def table(path: Path) -> str:
+    """The results file as a markdown table."""
+    rows = json.loads(path.read_text(encoding="utf-8"))["result"]
+    lines = ["| run | method | concurrency | texts/s | p50 ms | p99 ms | model batches | errors | mismatches |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['method']} | {r['concurrency']} | {r['texts_per_s']} | {r['p50_ms']} | "
+              f"{r['p99_ms']} | {r['model_batches']} | {r['errors']} | {r['mismatches']} |" for r in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("runs", type=Path, nargs="*")
+    parser.add_argument("--table", type=Path, nargs="?", const=repo_path("bench/results/serve_load.json"))
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--per-request", type=int, default=1)
@@ -139,6 +151,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--output", type=Path, default=repo_path("bench/results/serve_load.json"))
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if not args.runs:
+        parser.error("give the run folders to serve")
     test = read_dataset(default_dataset_dir()).test
     texts = [" ".join(text.split()) for text in test.texts[:args.requests * args.per_request]]
     rows = []
