@@ -88,8 +88,16 @@ def rng_state() -> dict[str, Tensor]:
 
 
 def save_model(path: Path, model: DynamicEncoder) -> None:
-    """Save the network's weights (our parameter names) as safetensors."""
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    """Save the network's weights (our parameter names) as safetensors. Tensors that share storage (layers
+    tied by dynamic layer tying) are written as copies, which safetensors requires; the method's state
+    says which layers to tie again on load."""
+    seen: set[int] = set()
+    tensors = {}
+    for key, value in model.state_dict().items():
+        pointer = value.untyped_storage().data_ptr()
+        tensors[key] = value.contiguous().clone() if pointer in seen else value.contiguous()
+        seen.add(pointer)
+    save_file(tensors, str(path))
 
 
 def load_model(path: Path, model: DynamicEncoder) -> None:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Iterable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from dht.data import Batch
 from dht.flops import full_forward_flops, full_train_flops, plan_forward_flops, plan_train_flops
@@ -118,6 +118,22 @@ class Method:
         afterwards, and a saved run that is only evaluated never calls this."""
 
     # --- training ----------------------------------------------------------------------
+    def optimizer_parameters(self) -> list[nn.Parameter]:
+        """The parameters AdamW is built over, once, before training: the trainable ones. A method that
+        turns training on and off as it goes (layer tying) lists every parameter it may train."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called with the optimizer once it exists (and its state is loaded when resuming), for methods
+        that change which parameters it holds moments for."""
+
+    def on_train_start(self, ids: list[list[int]], labels: list[int], pad_id: int, total_steps: int) -> None:
+        """Called once before the first step of this process (also when resuming) with the training
+        split's token ids and labels and the run's number of optimizer steps."""
+
+    def after_backward(self) -> None:
+        """Called between ``loss.backward()`` and gradient clipping (layer tying folds shared gradients)."""
+
     def peak_lr(self) -> float:
         """The peak of the learning-rate schedule: the run's --lr (FastBERT's new heads use their own)."""
         return self.run.train.lr

@@ -22,6 +22,7 @@ from dht.training.config import RUN_FILE, RunConfig, run_file
 from dht.training.evaluation import predict_split, split_scores
 from dht.training.hooks import Method, method_type
 from dht.training.lock import run_lock
+from dht.training.memory import MemoryMeter
 from dht.training.setup import Prepared, dataset_dir, prepare, prepare_saved
 
 
@@ -38,8 +39,10 @@ def learning_rate(step: int, total_steps: int, peak: float, warmup_ratio: float)
 
 
 def make_optimizer(prepared: Prepared) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no decay on biases and LayerNorm weights (BERT recipe)."""
-    params = [(n, p) for n, p in prepared.model.named_parameters() if p.requires_grad]
+    """AdamW over the method's parameters (the trainable ones, ``Method.optimizer_parameters``); no decay
+    on biases and LayerNorm weights (BERT recipe)."""
+    chosen = {id(p) for p in prepared.method.optimizer_parameters()}
+    params = [(n, p) for n, p in prepared.model.named_parameters() if id(p) in chosen]
     decay = [p for n, p in params if p.dim() >= 2]
     no_decay = [p for n, p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": prepared.run.train.weight_decay},
@@ -95,8 +98,11 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
         method.load_state_dict(method_state)
         truncate_log(output / "log.jsonl", counters["step"])
         truncate_log(output / "decisions.jsonl", counters["step"])
+    method.bind_optimizer(optimizer)
+    memory = MemoryMeter(where)  # from here: the model, data and optimizer are loaded
     steps_per_epoch = -(-len(prepared.train) // run.train.batch_size)
     total_steps = steps_per_epoch * run.train.epochs
+    method.on_train_start(prepared.train.ids, prepared.train.labels, prepared.pad_id, total_steps)
     steps_this_call = 0
 
     def checkpoint() -> None:
@@ -127,6 +133,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                 result = method.training_step(batch)  # on ``where``: moved above, or collated there by DHT
                 optimizer.zero_grad(set_to_none=True)
                 result.loss.backward()
+                method.after_backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
                 optimizer.step()
                 loss = result.loss.item()  # on a GPU this waits for the step, so the clock sees all of it
@@ -157,6 +164,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
             log.flush()
             decisions.flush()
             checkpoint()
+    counters["memory"] = memory.report()
     return finish(prepared, output, counters, progress)
 
 
@@ -179,7 +187,8 @@ def finish(prepared: Prepared, output: Path, counters: dict[str, Any], progress:
         "train": {"flop_ratio": counters["flops"] / counters["full_flops"],
                   "flop_ratio_all_in": counters["flops_all_in"] / counters["full_flops"],
                   "seconds": counters["seconds"], "samples": counters["samples"], "epochs": run.train.epochs,
-                  "steps": counters["step"], "device": device_name(prepared.method.device)},
+                  "steps": counters["step"], "device": device_name(prepared.method.device),
+                  "memory": counters.get("memory", {})},
     }
     metrics.update(prepared.method.report(output))
     save_model(output / "model.safetensors", prepared.model)

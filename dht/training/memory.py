@@ -1,0 +1,54 @@
+"""Measured training memory (layer_tying.md §5 (b)): how far the process grew past the loaded model.
+
+On the CPU: the peak resident set size (``getrusage``'s ``ru_maxrss``, the process's whole life) minus
+the resident size once the model, data and optimizer are loaded; on a GPU, ``max_memory_allocated``
+since then. A run resumed in a new process measures only its own part, and a process that trained
+something larger before (``dht bench``) reports that peak: compare runs made one per process.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+MB = 1024 * 1024
+
+
+def resident_bytes() -> int:
+    """The process's current resident set size (Linux ``/proc/self/statm``; 0 where unavailable)."""
+    statm = Path("/proc/self/statm")
+    if not statm.is_file():
+        return 0
+    return int(statm.read_text().split()[1]) * resource.getpagesize()
+
+
+def peak_resident_bytes() -> int:
+    """The process's peak resident set size so far (``ru_maxrss``: kB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class MemoryMeter:
+    """Started once the model, data and optimizer are loaded; ``report()`` at the end of training."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.baseline = resident_bytes()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self.cuda_baseline = torch.cuda.memory_allocated(device)
+
+    def report(self) -> dict[str, float]:
+        """MB: resident size at the start, peak resident size, and the peak's growth over the start (on a
+        GPU also the peak allocated and its growth)."""
+        peak = peak_resident_bytes()
+        result = {"rss_start_mb": round(self.baseline / MB, 1), "rss_peak_mb": round(peak / MB, 1),
+                  "rss_peak_growth_mb": round(max(0, peak - self.baseline) / MB, 1)}
+        if self.device.type == "cuda":
+            allocated = torch.cuda.max_memory_allocated(self.device)
+            result.update(cuda_peak_mb=round(allocated / MB, 1),
+                          cuda_peak_growth_mb=round((allocated - self.cuda_baseline) / MB, 1))
+        return result
