@@ -334,7 +334,7 @@ class DLTMethod(Method):
             "trainable_params_mean_ratio": sum(trainable) / len(trainable) / full,
             # The peak is BL1's whenever the run starts untied (--initial-state identity): memory a machine must
             # have; the mean and final show what tying saved along the way.
-            "memory_analytic_bl1_mb": full_memory / 2**20, "memory_analytic_peak_mb": self.memory_peak / 2**20,
+            "memory_analytic_bl1_mb": full_memory / 1e6, "memory_analytic_peak_mb": self.memory_peak / 1e6,
             "memory_analytic_peak_ratio": self.memory_peak / full_memory,
             "memory_analytic_mean_ratio": self.memory_sum / max(1, len(self.trainable)) / full_memory,
             "memory_analytic_final_ratio": self.analytic_memory() / full_memory,
