@@ -1,7 +1,8 @@
 """`dht bench`: every registered method on the same data, budget and seed, one FLOP counter and one clock.
 
 Each method says which runs it contributes (``Method.bench_runs``): BL1 (full model), BL2 (students of
-1, 3 and N_L/2 layers), BL3 (FastBERT at speeds 0.1, 0.5, 0.8) and the four DHT presets. They train into
+1, 3 and N_L/2 layers), BL3 (FastBERT at speeds 0.1, 0.5, 0.8), the four DHT presets and dynamic layer
+tying (whose Table 1 columns of trainable parameters and peak memory are what it saves). They train into
 OUTPUT/runs/FOLDER in registry order, BL1 first (a finished run is not redone; an interrupted one is
 resumed); a method with a ``teacher`` option gets the bench's BL1 run. Then every run's inference is
 timed in one process, round-robin, and the paper's Table 1 (training) and Table 2 (inference) are
@@ -81,19 +82,27 @@ def result_rows(output: Path, runs: list[BenchRun], rounds: int, device: str | N
                      "train_flop_ratio": trained["flop_ratio"], "train_flop_ratio_all_in": trained["flop_ratio_all_in"],
                      "test_flop_ratio": test["flop_ratio"], "test_flop_ratio_all_in": test["flop_ratio_all_in"],
                      "test_wall_ratio": wall / seconds[0], "train_seconds": trained["seconds"], "test_seconds": wall,
-                     "train_device": trained.get("device", "not recorded"), "test_device": test["device"]})
+                     "train_device": trained.get("device", "not recorded"), "test_device": test["device"],
+                     "trainable_params": trained.get("trainable_params"),
+                     "train_peak_rss_growth_mb": trained.get("memory", {}).get("rss_peak_growth_mb")})
+    bl1 = rows[0]["trainable_params"]
+    for row in rows:  # what tying (DLT) or freezing (FastBERT) leaves to train, against BL1
+        row["trainable_params_ratio"] = row["trainable_params"] / bl1 if row["trainable_params"] and bl1 else None
     return rows
 
 
 def tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
     """Table 1 (training) and Table 2 (inference) in markdown."""
-    one = ["| run | macro-F1 | train FLOP ratio | train FLOP ratio (all-in) | train seconds |", "|---|---|---|---|---|"]
+    one = ["| run | macro-F1 | train FLOP ratio | train FLOP ratio (all-in) | trainable params vs BL1 "
+           "| peak RSS growth MB | train seconds |", "|---|---|---|---|---|---|---|"]
     two = ["| run | macro-F1 | accuracy | inference FLOP ratio | inference FLOP ratio (all-in) "
            "| wall-time ratio vs BL1 |",
            "|---|---|---|---|---|---|"]
     for r in rows:
+        trainable = "" if r.get("trainable_params_ratio") is None else f"{r['trainable_params_ratio']:.3f}"
+        rss = "" if r.get("train_peak_rss_growth_mb") is None else f"{r['train_peak_rss_growth_mb']:.0f}"
         one.append(f"| {r['config']} | {r['f1_macro']:.4f} | {r['train_flop_ratio']:.3f} "
-                   f"| {r['train_flop_ratio_all_in']:.3f} | {r['train_seconds']:.0f} |")
+                   f"| {r['train_flop_ratio_all_in']:.3f} | {trainable} | {rss} | {r['train_seconds']:.0f} |")
         two.append(f"| {r['config']} | {r['f1_macro']:.4f} | {r['accuracy']:.4f} | {r['test_flop_ratio']:.3f} "
                    f"| {r['test_flop_ratio_all_in']:.3f} | {r['test_wall_ratio']:.3f} |")
     return "\n".join(one) + "\n", "\n".join(two) + "\n"

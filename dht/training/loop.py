@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from dht.data import iterate_batches
+from dht.model.tying import trainable_elements
 from dht.provenance import device_name
 from dht.training.checkpoint import load_checkpoint, save_checkpoint, save_model, split_state
 from dht.training.config import RUN_FILE, RunConfig, run_file
@@ -188,7 +189,8 @@ def finish(prepared: Prepared, output: Path, counters: dict[str, Any], progress:
                   "flop_ratio_all_in": counters["flops_all_in"] / counters["full_flops"],
                   "seconds": counters["seconds"], "samples": counters["samples"], "epochs": run.train.epochs,
                   "steps": counters["step"], "device": device_name(prepared.method.device),
-                  "memory": counters.get("memory", {})},
+                  "memory": counters.get("memory", {}),
+                  "trainable_params": trainable_elements(prepared.model)},
     }
     metrics.update(prepared.method.report(output))
     save_model(output / "model.safetensors", prepared.model)

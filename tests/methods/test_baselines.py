@@ -156,7 +156,11 @@ def test_bench_runs_every_method_and_skips_finished_runs(tmp_path, monkeypatch):
     monkeypatch.setitem(bench.QUICK, "max_test", 16)
     rows = bench.run_bench("", "tiny", tmp_path, quick=True, rounds=1, progress=False)
     names = [r["config"] for r in rows]
-    assert names[0] == "full" and {"distil-1", "distil-2", "fastbert-0.5", "s-dht", "p-dht"} <= set(names)
+    assert names[0] == "full" and {"distil-1", "distil-2", "fastbert-0.5", "s-dht", "p-dht", "dlt"} <= set(names)
+    by_name = {r["config"]: r for r in rows}
+    assert by_name["full"]["trainable_params_ratio"] == 1.0 and by_name["dlt"]["test_flop_ratio"] == 1.0
+    assert by_name["fastbert-0.5"]["trainable_params_ratio"] < 0.1  # only the branch classifiers train
+    assert "trainable params vs BL1" in (tmp_path / "table1.md").read_text()
     assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.name.startswith("fastbert")) == ["fastbert"]
     fastbert = {r["config"]: r for r in rows if r["method"] == "fastbert"}  # one training, three speeds
     assert len({r["train_seconds"] for r in fastbert.values()}) == 1
