@@ -130,8 +130,9 @@ def export_run(run_dir: Path, directory: Path) -> list[str]:
         raise ValueError(f"{directory}: exists and is not an empty folder; choose a new export folder")
     saved = open_run(Path(run_dir), device="cpu")
     model = saved.model
-    staging = Path(tempfile.mkdtemp(dir=directory.parent if directory.parent.exists() else None,
-                                    prefix=f".{directory.name}."))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))  # same file system
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; an export is an ordinary folder
     try:
         (staging / "config.json").write_text(json.dumps(hf_config(model.config), indent=1), encoding="utf-8")
         save_file(hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
@@ -143,9 +144,10 @@ def export_run(run_dir: Path, directory: Path) -> list[str]:
         for name in ("method.json", "method.safetensors"):
             if (Path(run_dir) / name).is_file():
                 shutil.copy(Path(run_dir) / name, staging / name)
+        for path in staging.iterdir():
+            os.chmod(path, 0o666 & ~_umask())
         if directory.exists():
             directory.rmdir()
-        directory.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -192,7 +194,16 @@ def write_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
             file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; the output is an ordinary file
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -7,7 +7,8 @@ classes, test scores and FLOP ratios, and the server's limits).
 Requests that arrive within ``max_wait_ms`` of each other are predicted as one list, so DHT's depth
 queues and FastBERT's exits run on full batches rather than one text at a time; a single worker thread
 runs the model, so predictions never interleave. Malformed JSON, a non-string text and an empty list are
-answered 422, too many texts or too long a text 413, a body over the byte limit 413, each with a message;
+answered 422, too many texts or too long a text 413, a body over the byte limit 413 (one without a
+Content-Length 411), each with a message;
 none of them reaches the model, and an error inside one prediction is answered 500 to the requests of
 that batch only.
 
@@ -30,6 +31,8 @@ from pydantic import BaseModel, StrictStr
 
 from dht.classifier import Classifier, TextPrediction
 
+FLAGS = ("max_texts", "max_chars", "max_wait_ms")  # the limits dht serve takes as flags
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -44,7 +47,8 @@ class Limits:
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
             if not value > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+                flag = f"--{name.replace('_', '-')}" if name in FLAGS else f"Limits.{name}"
+                raise ValueError(f"{flag} must be > 0, got {value}")
 
 
 class PredictRequest(BaseModel):
@@ -60,6 +64,7 @@ class Batcher:
         self.queue: asyncio.Queue[tuple[list[str], asyncio.Future]] = asyncio.Queue()
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dht-predict")
         self.batches = 0  # batches predicted, for /info
+        self.carry: tuple[list[str], asyncio.Future] | None = None  # a request that did not fit the last batch
 
     async def predict(self, texts: list[str]) -> list[TextPrediction]:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -71,13 +76,17 @@ class Batcher:
         ``max_batch_texts``), predict them together, answer each with its own slice."""
         loop = asyncio.get_running_loop()
         while True:
-            items = [await self.queue.get()]
-            count = len(items[0][0])
+            first, self.carry = self.carry or await self.queue.get(), None
+            items = [first]
+            count = len(first[0])
             deadline = loop.time() + self.limits.max_wait_ms / 1000
             while count < self.limits.max_batch_texts:
                 try:
                     item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
                 except asyncio.TimeoutError:
+                    break
+                if count + len(item[0]) > self.limits.max_batch_texts:
+                    self.carry = item  # it starts the next batch
                     break
                 items.append(item)
                 count += len(item[0])
@@ -113,6 +122,8 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
+        if request.method == "POST" and length is None:  # a chunked body could exceed any limit unseen
+            return JSONResponse({"detail": "a request body needs a Content-Length header"}, status_code=411)
         if length is not None and (not length.isdigit() or int(length) > limits.max_body_bytes):
             return JSONResponse({"detail": f"request body over {limits.max_body_bytes} bytes"}, status_code=413)
         return await call_next(request)

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -205,3 +206,33 @@ def test_a_run_made_before_run_json_still_loads(runs, tmp_path):
     (old / "run.json").rename(old / "config.json")  # how runs were written before
     assert [p.label for p in dht.load(old).predict(["one", "two"])] == \
         [p.label for p in dht.load(runs / "full").predict(["one", "two"])]
+
+
+def test_evaluate_and_predict_work_from_a_fresh_process(runs, tmp_path):
+    """The CLI registers the methods itself (the suite's conftest imports them for every in-process test)."""
+    for argv in (["evaluate", str(runs / "dht"), "--quiet", "--output", str(tmp_path / "e.json")],
+                 ["predict", str(runs / "fastbert"), "--text", "a text"]):
+        done = subprocess.run([sys.executable, "-m", "dht", *argv], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+
+def test_unicode_line_separators_stay_inside_a_text_and_empty_texts_are_refused(runs, tmp_path, capsys):
+    source = tmp_path / "texts.txt"
+    source.write_text("one\u2028still one\x85and one\r\ntwo\n", encoding="utf-8")
+    assert main(["predict", str(runs / "full"), "--input", str(source), "--quiet"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["one\u2028still one\x85and one", "two"]
+    assert main(["predict", str(runs / "full"), "--text", "fine", "--text", " "]) == 2
+    assert "--text: an empty text" in capsys.readouterr().err
+
+
+def test_an_export_or_a_model_folder_is_not_taken_for_a_run(runs, tmp_path, capsys):
+    assert main(["export", str(runs / "full"), str(tmp_path / "export")]) == 0
+    with pytest.raises(ValueError, match="an export .dht export. for transformers, not a run folder"):
+        dht.load(tmp_path / "export")
+    (tmp_path / "hf").mkdir()
+    for name in ("tokenizer.json", "model.safetensors"):
+        shutil.copy(tmp_path / "export" / name, tmp_path / "hf" / name)
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match="not a dht run's settings"):
+        dht.load(tmp_path / "hf")

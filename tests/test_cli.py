@@ -129,7 +129,7 @@ def test_every_registered_option_is_a_flag_with_help_and_a_default_of_its_type()
 
 def test_resume_refuses_method_flags(tmp_path, capsys):
     err = error_of(capsys, "train", "--resume", "--output", str(tmp_path / "run"), "--layers", "3")
-    assert "--resume continues the saved run with its own options; drop --layers" in err
+    assert "--resume continues the saved run with its own settings; drop --layers" in err
 
 
 def test_evaluate_refuses_before_loading(monkeypatch, tmp_path, capsys):

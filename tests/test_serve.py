@@ -71,3 +71,18 @@ def test_info_names_the_run_and_its_figures(classifier):
 def test_limits_must_be_positive():
     with pytest.raises(ValueError, match="--max-texts must be > 0"):
         Limits(max_texts=0)
+
+
+def test_a_batch_never_exceeds_its_text_limit_and_a_body_needs_a_length(classifier):
+    limits = Limits(max_wait_ms=200, max_batch_texts=3)
+    with TestClient(create_app(classifier, limits)) as client:
+        with ThreadPoolExecutor(6) as pool:  # 6 requests of 2 texts: at most one request per batch
+            answers = list(pool.map(lambda i: client.post("/predict", json={"texts": TEXTS[i:i + 2]}),
+                                    range(0, 12, 2)))
+        assert all(answer.status_code == 200 for answer in answers)
+        assert [row["label"] for a in answers for row in a.json()["predictions"]] == \
+            [row.label for row in classifier.predict(TEXTS[:12])]
+        assert client.get("/info").json()["batches"] == 6
+        chunked = client.post("/predict", content=iter([b'{"texts": ["a"]}']),
+                              headers={"content-type": "application/json"})
+        assert chunked.status_code == 411 and "Content-Length" in chunked.text

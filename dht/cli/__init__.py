@@ -8,7 +8,9 @@ imported after them.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -48,7 +50,11 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
     train.add_argument("--train-word-embeddings", action="store_true",
                        help="also fine-tune the word-embedding table (slower on CPU; frozen by default)")
     train.add_argument("--output", type=Path, default=None, help="run folder (default: runs/METHOD-TIME)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint "
+                       "(with its own settings: only --device and --quiet may be given with it)")
+    train.add_argument("--save-every", type=int, default=defaults.checkpoint_every,
+                       help=f"optimizer steps between checkpoints (default {defaults.checkpoint_every}; one also "
+                            "ends each epoch)")
     train.add_argument("--device", default="auto", help=DEVICE_HELP)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -130,7 +136,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     options = method_options(args, method_type(args.method).Options)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
                         max_train=args.max_train, max_test=args.max_test, seed=args.seed, pooling=args.pooling,
-                        freeze_word_embeddings=not args.train_word_embeddings)
+                        freeze_word_embeddings=not args.train_word_embeddings, checkpoint_every=args.save_every)
     return RunConfig(method=args.method, data=args.data, backbone=args.backbone, train=train, options=options)
 
 
@@ -156,6 +162,8 @@ def predict_command(args: argparse.Namespace) -> None:
     from dht.data import read_texts
 
     classes = run_classes(args.run_dir)
+    if args.text is not None and not all(text.strip() for text in args.text):
+        raise ValueError("--text: an empty text; give each --text some words")
     texts = args.text if args.text is not None else read_texts(args.input or "-", len(classes))
     fmt = args.format or ("csv" if args.output is not None and args.output.suffix.lower() == ".csv" else "jsonl")
     classifier = Classifier.load(args.run_dir, device=args.device, batch_size=args.batch_size,
@@ -168,14 +176,21 @@ def predict_command(args: argparse.Namespace) -> None:
         write_atomically(args.output, text)
 
 
-def check_train_flags(args: argparse.Namespace, methods: MethodFields) -> None:
-    """What a ``train`` command line can be refused for before anything is imported (ValueError)."""
+RESUME_FLAGS = ("--resume", "--output", "--device", "--quiet")  # what may come with --resume: no result changes
+
+
+def check_train_flags(args: argparse.Namespace, argv: list[str], methods: MethodFields) -> None:
+    """What a ``train`` command line can be refused for before anything is imported (ValueError):
+    with --resume, every flag typed (``argv``) that would change the run."""
     if args.resume and args.output is None:
         raise ValueError("--resume needs the --output folder of the run to continue")
-    if args.resume and given_options(args):
-        flags = ", ".join("--" + name.replace("_", "-") for name in given_options(args))
-        raise ValueError(f"--resume continues the saved run with its own options; drop {flags}")
-    if not args.resume:
+    if args.resume:
+        typed = dict.fromkeys(arg.split("=", 1)[0] for arg in argv if arg.startswith("--"))
+        changes = [flag for flag in typed if flag not in RESUME_FLAGS]
+        if changes:
+            raise ValueError(f"--resume continues the saved run with its own settings; drop {', '.join(changes)} "
+                             f"(only {', '.join(RESUME_FLAGS[2:])} may change)")
+    else:
         check_method_flags(args, methods[args.method], args.method)
 
 
@@ -183,14 +198,22 @@ def _note(message: Warning | str, category: type[Warning], *rest: object, **kwar
     return f"dht: note: {message}\n"  # a warning (a backbone's dropped head) as one line, not a traceback
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) stops a run as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _note
+    argv = sys.argv[1:] if argv is None else argv
     methods = method_fields()
     args = build_parser(methods).parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
     try:
         if args.command == "train":
-            check_train_flags(args, methods)
-        from dht.training.loop import evaluate_run, train  # heavy imports (torch) after argument errors
+            check_train_flags(args, argv[1:], methods)
+        import dht.methods  # noqa: F401  (registers the built-in methods; imports torch, after argument errors)
+        from dht.training.loop import evaluate_run, train
 
         if args.command == "train":
             run = run_config(args)  # option values checked before any data is read
@@ -248,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dht: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("dht: interrupted; continue with --resume (progress since the last checkpoint is lost)",
-              file=sys.stderr)
+        hint = {"train": "; continue with --resume (progress since the last checkpoint is lost)",
+                "bench": "; the same dht bench continues (finished runs are kept)"}.get(args.command, "")
+        print(f"dht: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
 

@@ -31,8 +31,12 @@ def read_texts(path: str | Path, num_classes: int) -> list[str]:
 
 
 def lines_to_texts(text: str, path: Path) -> list[str]:
-    """One text per line; a final newline ends the last text, any other blank line is an error."""
-    lines = text.splitlines()
+    """One text per line (``\n`` or ``\r\n``; other Unicode line separators stay inside a text, so output
+    line k is input text k); a final newline ends the last text, any other blank line is an error."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = [line.removesuffix("\r") for line in lines]
     if not lines:
         raise DataError(path, "no texts (one text per line)")
     for number, line in enumerate(lines, start=1):

@@ -74,6 +74,7 @@ class DLTOptions(MethodOptions):
             raise ValueError(f"--probe-rows must be >= 1, got {self.probe_rows}")
 
     def check_training_inputs(self) -> None:
+        super().check_training_inputs()
         if self.tying_from:
             found_state(self.tying_from)
 
@@ -83,10 +84,20 @@ def found_state(run: str) -> list[int]:
     folder = Path(run)
     if not run_file(folder).is_file() or not (folder / "method.json").is_file():
         raise ValueError(f"--tying-from {run}: not a finished dlt run (needs run.json and method.json)")
-    state = json.loads((folder / "method.json").read_text(encoding="utf-8")).get("state")
-    if not isinstance(state, list) or not all(isinstance(s, int) for s in state):
+    try:
+        state = json.loads((folder / "method.json").read_text(encoding="utf-8")).get("state")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        state = None
+    if not isinstance(state, list) or not all(type(s) is int for s in state):
         raise ValueError(f"--tying-from {run}: its method.json holds no tying state")
+    check_state(state, f"--tying-from {run}")
     return state
+
+
+def check_state(state: list[int], where: str) -> None:
+    """A tying state: s[0] = 0, each s[i] an earlier or the same layer, and a root (s[s[i]] = s[i])."""
+    if not state or state[0] != 0 or any(not 0 <= s <= i or state[s] != s for i, s in enumerate(state)):
+        raise ValueError(f"{where}: {state} is not a tying state (s[0] = 0, s[i] <= i, s[s[i]] = s[i])")
 
 
 def q_slice(layer: int) -> slice:
@@ -178,7 +189,10 @@ class DLTMethod(Method):
         return [BenchRun("dlt")]
 
     # --- set-up ---------------------------------------------------------------------------
-    def initialise(self) -> None:
+    def initial_ties(self) -> None:
+        """Tie as the run starts: --tying-from's state, or all to layer 0 (--initial-state layer0). Done when
+        training starts, not in ``initialise``: a resumed run loads its weights with every layer on its own
+        storage, then re-ties from its saved state."""
         if self.options.tying_from:
             self.state = found_state(self.options.tying_from)
             if len(self.state) != self.model.config.num_layers:
@@ -199,6 +213,8 @@ class DLTMethod(Method):
 
     def on_train_start(self, ids: list[list[int]], labels: list[int], pad_id: int, total_steps: int) -> None:
         self.train_ids, self.train_labels, self.pad_id, self.total_steps = ids, labels, pad_id, total_steps
+        if self.step == 0 and not self.trace:  # a new run, not a resumed one
+            self.initial_ties()
 
     @property
     def acting(self) -> bool:
@@ -260,7 +276,7 @@ class DLTMethod(Method):
                              "td_loss": round(td, 6), "trainable": trainable_elements(self.model)})
         self.pending = None
         N = len(self.state)
-        q_flops = 3 * 2 * (N * HIDDEN + HIDDEN * N * (N + 1) // 2)  # one forward and one update
+        q_flops = 3 * 2 * (N * HIDDEN + HIDDEN * N * (N + 1) // 2)  # one update (forward + backward)
         return flops + q_flops
 
     @torch.no_grad()
@@ -297,7 +313,10 @@ class DLTMethod(Method):
                 "trainable": self.trainable, "memory_peak": self.memory_peak, "memory_sum": self.memory_sum}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the agent and re-tie the layers; the model's weights are loaded first, each layer on its
+        own storage (tied layers were saved as copies of their roots)."""
         self.state = [int(s) for s in state["state"]]
+        check_state(self.state, "method state")
         apply_state(self.model, self.state, self.options.tie_gradients)
         self.step, self.layer, self.pending = state["step"], state["layer"], state["pending"]
         self.agent.epsilon = state["epsilon"]
@@ -313,6 +332,7 @@ class DLTMethod(Method):
 
     def report(self, output: Path) -> dict[str, Any]:
         """tying.jsonl (one record per decision), tying.png, and the parameter and memory figures (§5)."""
+        self._finish_decision()  # a decision made in the last K steps (--freeze-after 1) gets its reward
         with open(output / "tying.jsonl", "w", encoding="utf-8") as file:
             for record in self.history:
                 file.write(json.dumps(record) + "\n")
@@ -324,7 +344,7 @@ class DLTMethod(Method):
                               for p in self.model.layers[layer].parameters())
         full_memory = 4 * untied + 12 * full
         trainable = self.trainable or [trainable_elements(self.model)]
-        actions = [r["action"] < r["layer"] for r in self.history]
+        changes = [(r["state_before"][r["layer"]], r["state_after"][r["layer"]], r["layer"]) for r in self.history]
         return {"dlt": {
             "state_final": list(self.state),
             "independent_layers_final": sum(root == layer for layer, root in enumerate(self.state)),
@@ -338,7 +358,10 @@ class DLTMethod(Method):
             "memory_analytic_peak_ratio": self.memory_peak / full_memory,
             "memory_analytic_mean_ratio": self.memory_sum / max(1, len(self.trainable)) / full_memory,
             "memory_analytic_final_ratio": self.analytic_memory() / full_memory,
-            "decisions": len(self.history), "ties": sum(actions), "unties": len(actions) - sum(actions),
+            # transitions, not actions: "stay independent" and a re-tie to the same root change nothing
+            "decisions": len(self.history),
+            "ties": sum(before != after and after != layer for before, after, layer in changes),
+            "unties": sum(before != after and after == layer for before, after, layer in changes),
             "epsilon_final": self.agent.epsilon, "inference_flop_ratio": 1.0}}
 
 

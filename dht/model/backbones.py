@@ -246,11 +246,12 @@ def hf_config(config: EncoderConfig) -> dict[str, object]:
 def hf_state_dict(model: DynamicEncoder) -> dict[str, Tensor]:
     """``model``'s encoder under Hugging Face ``BertModel`` names (Q/K/V split), the inverse of
     ``load_hf_bert_weights``; the classifier and branches are not part of it."""
+    # Copies: tied layers (dynamic layer tying) share storage, which safetensors refuses to write.
     ours = model.state_dict()
-    state = {name: ours[key].detach().cpu().contiguous() for key, name in hf_key_map(model.config).items()}
+    state = {name: ours[key].detach().cpu().clone() for key, name in hf_key_map(model.config).items()}
     for i in range(model.config.num_layers):
         for suffix in ("weight", "bias"):
             parts = ours[f"layers.{i}.attention.qkv.{suffix}"].detach().cpu().chunk(3, 0)
             for part, tensor in zip(("query", "key", "value"), parts):
-                state[f"encoder.layer.{i}.attention.self.{part}.{suffix}"] = tensor.contiguous()
+                state[f"encoder.layer.{i}.attention.self.{part}.{suffix}"] = tensor.clone()
     return state

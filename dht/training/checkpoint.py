@@ -2,8 +2,9 @@
 
 A checkpoint folder holds ``model.safetensors`` (the network), ``state.safetensors`` (optimizer
 moments, RNG states, the method's tensors) and ``state.json`` (counters, optimizer hyper-parameters,
-the method's other state). It is written to a temporary folder and renamed into place, so an
-interruption never leaves a half-written checkpoint.
+the method's other state). It is written to a temporary folder and renamed into place, the previous one
+kept as ``checkpoint.old`` until then, so a kill at any moment leaves a complete checkpoint
+(``latest_checkpoint`` finds it).
 """
 
 from __future__ import annotations
@@ -54,13 +55,26 @@ def save_checkpoint(directory: Path, model: DynamicEncoder, optimizer: torch.opt
         "rng": split_state(rng_state(), "rng", tensors),
     }
     temporary = directory.with_name(directory.name + ".tmp")
+    previous = directory.with_name(directory.name + ".old")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     save_model(temporary / "model.safetensors", model)
     save_file(tensors, str(temporary / "state.safetensors"))
-    (temporary / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-    shutil.rmtree(directory, ignore_errors=True)
+    (temporary / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")  # written last
+    shutil.rmtree(previous, ignore_errors=True)
+    if directory.exists():
+        directory.rename(previous)  # until the new one is in place, the last complete one stays
     temporary.rename(directory)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    """The run folder's complete checkpoint: ``checkpoint/``, or ``checkpoint.old/`` when a kill came
+    between ``save_checkpoint``'s two renames; None when the run has none."""
+    for name in ("checkpoint", "checkpoint.old"):
+        if (output / name / "state.json").is_file():
+            return output / name
+    return None
 
 
 def load_checkpoint(directory: Path, model: DynamicEncoder,

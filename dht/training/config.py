@@ -6,6 +6,7 @@ because transformers reads a folder's config.json as a model configuration.)"""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,13 @@ class TrainConfig:
         positive = ("epochs", "batch_size", "eval_batch_size", "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+                flag = "--save-every" if name == "checkpoint_every" else "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"--lr must be finite and > 0, got {self.lr}")
+        if not (0 <= self.weight_decay < math.inf and 0 < self.max_grad_norm < math.inf):
+            raise ValueError(f"weight decay must be finite and >= 0 and the gradient-norm bound finite and > 0, "
+                             f"got {self.weight_decay} and {self.max_grad_norm}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_length < 2:

@@ -7,6 +7,7 @@ checkpoint/ (for --resume), and method.safetensors / method.json when the method
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -18,13 +19,20 @@ from tqdm import tqdm
 from dht.data import iterate_batches
 from dht.model.tying import trainable_elements
 from dht.provenance import device_name
-from dht.training.checkpoint import load_checkpoint, save_checkpoint, save_model, split_state
+from dht.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model, split_state
 from dht.training.config import RUN_FILE, RunConfig, run_file
 from dht.training.evaluation import predict_split, split_scores
 from dht.training.hooks import Method, method_type
 from dht.training.lock import run_lock
 from dht.training.memory import MemoryMeter
 from dht.training.setup import Prepared, dataset_dir, prepare, prepare_saved
+
+# What a run writes before its first checkpoint (removed when such a run is started again).
+STARTED_FILES = ("tokenizer.json", "log.jsonl", "decisions.jsonl", "checkpoint.tmp")
+
+
+class NonFiniteError(ValueError):
+    """A training step's loss or gradient norm is not finite; nothing of that step was applied."""
 
 
 class RunExistsError(ValueError):
@@ -51,20 +59,49 @@ def make_optimizer(prepared: Prepared) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=prepared.run.train.lr, fused=True)
 
 
+def is_run_settings(path: Path) -> bool:
+    """Whether ``path`` is a dht run's settings file (not, say, a Hugging Face model's config.json)."""
+    try:
+        return "run" in json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
 def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = None) -> Prepared:
-    """Prepare a new run (or the saved one when resuming) on ``device`` and lay out its folder."""
+    """Prepare a new run (or the saved one when resuming) on ``device`` and lay out its folder.
+
+    A folder whose run stopped before its first checkpoint holds nothing to resume: it is started again.
+    A finished run is neither resumed nor overwritten (ValueError)."""
+    finished = (output / "metrics.json").is_file()
     if resume:
-        if not (output / "checkpoint" / "state.json").is_file():
-            raise ValueError(f"{output}: no checkpoint to resume from")
+        if finished:
+            raise ValueError(f"{output}: the run is finished (metrics.json); there is nothing to resume "
+                             "(dht evaluate re-scores it)")
+        if latest_checkpoint(output) is None:
+            again = "; it stopped before its first checkpoint: run it again without --resume" \
+                if run_file(output).exists() else ""
+            raise ValueError(f"{output}: no checkpoint to resume from{again}")
         run = RunConfig.from_dict(json.loads(run_file(output).read_text(encoding="utf-8"))["run"])
         return prepare(run, device=device)
-    if run_file(output).exists():
+    if finished:
+        raise RunExistsError(f"{output} already holds a finished run; choose another --output")
+    if latest_checkpoint(output) is not None:
         raise RunExistsError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
+    if run_file(output).is_file() and not is_run_settings(run_file(output)):
+        raise RunExistsError(f"{run_file(output)} is not a dht run's settings; choose another --output")
     prepared = prepare(run, device=device)  # validates everything before anything is written
+    if run_file(output).is_file():  # a run that stopped before its first checkpoint: start it again
+        run_file(output).unlink()
+        for name in STARTED_FILES:
+            path = output / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     output.mkdir(parents=True, exist_ok=True)
     shutil.copy(prepared.tokenizer_json, output / "tokenizer.json")
     config = {"run": prepared.run.to_dict(), "encoder": prepared.model.config.to_dict(),
-              "dataset": {"name": prepared.dataset.name, "path": str(dataset_dir(run)),
+              "dataset": {"name": prepared.dataset.name, "path": str(dataset_dir(prepared.run)),
                           "classes": list(prepared.dataset.classes)}}
     (output / RUN_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
     for records in ("log.jsonl", "decisions.jsonl"):
@@ -95,7 +132,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
     counters = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "flops": 0.0, "full_flops": 0.0,
                 "flops_all_in": 0.0, "samples": 0}
     if resume:
-        counters, method_state = load_checkpoint(output / "checkpoint", model, optimizer)
+        counters, method_state = load_checkpoint(latest_checkpoint(output), model, optimizer)
         method.load_state_dict(method_state)
         truncate_log(output / "log.jsonl", counters["step"])
         truncate_log(output / "decisions.jsonl", counters["step"])
@@ -106,8 +143,11 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
     method.on_train_start(prepared.train.ids, prepared.train.labels, prepared.pad_id, total_steps)
     steps_this_call = 0
 
+    saved = [counters["step"] if resume else 0]  # the step of the last checkpoint written
+
     def checkpoint() -> None:
         save_checkpoint(output / "checkpoint", model, optimizer, counters, method.state_dict())
+        saved[0] = counters["step"]
 
     with open(output / "log.jsonl", "a", encoding="utf-8") as log, \
             open(output / "decisions.jsonl", "a", encoding="utf-8") as decisions:
@@ -135,9 +175,16 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                 optimizer.zero_grad(set_to_none=True)
                 result.loss.backward()
                 method.after_backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
-                optimizer.step()
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
                 loss = result.loss.item()  # on a GPU this waits for the step, so the clock sees all of it
+                if not (math.isfinite(loss) and math.isfinite(norm.item())):
+                    raise NonFiniteError(
+                        f"{output}: step {counters['step'] + 1}: the loss ({loss}) or the gradient norm "
+                        f"({norm.item()}) is not finite, so training stopped before applying it; "
+                        + (f"the checkpoint of step {saved[0]} is kept (dht train --resume), or start again with a "
+                           "lower --lr into another --output" if saved[0] else
+                           "no checkpoint was written: run it again (a lower --lr, --save-every N)"))
+                optimizer.step()
                 now = time.perf_counter()
                 seconds, mark = now - mark, now
                 counters.update(batch=counters["batch"] + 1, step=counters["step"] + 1,

@@ -1,9 +1,10 @@
 """Measured training memory (layer_tying.md §5 (b)): how far the process grew past the loaded model.
 
-On the CPU: the peak resident set size (``getrusage``'s ``ru_maxrss``, the process's whole life) minus
-the resident size once the model, data and optimizer are loaded; on a GPU, ``max_memory_allocated``
-since then. A run resumed in a new process measures only its own part, and a process that trained
-something larger before (``dht bench``) reports that peak: compare runs made one per process.
+On the CPU: the peak resident set size since the model, data and optimizer were loaded, minus the
+resident size then. On Linux the peak is reset at that moment (``/proc/self/clear_refs``, then
+``VmHWM``), so loading's own peak is not counted; elsewhere it is ``getrusage``'s ``ru_maxrss``, the
+process's whole life. On a GPU, also ``max_memory_allocated`` since then. A run resumed in a new process
+measures only its own part: compare runs made one per process.
 """
 
 from __future__ import annotations
@@ -25,8 +26,22 @@ def resident_bytes() -> int:
     return int(statm.read_text().split()[1]) * resource.getpagesize()
 
 
-def peak_resident_bytes() -> int:
-    """The process's peak resident set size so far (``ru_maxrss``: kB on Linux, bytes on macOS)."""
+def reset_peak() -> bool:
+    """Reset the kernel's resident high-water mark (Linux); whether it could."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_resident_bytes(since_reset: bool) -> int:
+    """The process's peak resident set size: since ``reset_peak`` (``VmHWM``) when it worked, else over
+    its life (``ru_maxrss``: kB on Linux, bytes on macOS)."""
+    if since_reset:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
@@ -36,6 +51,7 @@ class MemoryMeter:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.reset = reset_peak()
         self.baseline = resident_bytes()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -44,9 +60,10 @@ class MemoryMeter:
     def report(self) -> dict[str, float]:
         """MB: resident size at the start, peak resident size, and the peak's growth over the start (on a
         GPU also the peak allocated and its growth)."""
-        peak = peak_resident_bytes()
+        peak = peak_resident_bytes(self.reset)
         result = {"rss_start_mb": round(self.baseline / MB, 1), "rss_peak_mb": round(peak / MB, 1),
-                  "rss_peak_growth_mb": round(max(0, peak - self.baseline) / MB, 1)}
+                  "rss_peak_growth_mb": round(max(0, peak - self.baseline) / MB, 1),
+                  "rss_peak_since": "training start" if self.reset else "process start"}
         if self.device.type == "cuda":
             allocated = torch.cuda.max_memory_allocated(self.device)
             result.update(cuda_peak_mb=round(allocated / MB, 1),

@@ -96,11 +96,13 @@ def prepare(run: RunConfig, data: str | None = None, device: str | None = None) 
 
 def check_options(run: RunConfig) -> RunConfig:
     """Validate the run's method options and the files they name (a ValueError naming the flag); return
-    the run with every option written out, defaults included, as its run.json records them."""
+    the run with every option written out, defaults included, and its data folder made absolute, as its
+    run.json records them."""
     kind = method_type(run.method)
     options = kind.Options.from_dict(run.options, kind.name)
     options.check_training_inputs()
-    return replace(run, options=options.to_dict())
+    data = str(Path(run.data).resolve()) if run.data else ""  # absolute: the run is evaluated from anywhere
+    return replace(run, options=options.to_dict(), data=data)
 
 
 @dataclass
@@ -127,8 +129,13 @@ def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = 
     for path in (run_file(run_dir), run_dir / "tokenizer.json", run_dir / "model.safetensors"):
         if not path.is_file():
             raise ValueError(f"{run_dir}: not a finished run (no {path.name})")
-    saved = json.loads(run_file(run_dir).read_text(encoding="utf-8"))
-    run = RunConfig.from_dict(saved["run"])
+    if (run_dir / "dht_head.safetensors").is_file():
+        raise ValueError(f"{run_dir}: an export (dht export) for transformers, not a run folder; give the run itself")
+    try:
+        saved = json.loads(run_file(run_dir).read_text(encoding="utf-8"))
+        run = RunConfig.from_dict(saved["run"])
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{run_file(run_dir)}: not a dht run's settings ({error})") from None
     kind = method_type(run.method)
     changeable = {f.name for f in kind.Options.fields() if f.inference}
     for key in overrides or {}:
@@ -140,7 +147,11 @@ def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = 
     config = EncoderConfig.from_dict(saved["encoder"])
     tokenizer = TextTokenizer(run_dir / "tokenizer.json", max_length=run.train.max_length)
     model = DynamicEncoder(config)
-    load_model(run_dir / "model.safetensors", model)
+    try:
+        load_model(run_dir / "model.safetensors", model)
+    except Exception as error:  # safetensors and load_state_dict raise several kinds
+        raise ValueError(f"{run_dir / 'model.safetensors'}: cannot load this run's weights "
+                         f"({str(error).splitlines()[0][:200]})") from None
     method = make_method(model, run)
     model.to(where)
     if (run_dir / "method.json").is_file():

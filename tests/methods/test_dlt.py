@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import random_batch, tiny_config
+from safetensors.torch import load_file
 
 from dht.cli import main
 from dht.data import Batch
@@ -141,7 +142,7 @@ def test_tied_layers_cost_twice_their_forward_and_inference_runs_everything(tmp_
     model = resolve_backbone("tiny").build(num_classes=4)
     model.embeddings.word.weight.requires_grad_(False)  # as every run trains it; positions still train
     method = DLTMethod(model, run)
-    method.initialise()  # every layer but 0 tied to layer 0
+    method.initial_ties()  # every layer but 0 tied to layer 0
     ids, mask = random_batch(batch=3, length=9)
     batch = Batch(ids, mask, torch.zeros(3, dtype=torch.long), torch.arange(3))
     config = model.config
@@ -152,7 +153,7 @@ def test_tied_layers_cost_twice_their_forward_and_inference_runs_everything(tmp_
     assert method.train_cost(batch, model.full_plan())[0] == expected
     shared = DLTMethod(model, RunConfig(method="dlt", backbone="tiny", train=SMALL,
                                         options={"tie_gradients": "shared", "initial_state": "layer0"}))
-    shared.initialise()  # the same ties, but every position trains its root: all layers cost 3x
+    shared.initial_ties()  # the same ties, but every position trains its root: all layers cost 3x
     assert shared.state == [0, 0, 0, 0]
     assert shared.train_cost(batch, model.full_plan())[0] == sum(3 * 4 * f + 3 * head for f in forward)
     metrics = train(run, tmp_path / "run", progress=False)
@@ -160,14 +161,17 @@ def test_tied_layers_cost_twice_their_forward_and_inference_runs_everything(tmp_
     assert metrics["train"]["flop_ratio"] < 1.0
 
 
-def test_resume_with_tied_layers_gives_the_same_tying_sequence(tmp_path):
-    run = RunConfig(method="dlt", backbone="tiny", train=SMALL, options={"decision_every": 2})
+@pytest.mark.parametrize("options", [{}, {"initial_state": "layer0"}, {"tie_gradients": "shared"}])
+def test_resume_with_tied_layers_gives_the_same_run(tmp_path, options):
+    run = RunConfig(method="dlt", backbone="tiny", train=SMALL, options={"decision_every": 2, **options})
     whole = train(run, tmp_path / "whole", progress=False)
     assert train(run, tmp_path / "parts", progress=False, stop_after_steps=7) is None
     resumed = train(run, tmp_path / "parts", resume=True, progress=False)
     assert (tmp_path / "whole" / "tying.jsonl").read_text() == (tmp_path / "parts" / "tying.jsonl").read_text()
     assert whole["dlt"] == resumed["dlt"] and whole["test"]["f1_macro"] == resumed["test"]["f1_macro"]
-    assert whole["dlt"]["ties"] > 0  # the sequence compared holds ties
+    assert whole["dlt"]["ties"] + whole["dlt"]["unties"] > 0  # the sequence compared changes the state
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("whole", "parts"))
+    assert all(torch.equal(a[key], b[key]) for key in a)  # the same weights, bit for bit
     # The saved model (safetensors, tied tensors copied) loads and re-ties as the run ended.
     from dht.training.loop import load_run
     prepared = load_run(tmp_path / "whole")
@@ -200,6 +204,20 @@ def test_invalid_options_stop_with_one_line(tmp_path, capsys, flags, message):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_tied_run_exports_to_transformers_and_bad_states_are_refused(tmp_path, capsys):
+    run = RunConfig(method="dlt", backbone="tiny", train=SMALL, options={"initial_state": "layer0",
+                                                                           "freeze_after": 0.01})
+    train(run, tmp_path / "run", progress=False)
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "export")]) == 0  # tied tensors copied
+    capsys.readouterr()
+    method = json.loads((tmp_path / "run" / "method.json").read_text())
+    method["state"] = [0, 2, 2, 3]  # layer 1 on a later layer's weights
+    (tmp_path / "run" / "method.json").write_text(json.dumps(method))
+    assert main(["train", "--method", "dlt", "--backbone", "tiny", "--tying-from", str(tmp_path / "run"),
+                 "--output", str(tmp_path / "again")]) == 2
+    assert "is not a tying state" in capsys.readouterr().err
 
 
 def test_options_default_to_the_spec():

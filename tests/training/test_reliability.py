@@ -1,0 +1,119 @@
+"""Run folders that survive kills and mistakes (issue 20, faults 1, 3 and 7): a run killed before its first
+checkpoint starts again, a kill between the checkpoint's two renames resumes, a finished run is not resumed,
+--resume refuses flags that change the run, and a non-finite loss stops the run with exit 2 naming the step."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import dht.training.loop as loop
+from dht.cli import main
+from dht.training.checkpoint import latest_checkpoint
+from dht.training.config import RunConfig, TrainConfig
+from dht.training.loop import train
+
+SMALL = TrainConfig(epochs=2, batch_size=16, max_train=64, max_test=32, checkpoint_every=3, seed=7)
+RUN = RunConfig(backbone="tiny", train=SMALL)
+
+
+def models_equal(a, b) -> bool:
+    x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path, monkeypatch):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies while writing its first checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(RUN, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "run.json").is_file() and latest_checkpoint(tmp_path / "run") is None
+    with pytest.raises(ValueError, match="stopped before its first checkpoint: run it again without --resume"):
+        train(RUN, tmp_path / "run", resume=True, progress=False)
+    train(RUN, tmp_path / "run", progress=False)  # started again from scratch
+    train(RUN, tmp_path / "whole", progress=False)
+    assert models_equal(tmp_path / "run", tmp_path / "whole")
+
+
+def test_a_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tmp_path):
+    train(RUN, tmp_path / "cut", stop_after_steps=5, progress=False)
+    (tmp_path / "cut" / "checkpoint").rename(tmp_path / "cut" / "checkpoint.old")  # as a kill would leave it
+    assert latest_checkpoint(tmp_path / "cut").name == "checkpoint.old"
+    train(RUN, tmp_path / "cut", resume=True, progress=False)
+    train(RUN, tmp_path / "whole", progress=False)
+    assert models_equal(tmp_path / "cut", tmp_path / "whole")
+
+
+def test_a_finished_run_is_neither_resumed_nor_overwritten(tmp_path, capsys):
+    train(RUN, tmp_path / "run", progress=False)
+    assert main(["train", "--resume", "--output", str(tmp_path / "run")]) == 2
+    assert "the run is finished" in capsys.readouterr().err
+    assert main(["train", "--backbone", "tiny", "--output", str(tmp_path / "run")]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_a_foreign_config_json_is_never_deleted(tmp_path, capsys):
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    assert main(["train", "--backbone", "tiny", "--output", str(folder)]) == 2
+    assert "is not a dht run's settings" in capsys.readouterr().err
+    assert (folder / "config.json").read_text() == '{"model_type": "bert"}'
+
+
+def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
+    argv = ["train", "--resume", "--output", str(tmp_path / "run")]
+    assert main([*argv, "--method", "dht", "--config", "t-dht", "--data", "x", "--epochs", "1", "--lr", "5e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "drop --method, --config, --data, --epochs, --lr" in err and err.count("\n") == 1
+    assert main([*argv, "--lr=0.1"]) == 2 and "drop --lr" in capsys.readouterr().err
+    # --device and --quiet change no result: they pass the check (and the run is then looked for).
+    assert main([*argv, "--device", "cpu", "--quiet"]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_path, capsys):
+    argv = ["train", "--backbone", "tiny", "--max-train", "64", "--max-test", "16", "--batch-size", "8",
+            "--lr", "1e30", "--save-every", "1", "--quiet", "--output", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    step = int(err.split("step ")[1].split(":")[0])
+    assert "is not finite, so training stopped before applying it" in err and step >= 2
+    assert f"the checkpoint of step {step - 1} is kept" in err and err.count("\n") == 1
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert state["counters"]["step"] == step - 1
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert main(["train", "--backbone", "tiny", "--lr", "inf", "--output", str(tmp_path / "x")]) == 2
+    assert "--lr must be finite and > 0" in capsys.readouterr().err
+
+
+def test_the_data_folder_is_recorded_absolute(tmp_path, monkeypatch):
+    from dht.data import default_dataset_dir
+    monkeypatch.chdir(default_dataset_dir().parent)
+    train(RunConfig(backbone="tiny", data="ag_news", train=SMALL), tmp_path / "run", stop_after_steps=1,
+          progress=False)
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert settings["run"]["data"] == str(default_dataset_dir().resolve())
+    assert settings["dataset"]["path"] == str(default_dataset_dir().resolve())
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(tmp_path):
+    argv = [sys.executable, "-m", "dht", "train", "--backbone", "tiny", "--max-train", "4000", "--epochs", "3",
+            "--batch-size", "8", "--save-every", "5", "--quiet", "--output", str(tmp_path / "run")]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(tmp_path / "run") is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted; continue with --resume" in err
+    assert latest_checkpoint(tmp_path / "run") is not None and not (tmp_path / "run" / "metrics.json").exists()
