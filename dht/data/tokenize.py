@@ -29,6 +29,7 @@ class TextTokenizer:
         except Exception as e:  # the Rust side raises a bare Exception on bad JSON
             raise ValueError(f"{path}: cannot read tokenizer: {e}") from None
         self.pad_id = _pad_id(tokenizer, path)
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.max_length = max_length
         # tokenizer.json files often ask for fixed-length padding; pad per batch instead.
         tokenizer.no_padding()

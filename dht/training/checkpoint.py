@@ -9,10 +9,11 @@ kept as ``checkpoint.old`` until then, so a kill at any moment leaves a complete
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -79,10 +80,14 @@ def latest_checkpoint(output: Path) -> Path | None:
 
 def load_checkpoint(directory: Path, model: DynamicEncoder,
                     optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore model, optimizer and RNG from ``directory``; return (counters, method_state)."""
-    load_model(directory / "model.safetensors", model)
-    tensors = load_file(str(directory / "state.safetensors"))
-    state = join_state(json.loads((directory / "state.json").read_text(encoding="utf-8")), tensors)
+    """Restore model, optimizer and RNG from ``directory``; return (counters, method_state). A damaged
+    file is a ValueError naming it."""
+    with damaged(directory / "model.safetensors"):
+        load_model(directory / "model.safetensors", model)
+    with damaged(directory / "state.safetensors"):
+        tensors = load_file(str(directory / "state.safetensors"))
+    with damaged(directory / "state.json"):
+        state = join_state(json.loads((directory / "state.json").read_text(encoding="utf-8")), tensors)
     optimizer_state = state["optimizer"]
     # JSON turned the optimizer's integer parameter ids into strings.
     optimizer_state["state"] = {int(k): v for k, v in optimizer_state["state"].items()}
@@ -91,6 +96,16 @@ def load_checkpoint(directory: Path, model: DynamicEncoder,
     if "cuda" in state["rng"] and torch.cuda.is_available():  # dropout's generator on a GPU
         torch.cuda.set_rng_state(state["rng"]["cuda"])
     return state["counters"], state["method"]
+
+
+@contextlib.contextmanager
+def damaged(path: Path) -> Iterator[None]:
+    """Turn any failure to read ``path`` (truncated, not what it claims) into one line naming it."""
+    try:
+        yield
+    except Exception as error:  # safetensors, json and torch each raise their own kinds
+        raise ValueError(f"{path}: damaged or not the file it should be ({str(error).splitlines()[0][:160]})"
+                         ) from None
 
 
 def rng_state() -> dict[str, Tensor]:

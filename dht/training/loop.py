@@ -19,7 +19,14 @@ from tqdm import tqdm
 from dht.data import iterate_batches
 from dht.model.tying import trainable_elements
 from dht.provenance import device_name
-from dht.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_model, split_state
+from dht.training.checkpoint import (
+    damaged,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+    split_state,
+)
 from dht.training.config import RUN_FILE, RunConfig, run_file
 from dht.training.evaluation import predict_split, split_scores
 from dht.training.hooks import Method, method_type
@@ -81,7 +88,8 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
             again = "; it stopped before its first checkpoint: run it again without --resume" \
                 if run_file(output).exists() else ""
             raise ValueError(f"{output}: no checkpoint to resume from{again}")
-        run = RunConfig.from_dict(json.loads(run_file(output).read_text(encoding="utf-8"))["run"])
+        with damaged(run_file(output)):
+            run = RunConfig.from_dict(json.loads(run_file(output).read_text(encoding="utf-8"))["run"])
         return prepare(run, device=device)
     if finished:
         raise RunExistsError(f"{output} already holds a finished run; choose another --output")

@@ -168,9 +168,10 @@ def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None
     tokenised, for evaluation."""
     saved = open_run(run_dir, overrides, device)
     dataset = read_dataset(dataset_dir(saved.run) if data is None else Path(data))
-    if dataset.num_classes != saved.model.config.num_classes:
-        raise ValueError(f"{run_dir} was trained for {saved.model.config.num_classes} classes, "
-                         f"but the data has {dataset.num_classes}")
+    if dataset.classes != saved.classes:  # names and order: label k must mean what it meant in training
+        where = (Path(data) if data is not None else dataset_dir(saved.run)) / "classes.txt"
+        raise ValueError(f"{where}: names {list(dataset.classes)}, but {run_dir} was trained for "
+                         f"{list(saved.classes)} (same names, same order)")
     train, test = encode_splits(saved.run, dataset, saved.tokenizer)
     return Prepared(saved.run, dataset, saved.tokenizer_json, saved.model, saved.method, train, test,
                     saved.tokenizer.pad_id)
@@ -187,5 +188,8 @@ def _assemble(run: RunConfig, dataset: Dataset, tokenizer_json: Path, model: Dyn
     if run.train.max_length > model.config.max_position:
         raise ValueError(f"max-length {run.train.max_length} exceeds the backbone's "
                          f"{model.config.max_position} positions")
+    if tokenizer.vocab_size > model.config.vocab_size:  # a token id past the table would fail mid-run
+        raise ValueError(f"{tokenizer_json}: the tokenizer has {tokenizer.vocab_size} tokens but the backbone's "
+                         f"embedding table has {model.config.vocab_size} rows")
     train, test = encode_splits(run, dataset, tokenizer)
     return Prepared(run, dataset, tokenizer_json, model, make_method(model, run), train, test, tokenizer.pad_id)

@@ -5,6 +5,7 @@ checkpoint starts again, a kill between the checkpoint's two renames resumes, a 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import dht.training.loop as loop
 from dht.cli import main
@@ -117,3 +118,51 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(tmp_path):
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "interrupted; continue with --resume" in err
     assert latest_checkpoint(tmp_path / "run") is not None and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_evaluate_refuses_other_class_names_or_order(tmp_path, capsys):
+    from dht.data import default_dataset_dir
+    train(RUN, tmp_path / "run", progress=False)
+    data = tmp_path / "data"
+    shutil.copytree(default_dataset_dir(), data)
+    names = (data / "classes.txt").read_text().split()
+    (data / "classes.txt").write_text("\n".join([names[1], names[0], *names[2:]]) + "\n")
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(data), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data / 'classes.txt'}: names ['Sports', 'World'" in err and "(same names, same order)" in err
+    assert not (tmp_path / "run" / "evaluation.json").exists()
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused_before_training(tmp_path, capsys):
+    from dht.model.backbones import minilm_dir
+    folder = tmp_path / "small-vocab"
+    folder.mkdir()
+    shutil.copy(minilm_dir() / "tokenizer.json", folder / "tokenizer.json")
+    config = json.loads((minilm_dir() / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": 1000}))
+    weights = load_file(str(minilm_dir() / "model.safetensors"))
+    weights["embeddings.word_embeddings.weight"] = weights["embeddings.word_embeddings.weight"][:1000].clone()
+    save_file(weights, str(folder / "model.safetensors"))
+    assert main(["train", "--backbone", str(folder), "--output", str(tmp_path / "run")]) == 2
+    assert "the tokenizer has 30522 tokens but the backbone's embedding table has 1000 rows" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("victim", ["checkpoint/model.safetensors", "checkpoint/state.safetensors",
+                                    "checkpoint/state.json", "run.json"])
+def test_a_damaged_file_is_named_in_one_line(tmp_path, capsys, victim):
+    train(RUN, tmp_path / "run", stop_after_steps=2, progress=False)
+    path = tmp_path / "run" / victim
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # cut in half, as a full disk would
+    assert main(["train", "--resume", "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err
+
+
+def test_a_damaged_model_of_a_finished_run_is_named(tmp_path, capsys):
+    train(RUN, tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    assert main(["evaluate", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: cannot load this run's weights" in err
