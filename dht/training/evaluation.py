@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from dht.data import Batch, iterate_batches
 from dht.training.hooks import Method, Prediction
-from dht.training.metrics import accuracy, f1_macro, route_scores
+from dht.training.metrics import accuracy, confusion, f1_macro, route_scores
 
 PredictBatches = Callable[[Iterable[Batch]], Iterator[tuple[Batch, Prediction]]]
 
@@ -77,7 +77,10 @@ def split_scores(result: SplitPrediction, labels: list[int], num_classes: int) -
     scores = {"accuracy": accuracy(result.predictions, truth),
               "f1_macro": f1_macro(result.predictions, truth, num_classes),
               "flop_ratio": flops / full, "flop_ratio_all_in": all_in / full, "seconds": result.seconds,
-              "samples": len(labels)}
+              "samples": len(labels), "confusion_matrix": confusion(result.predictions, truth, num_classes)}
+    missing = [c for c in range(num_classes) if c not in set(labels)]
+    if missing:  # macro-F1 then averages fewer classes (metrics.py); say which
+        scores["classes_absent_from_test"] = missing
     if any(result.routes):
         scores["routes"] = route_scores(result.routes, result.predictions, truth)
     return scores
