@@ -111,8 +111,9 @@ def default_dataset_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "datasets" / "ag_news"
 
 
-def read_dataset(directory: str | Path) -> Dataset:
-    """Read classes.txt, train.csv and test.csv from a folder, checking every row."""
+def read_dataset(directory: str | Path, need_train: bool = True) -> Dataset:
+    """Read classes.txt, train.csv and test.csv from a folder, checking every row; with ``need_train``
+    False a folder without train.csv gives an empty training split (evaluation reads only the test)."""
     if not isinstance(directory, (str, Path)):
         raise TypeError(f"directory must be str or Path, got {type(directory).__name__}")
     directory = Path(directory)
@@ -121,7 +122,12 @@ def read_dataset(directory: str | Path) -> Dataset:
     if not directory.is_dir():
         raise DataError(directory, "not a directory")
     classes = read_classes(directory / CLASSES_FILE)
-    train, test = (read_split(directory / SPLIT_FILES[s], len(classes)) for s in ("train", "test"))
+    train_path = directory / SPLIT_FILES["train"]
+    if need_train or train_path.exists():
+        train = read_split(train_path, len(classes))
+    else:
+        train = TextSplit(texts=(), labels=(), path=train_path)
+    test = read_split(directory / SPLIT_FILES["test"], len(classes))
     return Dataset(name=directory.resolve().name, classes=classes, train=train, test=test)
 
 

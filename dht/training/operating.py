@@ -75,6 +75,8 @@ def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, to
     method = prepared.method
     check_operating(type(method), None, target, oracle=False)
     train = prepared.train
+    if not len(train):
+        raise ValueError(f"--budget sets the knob on training rows, and {prepared.dataset.train.path} is missing")
     chosen = sorted(random.Random(prepared.run.train.seed).sample(range(len(train)), min(rows, len(train))))
     ids, labels = [train.ids[i] for i in chosen], [train.labels[i] for i in chosen]
     batch_size = prepared.run.train.eval_batch_size

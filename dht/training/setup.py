@@ -164,15 +164,17 @@ def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = 
 
 def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None = None,
                   device: str | None = None) -> Prepared:
-    """A finished run (``open_run``) with its dataset (or another folder's with as many classes) read and
-    tokenised, for evaluation."""
+    """A finished run (``open_run``) with its dataset, or another folder's with the same class names, read
+    and tokenised, for evaluation; only test.csv and classes.txt are needed (train.csv for ``--budget``)."""
     saved = open_run(run_dir, overrides, device)
-    dataset = read_dataset(dataset_dir(saved.run) if data is None else Path(data))
+    dataset = read_dataset(dataset_dir(saved.run) if data is None else Path(data), need_train=False)
     if dataset.classes != saved.classes:  # names and order: label k must mean what it meant in training
         where = (Path(data) if data is not None else dataset_dir(saved.run)) / "classes.txt"
         raise ValueError(f"{where}: names {list(dataset.classes)}, but {run_dir} was trained for "
                          f"{list(saved.classes)} (same names, same order)")
-    train, test = encode_splits(saved.run, dataset, saved.tokenizer)
+    # Another dataset is scored on all of its test rows: the run's --max-test subset was of its own data.
+    subsets = saved.run if data is None else replace(saved.run, train=replace(saved.run.train, max_test=None))
+    train, test = encode_splits(subsets, dataset, saved.tokenizer)
     return Prepared(saved.run, dataset, saved.tokenizer_json, saved.model, saved.method, train, test,
                     saved.tokenizer.pad_id)
 

@@ -166,3 +166,23 @@ def test_a_damaged_model_of_a_finished_run_is_named(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}: cannot load this run's weights" in err
+
+
+def test_evaluate_needs_only_the_test_split_and_scores_all_of_another_dataset(tmp_path, capsys):
+    from dht.data import default_dataset_dir
+    train(RUN, tmp_path / "run", progress=False)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(default_dataset_dir() / "classes.txt", data / "classes.txt")
+    rows = (default_dataset_dir() / "test.csv").read_text().splitlines()[:50]
+    (data / "test.csv").write_text("\n".join(rows) + "\n")
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(data), "--quiet",
+                 "--output", str(tmp_path / "e.json")]) == 0
+    from dht.data import read_dataset
+    rows_read = len(read_dataset(data, need_train=False).test)
+    assert rows_read > 32  # more than the run's --max-test: all of them are scored
+    assert json.loads((tmp_path / "e.json").read_text())["test"]["samples"] == rows_read
+    fastbert = RunConfig(method="fastbert", backbone="tiny", train=SMALL, options={"teacher": str(tmp_path / "run")})
+    train(fastbert, tmp_path / "fastbert", progress=False)
+    assert main(["evaluate", str(tmp_path / "fastbert"), "--data", str(data), "--budget", "0.5", "--quiet"]) == 2
+    assert f"{data / 'train.csv'} is missing" in capsys.readouterr().err
