@@ -33,11 +33,12 @@ from torch import Tensor
 
 from dht.bandits import LinUCB, LinUCBConfig, LogisticTS, LogisticTSConfig
 from dht.data import Batch, collate
-from dht.flops import linucb_flops, plan_forward_flops, thompson_flops
+from dht.flops import classifier_flops, linucb_flops, plan_forward_flops, thompson_flops
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.model.encoder import inverse_permutation
 from dht.search.arm_features import ArmFeatures, compute_arm_features
 from dht.search.arms import PRESETS, Arm, load_search, read_search_file
+from dht.search.exits import self_distillation
 from dht.search.features import HEAD_DIM, TOP_DIM, Contexts, with_arm_features
 from dht.search.layout import arm_flop_shares, arm_layout, probe_layers, run_group, sample_plans
 from dht.search.queues import DepthQueues, length_chunks
@@ -57,8 +58,12 @@ class DHTOptions(MethodOptions):
                                 "the full model's FLOPs: > 0 cheaper arms, < 0 deeper ones", inference=True)
     exit_classifiers: str = option("shared", "shared: one classifier reads every depth (the paper's); per-depth: "
                                    "each exit depth has a classifier of its own (ours)")
+    self_distill: float = option(0.0, "weight of self-distilled exits (ours): each training forward's shallower "
+                                 "exits learn the deepest exit's detached prediction; 0: the paper")
 
     def __post_init__(self) -> None:
+        if not 0 <= self.self_distill < float("inf"):
+            raise ValueError(f"--self-distill must be finite and >= 0, got {self.self_distill}")
         if self.exit_classifiers not in ("shared", "per-depth"):
             raise ValueError(f"--exit-classifiers must be shared or per-depth, got {self.exit_classifiers!r}")
 
@@ -122,7 +127,10 @@ class DHTMethod(Method):
     def exit_logits(self, h: Tensor, mask: Tensor, arm: Arm) -> Tensor:
         """Logits (B, C) of samples that ran ``arm``, from the last layer's states h (B, T, E): the shared
         classifier (spec §2), or with per-depth exits the classifier of the arm's last layer."""
-        last = self.search.num_layers if self.phase_two and arm.top else arm.depth
+        return self.logits_at(h, mask, self.search.num_layers if self.phase_two and arm.top else arm.depth)
+
+    def logits_at(self, h: Tensor, mask: Tensor, last: int) -> Tensor:
+        """Logits (B, C) from the states h (B, T, E) after layer ``last`` (1-based depth)."""
         if self.options.exit_classifiers == "shared" or last == self.search.num_layers:
             return self.model.classify(h, mask)
         return self.model.classify(h, mask, self.model.branches[last - 1])
@@ -235,29 +243,44 @@ class DHTMethod(Method):
         only saves padding: one loss, one optimizer step, one bandit update for the whole queue.
         """
         arms = [self.arms[a] for a in batch.arms.tolist()]
-        logits, decisions = self._s2_in_chunks(batch, arms)  # lines 7-15
+        exits: list[Tensor] | None = [] if self.options.self_distill and not self.phase_two else None
+        logits, decisions = self._s2_in_chunks(batch, arms, exits)  # lines 7-15
         losses = F.cross_entropy(logits, batch.labels, reduction="none")
         per_sample = losses.detach().cpu()  # the bandits' side of the step runs on the CPU
         rewards = self._update_bandits(batch, arms, per_sample, decisions)  # lines 16-17
-        return self._step_result(batch, arms, losses, per_sample, decisions, rewards)
+        result = self._step_result(batch, arms, losses, per_sample, decisions, rewards)
+        if exits:  # ours: the shallower exits learn the deepest one's prediction; the rewards are unchanged
+            result.loss = result.loss + self.options.self_distill * self_distillation(exits, logits)
+            extra = 3 * len(exits) * len(batch) * classifier_flops(self.model.config)  # trained linear exits
+            result.flops, result.flops_all_in = result.flops + extra, result.all_in + extra
+            result.extra["exits"] = len(exits)
+        return result
 
-    def _s2_in_chunks(self, batch: QueuedBatch, arms: list) -> tuple[Tensor, list[GroupDecision]]:
-        """S2 on the queue's length-sorted chunks: logits (B, C) and each group's decisions, in batch order."""
-        logits, chunk_decisions, rows = [], [], []
+    def _s2_in_chunks(self, batch: QueuedBatch, arms: list,
+                      exits: list[Tensor] | None = None) -> tuple[Tensor, list[GroupDecision]]:
+        """S2 on the queue's length-sorted chunks: logits (B, C) and each group's decisions, in batch order;
+        with ``exits`` (a list), also the logits (B, C) of each shallower exit depth the samples passed."""
+        logits, chunk_decisions, rows, chunk_exits = [], [], [], []
         for chunk in length_chunks(batch.attention_mask.sum(1).tolist()):
             part = batch.rows(chunk)
-            h, decisions = self._run_s2(part, [arms[i] for i in chunk], greedy=False)
+            states: list[tuple[int, Tensor]] | None = [] if exits is not None else None
+            h, decisions = self._run_s2(part, [arms[i] for i in chunk], greedy=False, states=states)
             logits.append(self.exit_logits(h, part.attention_mask, arms[chunk[0]]))
             chunk_decisions.append(decisions)
+            chunk_exits.append([self.logits_at(s, part.attention_mask, depth) for depth, s in states or ()])
             rows += chunk
         back = inverse_permutation(torch.tensor(rows))
         decisions = [GroupDecision.join(list(group), back) for group in zip(*chunk_decisions)]
+        if exits is not None:  # a queue holds one depth, so every chunk passed the same exits
+            exits += [torch.cat(parts).index_select(0, back.to(self.device)) for parts in zip(*chunk_exits)]
         return torch.cat(logits).index_select(0, back.to(self.device)), decisions
 
-    def _run_s2(self, batch: Batch, arms: list, greedy: bool,
-                hidden: Tensor | None = None) -> tuple[Tensor, list[GroupDecision]]:
+    def _run_s2(self, batch: Batch, arms: list, greedy: bool, hidden: Tensor | None = None,
+                states: list[tuple[int, Tensor]] | None = None) -> tuple[Tensor, list[GroupDecision]]:
         """Alg. 2 lines 7-14 for samples of one depth: the first b layers (unless ``hidden`` holds
-        their states), then per group H_o and the heads, then the group. Returns h (B, T, E)."""
+        their states), then per group H_o and the heads, then the group. Returns h (B, T, E); ``states``
+        (a list) receives (depth, h) at each shallower exit passed (after the b layers and each group
+        but the last)."""
         model, mask, N_h = self.model, batch.attention_mask, self.N_h
         layout = arm_layout(self.search, arms[0], self.phase_two)
         h = hidden
@@ -267,6 +290,8 @@ class DHTMethod(Method):
                 h = model.run_plan(h, mask, ExecutionPlan.first(len(layout.prefix), N_h))
         decisions = []
         for o, group in enumerate(layout.groups):
+            if states is not None and group[0] > 0:  # an exit depth this sample passes on its way
+                states.append((group[0], h))
             H_o, W_h, choice = self.strategy.head_counts(o, h, mask, arms, self.contexts, self.features.head_count,
                                                          greedy)  # line 11
             W_ts = with_arm_features(self.contexts.x_heads(h, mask, N_h), self.features.head)
