@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dht.provenance import repo_path, write_result
+from dht.training.config import run_file
 
 COLUMNS = ("| run | seed | macro-F1 | accuracy | trainable params mean / final (ratio to BL1) "
            "| independent layers | memory analytic peak / mean / final (ratio) | ties / unties "
@@ -100,8 +101,7 @@ def main() -> None:
     rows, plotted = [], False
     for name, folder in named:
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-        settings = json.loads((folder / ("run.json" if (folder / "run.json").is_file() else "config.json"))
-                              .read_text(encoding="utf-8"))
+        settings = json.loads(run_file(folder).read_text(encoding="utf-8"))
         metrics["seed"] = settings["run"]["train"]["seed"]
         metrics["ties"], metrics["unties"] = transitions(folder)
         metrics["num_layers"] = settings["encoder"]["num_layers"]

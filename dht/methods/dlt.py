@@ -205,8 +205,7 @@ class DLTMethod(Method):
 
     def optimizer_parameters(self) -> list[nn.Parameter]:
         """Every parameter BL1 trains, tied or not: a layer untied later needs its optimizer entry."""
-        layers = {id(p) for layer in self.model.layers for p in layer.parameters()}
-        return [p for p in self.model.parameters() if p.requires_grad or id(p) in layers]
+        return bl1_parameters(self.model)
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
@@ -243,7 +242,7 @@ class DLTMethod(Method):
         self.step += 1
         self.trace.append(list(self.state))
         self.trainable.append(trainable_elements(self.model))
-        memory = self.analytic_memory()
+        memory = self.analytic_memory(self.trainable[-1])
         self.memory_peak, self.memory_sum = max(self.memory_peak, memory), self.memory_sum + memory
         extra = {"trainable": self.trainable[-1], "independent": sum(s == i for i, s in enumerate(self.state))}
         return StepResult(loss, flops, full, flops + overhead, extra=extra)
@@ -296,11 +295,11 @@ class DLTMethod(Method):
         if self.options.tie_gradients == "shared":
             fold_shared_gradients(self.model, self.state)
 
-    def analytic_memory(self) -> int:
+    def analytic_memory(self, trainable: int | None = None) -> int:
         """Training-state bytes (spec §5 (a)): 4 per unique weight, 4 per trainable (gradient), 8 per
-        trainable (AdamW's two moments)."""
+        trainable (AdamW's two moments); ``trainable`` when the caller has just counted it."""
         unique = sum(t.numel() for t in unique_tensors(list(self.model.parameters())))
-        return 4 * unique + 12 * trainable_elements(self.model)
+        return 4 * unique + 12 * (trainable_elements(self.model) if trainable is None else trainable)
 
     # --- state and report ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -365,10 +364,15 @@ class DLTMethod(Method):
             "epsilon_final": self.agent.epsilon, "inference_flop_ratio": 1.0}}
 
 
-def full_trainable(model: DynamicEncoder) -> int:
-    """What BL1 trains on this model: every parameter that trains now or belongs to a layer (spec §5)."""
+def bl1_parameters(model: DynamicEncoder) -> list[nn.Parameter]:
+    """What BL1 trains on this model: every parameter that trains now or belongs to a layer."""
     layers = {id(p) for layer in model.layers for p in layer.parameters()}
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or id(p) in layers)
+    return [p for p in model.parameters() if p.requires_grad or id(p) in layers]
+
+
+def full_trainable(model: DynamicEncoder) -> int:
+    """BL1's trainable elements on this model, whatever is tied now (spec §5)."""
+    return sum(p.numel() for p in bl1_parameters(model))
 
 
 def plot_tying(trace: list[list[int]], history: list[dict[str, Any]], out: Path) -> None:
