@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,18 +34,19 @@ from torch import Tensor
 from dht.bandits import LinUCB, LinUCBConfig, LogisticTS, LogisticTSConfig
 from dht.data import Batch, collate
 from dht.flops import classifier_flops, linucb_flops, plan_forward_flops, thompson_flops
+from dht.methods.dht_inference import DHTInference
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.model.encoder import inverse_permutation
 from dht.search.arm_features import ArmFeatures, compute_arm_features
 from dht.search.arms import PRESETS, Arm, load_search, read_search_file
 from dht.search.exits import self_distillation
 from dht.search.features import HEAD_DIM, TOP_DIM, Contexts, with_arm_features
-from dht.search.layout import arm_flop_shares, arm_layout, probe_layers, run_group, sample_plans
+from dht.search.layout import arm_layout, probe_layers, run_group, sample_plans
 from dht.search.queues import DepthQueues, length_chunks
 from dht.search.rewards import PreviousBatch, ratio_reward
 from dht.search.strategies import GroupDecision, search_strategy
 from dht.training.config import RunConfig
-from dht.training.hooks import BenchRun, Knob, Method, Prediction, StepResult, forward_costs, in_batch_order, register
+from dht.training.hooks import BenchRun, Knob, Method, StepResult, register
 from dht.training.options import MethodOptions, option
 
 
@@ -60,10 +61,18 @@ class DHTOptions(MethodOptions):
                                    "each exit depth has a classifier of its own (ours)")
     self_distill: float = option(0.0, "weight of self-distilled exits (ours): each training forward's shallower "
                                  "exits learn the deepest exit's detached prediction; 0: the paper")
+    full_depth_floor: float = option(0.0, "share of training samples sent to the deepest arm whatever the bandit "
+                                     "chose (ours), so the top layers train on them; 0: the paper")
+    continue_above: float = option(1.0, "continuation at inference (ours): a sample whose exit's normalised entropy "
+                                   "is above this runs on to the next depth; 1: never (the paper)", inference=True)
 
     def __post_init__(self) -> None:
         if not 0 <= self.self_distill < float("inf"):
             raise ValueError(f"--self-distill must be finite and >= 0, got {self.self_distill}")
+        if not 0 <= self.full_depth_floor <= 1:
+            raise ValueError(f"--full-depth-floor must be in [0, 1], got {self.full_depth_floor}")
+        if not 0 <= self.continue_above <= 1:
+            raise ValueError(f"--continue-above must be in [0, 1], got {self.continue_above}")
         if self.exit_classifiers not in ("shared", "per-depth"):
             raise ValueError(f"--exit-classifiers must be shared or per-depth, got {self.exit_classifiers!r}")
 
@@ -82,7 +91,7 @@ class QueuedBatch(Batch):
 
 
 @register
-class DHTMethod(Method):
+class DHTMethod(DHTInference, Method):
     """Dynamic layers and heads chosen per sample by LinUCB and logistic Thompson sampling."""
 
     name = "dht"
@@ -107,6 +116,7 @@ class DHTMethod(Method):
         self.tsb = LogisticTS(LogisticTSConfig(self.N_h, 2 * HEAD_DIM, lam=self.search.lam),  # w = [x_head; z_head]
                               generator=torch.Generator().manual_seed(run.train.seed + 1))
         self.generator = torch.Generator().manual_seed(run.train.seed + 2)  # arm-feature sampling
+        self.floor_generator = torch.Generator().manual_seed(run.train.seed + 3)  # --full-depth-floor draws
         self.previous = PreviousBatch()
         self.features: ArmFeatures | None = None
         self.queues: DepthQueues = DepthQueues(self.search.q)
@@ -205,11 +215,22 @@ class DHTMethod(Method):
         """Alg. 2 lines 2-6 and Alg. 3: choose each sample's arm and queue it by depth."""
         _, x = self._probe(batch)
         chosen = self.ucb_top.select(with_arm_features(x, self.features.top)).tolist()
+        if self.options.full_depth_floor:
+            chosen = self._floor(chosen)
         lengths = batch.attention_mask.sum(1).tolist()
         probe = ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h)
         self.overhead += sum(plan_forward_flops(self.model.config, probe, t, classify=False) for t in lengths)
         self.overhead += linucb_flops(len(batch), len(self.arms), self.ucb_top.config.dim, update=False)
         return self._queue_samples(batch, chosen, self.queues, lambda i, length: {"x": x[i]})
+
+    def _floor(self, chosen: list[int]) -> list[int]:
+        """Ours (issue 23): each sample goes to the deepest arm (most heads) with probability
+        ``full_depth_floor``, whatever UCB chose. Layers above the shallowest exits learn only from the
+        samples that reach them (``bench/replay_batches.py``); the floor guarantees them a share. The
+        bandits are updated with the arm each sample ran, as for any other choice."""
+        deepest = max(range(len(self.arms)), key=lambda a: (self.arms[a].depth, self.arms[a].heads or 0))
+        draws = torch.rand(len(chosen), generator=self.floor_generator) < self.options.full_depth_floor
+        return [deepest if forced else arm for arm, forced in zip(chosen, draws.tolist())]
 
     def _queue_samples(self, batch: Batch, chosen: list[int], queues: DepthQueues,
                        extra: Callable[[int, int], dict]) -> list[list[dict]]:
@@ -276,11 +297,12 @@ class DHTMethod(Method):
         return torch.cat(logits).index_select(0, back.to(self.device)), decisions
 
     def _run_s2(self, batch: Batch, arms: list, greedy: bool, hidden: Tensor | None = None,
-                states: list[tuple[int, Tensor]] | None = None) -> tuple[Tensor, list[GroupDecision]]:
+                states: list[tuple[int, Tensor]] | None = None, start: int = 0) -> tuple[Tensor, list[GroupDecision]]:
         """Alg. 2 lines 7-14 for samples of one depth: the first b layers (unless ``hidden`` holds
-        their states), then per group H_o and the heads, then the group. Returns h (B, T, E); ``states``
-        (a list) receives (depth, h) at each shallower exit passed (after the b layers and each group
-        but the last)."""
+        their states), then per group H_o and the heads, then the group. Returns h (B, T, E) and the
+        decisions of the groups that ran; ``states`` (a list) receives (depth, h) at each shallower exit
+        passed (after the b layers and each group but the last). With ``start`` > 0, ``hidden`` holds
+        the states after group ``start`` - 1 and the groups before it are skipped (continuation)."""
         model, mask, N_h = self.model, batch.attention_mask, self.N_h
         layout = arm_layout(self.search, arms[0], self.phase_two)
         h = hidden
@@ -290,6 +312,8 @@ class DHTMethod(Method):
                 h = model.run_plan(h, mask, ExecutionPlan.first(len(layout.prefix), N_h))
         decisions = []
         for o, group in enumerate(layout.groups):
+            if o < start:
+                continue
             if states is not None and group[0] > 0:  # an exit depth this sample passes on its way
                 states.append((group[0], h))
             H_o, W_h, choice = self.strategy.head_counts(o, h, mask, arms, self.contexts, self.features.head_count,
@@ -336,84 +360,6 @@ class DHTMethod(Method):
                     "rewards": {k: round(float(v[i]), 4) for k, v in rewards.items()}} for i in range(B)]
         return StepResult(losses.mean(), flops, full, all_in, extra={"phase_two": self.phase_two}, records=records)
 
-    # --- inference: greedy, the probe reused, samples queued by depth (§5, §6) ----------
-    @torch.no_grad()
-    def predict_batches(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, Prediction]]:
-        """Greedy arms and heads. Each loader batch gets its S1 probe and arms; its samples then join
-        the queue of their depth with their probe states, and a full queue (the loader's batch size)
-        runs as one batch, so depths do not split batches into small parts; the rest run at the end."""
-        self.model.eval()
-        self.contexts.train(False)  # no labels, no updates: the normalisers stay as trained
-        queues: DepthQueues = DepthQueues(self.run.train.eval_batch_size)
-        try:
-            for batch in batches:
-                for items in self._queue_for_inference(batch, queues):
-                    yield self._predict_queued(items)
-            for _, items in queues.flush():
-                yield self._predict_queued(items)
-        finally:
-            self.contexts.train(True)
-
-    def predict(self, batch: Batch) -> Prediction:
-        """One batch's predictions, in its order (predict_batches over this batch alone)."""
-        return in_batch_order(batch, list(self.predict_batches([batch])))
-
-    def choose_arms(self, x: Tensor) -> Tensor:
-        """Alg. 2 lines 3-6 at inference: the greedy arm per sample (α = 0), each arm's predicted reward
-        θᵀw less λ times its share of the full model's FLOPs (λ = ``cost_weight``, 0 by default); x
-        (B, TOP_DIM) -> (B,) long. Ties go to the lowest index, as the greedy LinUCB choice."""
-        if self.forced_arm is not None:
-            return torch.full((len(x),), self.forced_arm, dtype=torch.long)
-        predicted = self.ucb_top.scores(with_arm_features(x, self.features.top), greedy=True)  # (B, A)
-        if self.options.cost_weight:
-            if self.phase_two not in self.arm_costs:  # one list per phase: P-DHT changes its arms
-                self.arm_costs[self.phase_two] = arm_flop_shares(self.model.config, self.search, self.arms,
-                                                                 self.phase_two)
-            costs = self.arm_costs[self.phase_two]
-            predicted = predicted - self.options.cost_weight * costs
-        return predicted.argmax(1)
-
-    def fixed_routes(self) -> list[str]:
-        """The current arm list's labels, as the arms are listed."""
-        return [arm.label(self.N_h) for arm in self.arms]
-
-    def predict_route_batches(self, batches: Iterable[Batch], route: str) -> Iterator[tuple[Batch, Prediction]]:
-        """Every sample on the arm labelled ``route``, with greedy heads."""
-        self.forced_arm = self.fixed_routes().index(route)
-        try:
-            yield from self.predict_batches(batches)
-        finally:
-            self.forced_arm = None
-
-    def _queue_for_inference(self, batch: Batch, queues: DepthQueues) -> list[list[dict]]:
-        """S1 and each sample's arm (``choose_arms``), queued by depth."""
-        h_probe, x = self._probe(batch)
-        chosen = self.choose_arms(x).tolist()
-        select = linucb_flops(1, len(self.arms), self.ucb_top.config.dim, update=False)
-        probe = ExecutionPlan.first(1, self.N_h)
-
-        def extra(i: int, length: int) -> dict:
-            if self.phase_two:  # P-DHT's plans restart at layer 0: its first-layer probe is extra work
-                return {"h": None, "overhead": select + plan_forward_flops(self.model.config, probe, length,
-                                                                           classify=False)}
-            return {"h": h_probe[i, :length], "overhead": select}
-        return self._queue_samples(batch, chosen, queues, extra)
-
-    def _predict_queued(self, items: list[dict]) -> tuple[Batch, Prediction]:
-        """S2 for samples of one depth; the probe's states continue into the chosen layers."""
-        batch = self._collate(items)
-        hidden = None
-        if items[0]["h"] is not None:  # (B, T, E); padding stays zero, masked out like the pad tokens' states
-            hidden = torch.nn.utils.rnn.pad_sequence([i["h"] for i in items], batch_first=True)
-        arms = [self.arms[i["arm"]] for i in items]
-        h, decisions = self._run_s2(batch, arms, greedy=True, hidden=hidden)
-        logits = self.exit_logits(h, batch.attention_mask, arms[0])
-        plans = sample_plans(self.search, arms, [d.kept for d in decisions], self.phase_two, self.N_h)[1]
-        flops, full = forward_costs(self.model, batch, plans)
-        overhead = torch.tensor([i["overhead"] for i in items], dtype=torch.float64)
-        overhead += len(decisions) * thompson_flops(1, self.N_h, self.tsb.config.dim, False)
-        return batch, Prediction(logits, flops, full, flops + overhead, [arm.label(self.N_h) for arm in arms])
-
     # --- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         features = None if self.features is None else dataclasses.asdict(self.features)
@@ -422,7 +368,8 @@ class DHTMethod(Method):
                 "ucb_top": self.ucb_top.state_dict(), "strategy": self.strategy.state_dict(),
                 "tsb": self.tsb.state_dict(), "contexts": self.contexts.state_dict(),
                 "previous": self.previous.state_dict(), "features": features,
-                "generator": self.generator.get_state(), "pending": self.pending,
+                "generator": self.generator.get_state(), "floor_generator": self.floor_generator.get_state(),
+                "pending": self.pending,
                 "queues": {str(k): v for k, v in self.queues.queues.items()},
                 "search": self.search.to_dict()}
 
@@ -442,6 +389,8 @@ class DHTMethod(Method):
         self.previous.load_state_dict(state["previous"])
         self.features = None if state["features"] is None else ArmFeatures(**state["features"])
         self.generator.set_state(state["generator"])
+        if "floor_generator" in state:  # runs saved before --full-depth-floor did not draw from it
+            self.floor_generator.set_state(state["floor_generator"])
         self.pending = state["pending"]
         self.queues.queues = {int(k): v for k, v in state["queues"].items()}
 

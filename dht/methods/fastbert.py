@@ -16,7 +16,6 @@ every branch classifier it passed through.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -28,6 +27,7 @@ from dht.data import Batch
 from dht.flops import classifier_flops, full_forward_flops, full_train_flops, plan_forward_flops
 from dht.methods.teacher import TeacherOptions, load_teacher_weights, teacher_dir
 from dht.model import DynamicEncoder, ExecutionPlan
+from dht.search.exits import normalised_entropy
 from dht.training.config import RunConfig
 from dht.training.hooks import BenchRun, Knob, Method, Prediction, StepResult, register
 from dht.training.options import option
@@ -48,12 +48,6 @@ class FastBERTOptions(TeacherOptions):
             raise ValueError(f"--speed must be in [0, 1], got {self.speed}")
         if not self.branch_lr > 0:
             raise ValueError(f"--branch-lr must be > 0, got {self.branch_lr}")
-
-
-def normalised_entropy(logits: Tensor) -> Tensor:
-    """H(softmax(logits)) / log C for logits (B, C) -> (B,), in [0, 1]."""
-    log_p = F.log_softmax(logits, -1)
-    return -(log_p.exp() * log_p).sum(-1) / math.log(logits.shape[-1])
 
 
 @torch.no_grad()

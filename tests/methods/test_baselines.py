@@ -11,8 +11,9 @@ from conftest import random_batch
 from dht.cli import main
 from dht.data import Batch
 from dht.methods.distil import distillation_loss, student_layers
-from dht.methods.fastbert import early_exit_predict, normalised_entropy
+from dht.methods.fastbert import early_exit_predict
 from dht.model import DynamicEncoder, ExecutionPlan
+from dht.search.exits import normalised_entropy
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.loop import train
 from dht.training.setup import prepare

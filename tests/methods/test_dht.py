@@ -165,3 +165,30 @@ def test_per_depth_exit_classifiers_train_one_classifier_per_exit(tmp_path):
     again = evaluate_run(tmp_path / "run", progress=False)
     assert again["test"]["f1_macro"] == metrics["test"]["f1_macro"]
     assert again["options"]["exit_classifiers"] == "per-depth"
+
+
+def test_the_full_depth_floor_sends_its_share_to_the_deepest_arm_and_leaves_the_rest():
+    """--full-depth-floor p: a seeded draw per sample overrides UCB's arm with the deepest one (4L4H on
+    the tiny backbone) with probability p; the other samples keep UCB's choice."""
+    choices = {}
+    for floor in (0.0, 0.5, 1.0):
+        torch.manual_seed(0)
+        run = dataclasses.replace(dht_run("f-dht"), options={"config": "f-dht", "full_depth_floor": floor})
+        prepared = prepare(run)
+        method = prepared.method
+        method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
+        batch = collate(prepared.train.ids[:48], prepared.train.labels[:48], list(range(48)), prepared.pad_id)
+        _, x = method._probe(batch)
+        bandit = method.ucb_top.select(with_arm_features(x, method.features.top), greedy=True).tolist()
+        method.ucb_top.config = dataclasses.replace(method.ucb_top.config, alpha=0.0)  # _enqueue's pick = greedy
+        queued = [item for items in method._enqueue(batch) for item in items]
+        queued += [item for _, items in method.queues.flush() for item in items]
+        by_index = {item["index"]: item["arm"] for item in queued}
+        choices[floor] = ([by_index[i] for i in range(48)], bandit)
+    labels = lambda arms: [method.arms[a].label(method.N_h) for a in arms]  # noqa: E731
+    assert choices[0.0][0] == choices[0.0][1]  # no floor: UCB's choice
+    assert set(labels(choices[1.0][0])) == {"4L4H"}
+    half, bandit = choices[0.5]
+    draws = torch.rand(48, generator=torch.Generator().manual_seed(SMALL.seed + 3)) < 0.5
+    expected = [2 if forced else arm for arm, forced in zip(bandit, draws.tolist())]
+    assert labels([2]) == ["4L4H"] and half == expected and 10 < int(draws.sum()) < 38

@@ -1,16 +1,21 @@
-"""Self-distilled exits (issue 23's first lever): the loss by hand, and a DHT step that uses it."""
+"""DHT's exits beyond the paper (issue 23): self-distillation (the loss by hand, a step that uses it) and
+continuation at inference (which arm follows which, and continued samples equal to the deeper route)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
 import torch
 
-from dht.data import iterate_batches
+from dht.data import collate, iterate_batches
 from dht.flops import classifier_flops
-from dht.search.exits import self_distillation
+from dht.search.arms import Arm, preset
+from dht.search.exits import next_arms, normalised_entropy, self_distillation
 from dht.training.config import RunConfig, TrainConfig
+from dht.training.hooks import in_batch_order
 from dht.training.setup import prepare
 
 
@@ -50,3 +55,82 @@ def test_a_dht_step_with_self_distilled_exits_trains_the_shallower_exits():
     assert distilled.loss.item() > plain.loss.item()
     config = method.model.config
     assert distilled.flops - plain.flops == 3 * exits * len(batch) * classifier_flops(config)
+
+
+def test_each_arm_continues_to_the_next_depth_with_its_own_head_count():
+    def links(name, phase_two=False):
+        search = preset(name, 6, 12)
+        arms = search.phase_two_arms if phase_two else search.arms
+        return {arms[a].label(12): None if b is None else arms[b].label(12)
+                for a, b in enumerate(next_arms(search, arms))}
+    assert links("f-dht") == {"2L12H": "4L12H", "4L8H": "6L8H", "4L10H": "6L10H", "4L12H": "6L12H",
+                              "6L8H": None, "6L10H": None, "6L12H": None}
+    assert links("s-dht") == {"2L12H": "4L12H", "4L12H": "6L12H", "6L8H": None, "6L10H": None, "6L12H": None}
+    assert links("t-dht") == {"2L": "4L", "4L": "6L", "6L": None}
+    assert set(links("p-dht", phase_two=True).values()) == {None}  # its top layers always run
+
+
+def continuation_setup(config="f-dht"):
+    """DHT on the tiny 4-layer, 4-head backbone (F-DHT's arms: 2L4H, 4L3H, 4L4H), every sample routed to
+    the cheapest arm (λ = 1000)."""
+    torch.manual_seed(0)
+    train = TrainConfig(epochs=1, batch_size=8, max_train=48, max_test=24, seed=5, eval_batch_size=8)
+    prepared = prepare(RunConfig(method="dht", backbone="tiny", train=train, options={"config": config}))
+    method = prepared.method
+    method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
+    test = prepared.test
+    batch = collate(test.ids, test.labels, list(range(len(test))), prepared.pad_id)
+    return method, batch
+
+
+def predict_with(method, batch, **options):
+    method.options = dataclasses.replace(method.options, **options)
+    return method.predict(batch)
+
+
+def test_a_continued_sample_equals_the_deeper_route_plus_one_exit_read():
+    method, batch = continuation_setup()
+    shallow = predict_with(method, batch, cost_weight=1000.0, continue_above=1.0)
+    assert set(shallow.routes) == {"2L4H"}
+    forced = in_batch_order(batch, list(method.predict_route_batches([batch], "4L4H")))
+    continued = predict_with(method, batch, cost_weight=1000.0, continue_above=0.0)
+    assert set(continued.routes) == {"2L4H>4L4H"}
+    torch.testing.assert_close(continued.logits, forced.logits, atol=1e-5, rtol=1e-5)
+    read = classifier_flops(method.model.config)  # the 2-layer exit read on the way
+    assert torch.equal(continued.flops, forced.flops + read)
+    assert torch.equal(continued.all_in, forced.all_in + read)
+
+
+def test_continuation_runs_group_after_group_to_the_deepest_arm(tmp_path):
+    """One layer per group (b = c = 1): 1L4H continues through 2L4H and 3L4H to 4L4H, each step
+    starting from the states the last one left, and reads three exits on the way."""
+    search = dataclasses.replace(preset("f-dht", 4, 4), b=1, c=1, feature_samples=16,
+                                 arms=tuple(Arm(depth, 4) for depth in (1, 2, 3, 4)))
+    path = tmp_path / "b1c1.json"
+    path.write_text(json.dumps(search.to_dict()))
+    method, batch = continuation_setup(str(path))
+    forced = in_batch_order(batch, list(method.predict_route_batches([batch], "4L4H")))
+    continued = predict_with(method, batch, cost_weight=1000.0, continue_above=0.0)
+    assert set(continued.routes) == {"1L4H>4L4H"}
+    torch.testing.assert_close(continued.logits, forced.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(continued.flops, forced.flops + 3 * classifier_flops(method.model.config))
+
+
+def test_only_samples_above_the_entropy_threshold_continue():
+    method, batch = continuation_setup()
+    shallow = predict_with(method, batch, cost_weight=1000.0, continue_above=1.0)
+    entropy = normalised_entropy(shallow.logits)
+    tau = float(entropy.median())
+    mixed = predict_with(method, batch, cost_weight=1000.0, continue_above=tau)
+    went_on = [route == "2L4H>4L4H" for route in mixed.routes]
+    assert went_on == (entropy > tau).tolist() and 0 < sum(went_on) < len(went_on)
+    stayed = ~torch.tensor(went_on)
+    torch.testing.assert_close(mixed.logits[stayed], shallow.logits[stayed], atol=1e-5, rtol=1e-5)
+    assert torch.equal(mixed.flops[stayed], shallow.flops[stayed])
+    assert (mixed.flops[~stayed] > shallow.flops[~stayed]).all()
+
+
+def test_continue_above_must_be_a_normalised_entropy():
+    from dht.methods.dht import DHTOptions
+    with pytest.raises(ValueError, match="--continue-above must be in"):
+        DHTOptions(continue_above=1.5)
