@@ -114,7 +114,8 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
     bench.add_argument("--data", default="", help="dataset folder (default: the embedded AG News)")
     bench.add_argument("--backbone", default="minilm-l6")
     bench.add_argument("--output", type=Path, default=Path("runs/bench"))
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0], help="train and evaluate every run with "
+                       "each seed; tables give each seed's row, front.json the means and standard deviations")
     bench.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate of every run")
     bench.add_argument("--device", default="auto", help=DEVICE_HELP)
     bench.add_argument("--quiet", action="store_true")
@@ -240,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             from dht.benchmark import run_bench
 
-            run_bench(args.data, args.backbone, args.output, args.quick, args.seed, progress=not args.quiet,
+            run_bench(args.data, args.backbone, args.output, args.quick, tuple(args.seeds), progress=not args.quiet,
                       device=args.device, lr=args.lr)
-            print((args.output / "table1.md").read_text() + "\n" + (args.output / "table2.md").read_text())
+            print((args.output / "front.md").read_text())
             print(f"bench folder: {args.output}")
         elif args.command == "table":
             from dht.report import results_table

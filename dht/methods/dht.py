@@ -98,7 +98,8 @@ class DHTMethod(DHTInference, Method):
     Options = DHTOptions
     # The cost weight λ is in reward units per full model; rewards are clipped to [0, r_max = 10] and
     # arms differ by as little as 0.02 of the full model, so ±1000 reaches both ends of every arm list.
-    knob = Knob("cost_weight", dearest=-1000.0, cheapest=1000.0)
+    # The bench's curve spans the F-DHT runs' reach (0.34-0.79 of BL1's FLOPs on MiniLM-L6, docs/front.md).
+    knob = Knob("cost_weight", dearest=-1000.0, cheapest=1000.0, curve=(-10.0, -2.0, 0.0, 2.0, 10.0, 25.0, 50.0))
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         super().__init__(model, run)

@@ -78,11 +78,13 @@ class BenchRun:
 @dataclass(frozen=True)
 class Knob:
     """An inference option that trades accuracy for cost, for ``dht evaluate RUN --budget R``: the run's
-    inference FLOP ratio falls (weakly) as the option moves from ``dearest`` to ``cheapest``."""
+    inference FLOP ratio falls (weakly) as the option moves from ``dearest`` to ``cheapest``. ``curve``:
+    the values ``dht bench`` evaluates each trained run at, its operating points on the Pareto plots."""
 
     option: str
     dearest: float
     cheapest: float
+    curve: tuple[float, ...] = ()
 
 
 class Method:

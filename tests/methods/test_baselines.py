@@ -168,8 +168,26 @@ def test_bench_runs_every_method_and_skips_finished_runs(tmp_path, monkeypatch):
     assert fastbert["fastbert-0.1"]["test_flop_ratio"] >= fastbert["fastbert-0.8"]["test_flop_ratio"]
     assert rows[0]["test_wall_ratio"] == 1.0
     assert all(0 < r["test_flop_ratio"] <= 1.01 for r in rows)
-    for name in ("table1.md", "table2.md", "results.json", "pareto.png", "selection-s-dht.png"):
+    for name in ("table1.md", "table2.md", "front.md", "results.json", "curves.json", "front.json", "pareto.png",
+                 "pareto_training.png", "selection-s-dht.png"):
         assert (tmp_path / name).is_file()
+    # Costs with the teacher: a student or FastBERT adds BL1's training (same rows and epochs here: + 1.0).
+    for r in rows:
+        teacher = 1.0 if r["method"] in ("distil", "fastbert") else 0.0
+        assert r["train_flop_ratio_with_teacher"] == pytest.approx(r["train_flop_ratio_all_in"] + teacher)
+    # Curves: FastBERT's trained run at every tenth of speed (once, not once per speed row), each DHT
+    # preset at its cost weights, and the oracle routers of every method with routes.
+    points = json.loads((tmp_path / "curves.json").read_text())["result"]
+    speeds = [p for p in points if p["config"] == "fastbert" and p["kind"] == "knob"]
+    assert [p["value"] for p in speeds] == [i / 10 for i in range(11)]
+    assert speeds[0]["test_flop_ratio_all_in"] == pytest.approx(1.0, abs=0.01)  # speed 0 never exits early
+    assert speeds[5]["f1_macro"] == by_name["fastbert-0.5"]["f1_macro"]  # the same evaluation as the row
+    for preset in ("t-dht", "s-dht", "f-dht", "p-dht"):
+        kinds = [p["kind"] for p in points if p["config"] == preset]
+        assert kinds == ["knob"] * 7 + ["oracle_correct", "oracle_agrees_with_full"]
+    front = json.loads((tmp_path / "front.json").read_text())["result"]
+    assert [f["config"] for f in front] == names and all(f["seeds"] == [0] and f["f1_macro_std"] == 0 for f in front)
+    assert front[0]["f1_macro_mean"] == rows[0]["f1_macro"]
     stamp = (tmp_path / "runs" / "full" / "metrics.json").stat().st_mtime
     # Again through the CLI, whose --device defaults to auto: nothing retrained, results.json rewritten.
     assert main(["bench", "--quick", "--backbone", "tiny", "--output", str(tmp_path), "--quiet"]) == 0

@@ -1,0 +1,158 @@
+"""`dht bench`: every registered method on the same data, budget and seeds, one FLOP counter and one clock.
+
+Each method says which runs it contributes (``Method.bench_runs``): BL1 (full model), BL2 (students of
+1, 3 and N_L/2 layers), BL3 (FastBERT at speeds 0.1, 0.5, 0.8), the four DHT presets and dynamic layer
+tying (whose Table 1 columns of trainable parameters and peak memory are what it saves). For each seed
+they train into OUTPUT/runs/FOLDER (OUTPUT/runs/seedS/FOLDER with several seeds) in registry order, BL1
+first (a finished run is not redone; an interrupted one is resumed); a method with a ``teacher`` option
+gets that seed's BL1 run, and its training cost is also reported with the teacher's. Then every run's
+inference is timed in one process, round-robin, each run with a knob is evaluated along its curve and
+each run with routes gets its oracle routers (``dht/benchmark/front.py``). Written: the paper's Table 1
+(training) and Table 2 (inference) as markdown, ``results.json`` (a row per run and seed, through
+``dht.provenance``), ``curves.json``, ``front.json`` and ``front.md`` (means over seeds), ``pareto.png``
+(inference) and ``pareto_training.png``. FastBERT's speed only decides where inference exits, so its
+branches are trained once and the three speeds are three evaluations of that one run (as FastBERT itself
+is used).
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import dht.methods  # noqa: F401  (registers the built-in methods)
+from dht.benchmark.front import front_rows, front_table, operating_points, read_train, with_teacher
+from dht.benchmark.plots import plot_inference_front, plot_training_front
+from dht.provenance import write_result
+from dht.training.config import RunConfig, TrainConfig
+from dht.training.hooks import METHODS, BenchRun
+from dht.training.loop import evaluate, load_run, train
+from dht.training.setup import Prepared, resolve_device
+
+QUICK = {"max_train": 1000, "max_test": 500, "epochs": 1}  # --quick: minutes on a laptop CPU
+TEACHER = "full"  # the bench run that methods with a ``teacher`` option start from
+
+
+def entries(num_layers: int, teacher: Path) -> list[BenchRun]:
+    """Every registered method's bench runs, in registry order, BL1's first (it is the others' teacher)."""
+    runs = []
+    for name, method in sorted(METHODS.items(), key=lambda item: item[0] != TEACHER):
+        takes_teacher = any(field.name == "teacher" for field in method.Options.fields())
+        for bench in method.bench_runs(num_layers):
+            options = {"teacher": str(teacher), **bench.options} if takes_teacher else bench.options
+            runs.append(replace(bench, method=name, options=options))
+    return runs
+
+
+def train_all(base: RunConfig, runs_dir: Path, num_layers: int, progress: bool,
+              device: str | None = None) -> list[BenchRun]:
+    """Train every entry into ``runs_dir`` that has no metrics.json yet (resuming those with a checkpoint)."""
+    runs = entries(num_layers, runs_dir / TEACHER)
+    for i, entry in enumerate(runs, 1):
+        folder = runs_dir / entry.run
+        if (folder / "metrics.json").is_file():
+            print(f"[{i}/{len(runs)}] {entry.name}: trained already ({folder})")
+            continue
+        print(f"[{i}/{len(runs)}] {entry.name}: training {folder}")
+        resume = (folder / "checkpoint" / "state.json").is_file()
+        train(replace(base, method=entry.method, options=entry.options), folder, resume=resume, progress=progress,
+              device=device)
+    return runs
+
+
+def time_inference(prepared: list[Prepared], rounds: int) -> tuple[list[dict[str, Any]], list[float]]:
+    """Evaluate each run ``rounds`` times, round-robin; return the last results and median seconds."""
+    seconds: list[list[float]] = [[] for _ in prepared]
+    results: list[dict[str, Any]] = [{} for _ in prepared]
+    for _ in range(rounds):
+        for i, p in enumerate(prepared):
+            results[i] = evaluate(p)
+            seconds[i].append(results[i]["seconds"])
+    return results, [statistics.median(s) for s in seconds]
+
+
+def result_rows(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
+                device: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One row per run: training figures from its metrics.json, inference timed here, on one clock; and
+    each trained run's operating points and oracles (``operating_points``)."""
+    prepared = [load_run(runs_dir / entry.run, overrides=entry.overrides, device=device) for entry in runs]
+    tests, seconds = time_inference(prepared, rounds)
+    reference = read_train(runs_dir / runs[0].run)  # BL1
+    rows, points, curved = [], [], set()
+    for entry, test, wall, ready in zip(runs, tests, seconds, prepared):
+        trained = read_train(runs_dir / entry.run)
+        teacher = read_train(Path(entry.options["teacher"])) if "teacher" in entry.options else None
+        costs = {"train_flop_ratio_all_in": trained["flop_ratio_all_in"],
+                 "train_flop_ratio_with_teacher": with_teacher(trained, reference, teacher)}
+        config = {k: v for k, v in entry.options.items() if k != "teacher"}
+        rows.append({"method": entry.method, "config": entry.name, "seed": seed, "options": config,
+                     "f1_macro": test["f1_macro"], "accuracy": test["accuracy"],
+                     "train_flop_ratio": trained["flop_ratio"], **costs,
+                     "test_flop_ratio": test["flop_ratio"], "test_flop_ratio_all_in": test["flop_ratio_all_in"],
+                     "test_wall_ratio": wall / seconds[0], "train_seconds": trained["seconds"], "test_seconds": wall,
+                     "train_device": trained.get("device", "not recorded"), "test_device": test["device"],
+                     "trainable_params": trained.get("trainable_params"),
+                     "train_peak_rss_growth_mb": trained.get("memory", {}).get("rss_peak_growth_mb")})
+        if entry.run not in curved:  # rows sharing a trained run (FastBERT's speeds) share its curve
+            curved.add(entry.run)
+            points += operating_points(ready, entry, seed, costs)
+    bl1 = rows[0]["trainable_params"]
+    for row in rows:  # what tying (DLT) or freezing (FastBERT) leaves to train, against BL1
+        row["trainable_params_ratio"] = row["trainable_params"] / bl1 if row["trainable_params"] and bl1 else None
+    return rows, points
+
+
+def tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """Table 1 (training) and Table 2 (inference) in markdown."""
+    one = ["| run | seed | macro-F1 | train FLOP ratio | train FLOP ratio (all-in) | with the teacher's training "
+           "| trainable params vs BL1 | peak RSS growth MB | train seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    two = ["| run | seed | macro-F1 | accuracy | inference FLOP ratio | inference FLOP ratio (all-in) "
+           "| wall-time ratio vs BL1 |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        trainable = "" if r.get("trainable_params_ratio") is None else f"{r['trainable_params_ratio']:.3f}"
+        rss = "" if r.get("train_peak_rss_growth_mb") is None else f"{r['train_peak_rss_growth_mb']:.0f}"
+        one.append(f"| {r['config']} | {r['seed']} | {r['f1_macro']:.4f} | {r['train_flop_ratio']:.3f} "
+                   f"| {r['train_flop_ratio_all_in']:.3f} | {r['train_flop_ratio_with_teacher']:.3f} | {trainable} "
+                   f"| {rss} | {r['train_seconds']:.0f} |")
+        two.append(f"| {r['config']} | {r['seed']} | {r['f1_macro']:.4f} | {r['accuracy']:.4f} "
+                   f"| {r['test_flop_ratio']:.3f} | {r['test_flop_ratio_all_in']:.3f} | {r['test_wall_ratio']:.3f} |")
+    return "\n".join(one) + "\n", "\n".join(two) + "\n"
+
+
+def run_bench(data: str, backbone: str, output: Path, quick: bool, seeds: tuple[int, ...] = (0,), rounds: int = 2,
+              progress: bool = True, device: str | None = None, lr: float | None = None) -> list[dict[str, Any]]:
+    """Train what is missing for each seed, time inference, write the tables, results.json (a row per run
+    and seed), curves.json (operating points and oracles), front.json (means over seeds) and the plots.
+    One seed trains into OUTPUT/runs, several into OUTPUT/runs/seedS."""
+    from dht.model import resolve_backbone
+
+    num_layers = resolve_backbone(backbone).config.num_layers
+    rows: list[dict[str, Any]] = []
+    points: list[dict[str, Any]] = []
+    for seed in seeds:
+        runs_dir = output / "runs" if len(seeds) == 1 else output / "runs" / f"seed{seed}"
+        train_config = TrainConfig(seed=seed, **(QUICK if quick else {}), **({"lr": lr} if lr is not None else {}))
+        runs = train_all(RunConfig(data=data, backbone=backbone, train=train_config), runs_dir, num_layers, progress,
+                         device)
+        print(f"seed {seed}: timing inference of every run, round-robin; then the operating points and oracles")
+        seed_rows, seed_points = result_rows(runs_dir, runs, rounds, seed, device)
+        rows, points = rows + seed_rows, points + seed_points
+        for entry in runs:
+            if (runs_dir / entry.run / "selection.png").is_file():  # what a dynamic method's runs chose
+                shutil.copy(runs_dir / entry.run / "selection.png", output / f"selection-{entry.name}.png")
+    table1, table2 = tables(rows)
+    front = front_rows(rows)
+    (output / "table1.md").write_text(table1, encoding="utf-8")
+    (output / "table2.md").write_text(table2, encoding="utf-8")
+    (output / "front.md").write_text(front_table(front), encoding="utf-8")
+    where = resolve_device(device)
+    write_result(output / "results.json", rows, where)
+    write_result(output / "curves.json", points, where)
+    write_result(output / "front.json", front, where)
+    plot_inference_front(front, points, output / "pareto.png")
+    plot_training_front(front, output / "pareto_training.png")
+    return rows

@@ -1,0 +1,40 @@
+"""The bench's front (dht/benchmark/front.py): costs with teachers, means over seeds, curves, by hand."""
+
+import pytest
+
+from dht.benchmark.front import curve_means, front_rows, front_table, with_teacher
+
+
+def test_a_teachers_training_is_added_in_the_references_units():
+    bl1 = {"flop_ratio_all_in": 1.0, "samples": 100}
+    student = {"flop_ratio_all_in": 0.5, "samples": 100}
+    assert with_teacher(student, bl1, bl1) == 1.5
+    assert with_teacher(student, bl1, None) == 0.5
+    longer = {"flop_ratio_all_in": 0.6, "samples": 150}  # 3 epochs where BL1 trained 2: 0.6 of 1.5 BL1s
+    assert with_teacher(longer, bl1, None) == pytest.approx(0.9)
+
+
+def row(config, seed, f1, method="dht"):
+    return {"method": method, "config": config, "seed": seed, "f1_macro": f1, "test_flop_ratio_all_in": 0.5 + seed,
+            "train_flop_ratio_all_in": 0.7, "train_flop_ratio_with_teacher": 0.7, "test_wall_ratio": 0.6}
+
+
+def test_front_rows_are_means_and_sample_deviations_over_seeds():
+    rows = [row("full", 0, 0.90, "full"), row("f-dht", 0, 0.88), row("f-dht", 1, 0.86), row("f-dht", 2, 0.87)]
+    full, dht = front_rows(rows)
+    assert full["seeds"] == [0] and full["f1_macro_std"] == 0.0
+    assert dht["seeds"] == [0, 1, 2] and dht["f1_macro_mean"] == pytest.approx(0.87)
+    assert dht["f1_macro_std"] == pytest.approx(0.01)  # sqrt(((.01)² + (.01)² + 0) / 2)
+    assert dht["test_flop_ratio_all_in_mean"] == pytest.approx(1.5)  # 0.5, 1.5, 2.5
+    assert "| dht | f-dht | 3 | 0.8700 ± 0.0100 | 1.500 |" in front_table([dht])
+
+
+def test_curve_means_average_each_knob_value_over_seeds_and_sort_by_cost():
+    points = [{"method": "fastbert", "config": "fastbert", "kind": "knob", "value": v, "seed": s,
+               "test_flop_ratio_all_in": 1 - v + s / 100, "f1_macro": 0.9 - v / 10} for v in (0.0, 0.5) for s in (0, 1)]
+    points.append({"method": "fastbert", "config": "fastbert", "kind": "oracle_correct", "value": None, "seed": 0,
+                   "test_flop_ratio_all_in": 0.2, "f1_macro": 0.95})
+    curves = curve_means(points)
+    assert curves[("fastbert", "fastbert", "knob")] == [(0.5, pytest.approx(0.505), pytest.approx(0.85)),
+                                                        (0.0, pytest.approx(1.005), pytest.approx(0.9))]
+    assert curves[("fastbert", "fastbert", "oracle_correct")] == [(None, 0.2, 0.95)]
