@@ -39,6 +39,7 @@ from dht.model import DynamicEncoder, ExecutionPlan
 from dht.model.encoder import inverse_permutation
 from dht.search.arm_features import ArmFeatures, compute_arm_features
 from dht.search.arms import PRESETS, Arm, load_search, read_search_file
+from dht.search.budget import CostWeight
 from dht.search.exits import self_distillation
 from dht.search.features import HEAD_DIM, TOP_DIM, Contexts, with_arm_features
 from dht.search.layout import arm_layout, probe_layers, run_group, sample_plans
@@ -63,6 +64,9 @@ class DHTOptions(MethodOptions):
                                  "exits learn the deepest exit's detached prediction; 0: the paper")
     full_depth_floor: float = option(0.0, "share of training samples sent to the deepest arm whatever the bandit "
                                      "chose (ours), so the top layers train on them; 0: the paper")
+    train_budget: float = option(0.0, "training-time target (ours): the share of the full model's forward FLOPs that "
+                                 "the bandits' greedy choices are steered to by a cost weight adapted online; "
+                                 "0: none (the paper)")
     continue_above: float = option(1.0, "continuation at inference (ours): a sample whose exit's normalised entropy "
                                    "is above this runs on to the next depth; 1: never (the paper)", inference=True)
 
@@ -71,6 +75,8 @@ class DHTOptions(MethodOptions):
             raise ValueError(f"--self-distill must be finite and >= 0, got {self.self_distill}")
         if not 0 <= self.full_depth_floor <= 1:
             raise ValueError(f"--full-depth-floor must be in [0, 1], got {self.full_depth_floor}")
+        if not 0 <= self.train_budget <= 1:
+            raise ValueError(f"--train-budget must be in [0, 1] (0: none), got {self.train_budget}")
         if not 0 <= self.continue_above <= 1:
             raise ValueError(f"--continue-above must be in [0, 1], got {self.continue_above}")
         if self.exit_classifiers not in ("shared", "per-depth"):
@@ -126,7 +132,8 @@ class DHTMethod(DHTInference, Method):
         self.overhead = 0.0  # all-in FLOPs (probes, arm features, bandits) not yet charged to a step
         self.pad_id = 0
         self.forced_arm: int | None = None  # inference: every sample on this arm (the oracles' routes)
-        self.arm_costs: dict[bool, Tensor] = {}  # each arm list's FLOP shares, for the cost weight
+        self.arm_costs: dict[bool, Tensor] = {}  # each arm list's FLOP shares, for the cost weights
+        self.lagrange = CostWeight(self.options.train_budget) if self.options.train_budget else None
         if self.options.exit_classifiers == "per-depth":
             model.add_branch_classifiers()  # one after every layer but the last, which keeps the classifier
 
@@ -215,7 +222,15 @@ class DHTMethod(DHTInference, Method):
     def _enqueue(self, batch: Batch) -> list[list[dict]]:
         """Alg. 2 lines 2-6 and Alg. 3: choose each sample's arm and queue it by depth."""
         _, x = self._probe(batch)
-        chosen = self.ucb_top.select(with_arm_features(x, self.features.top)).tolist()
+        W = with_arm_features(x, self.features.top)
+        if self.lagrange is None:
+            chosen = self.ucb_top.select(W).tolist()
+        else:  # ours: the budget's cost weight shifts the choice; λ steps towards the target (budget.py)
+            penalty = self.lagrange.value * self.arm_shares()
+            chosen = (self.ucb_top.scores(W) - penalty).argmax(1).tolist()
+            greedy = (self.ucb_top.scores(W, greedy=True) - penalty).argmax(1)  # inference's choice
+            self.lagrange.update(self.arm_shares()[greedy])
+            self.overhead += linucb_flops(len(batch), len(self.arms), self.ucb_top.config.dim, update=False)
         if self.options.full_depth_floor:
             chosen = self._floor(chosen)
         lengths = batch.attention_mask.sum(1).tolist()
@@ -359,7 +374,8 @@ class DHTMethod(DHTInference, Method):
         records = [{"index": index[i], "arm": arms[i].label(self.N_h), "depth": arms[i].depth,
                     "heads": [list(g[i]) for g in per_group], "loss": float(per_sample[i]),
                     "rewards": {k: round(float(v[i]), 4) for k, v in rewards.items()}} for i in range(B)]
-        return StepResult(losses.mean(), flops, full, all_in, extra={"phase_two": self.phase_two}, records=records)
+        extra = {"phase_two": self.phase_two, **({"lambda": self.lagrange.value} if self.lagrange else {})}
+        return StepResult(losses.mean(), flops, full, all_in, extra=extra, records=records)
 
     # --- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -372,7 +388,8 @@ class DHTMethod(DHTInference, Method):
                 "generator": self.generator.get_state(), "floor_generator": self.floor_generator.get_state(),
                 "pending": self.pending,
                 "queues": {str(k): v for k, v in self.queues.queues.items()},
-                "search": self.search.to_dict()}
+                "search": self.search.to_dict(),
+                "lagrange": None if self.lagrange is None else self.lagrange.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.phase_two = bool(state["phase_two"])
@@ -390,6 +407,8 @@ class DHTMethod(DHTInference, Method):
         self.previous.load_state_dict(state["previous"])
         self.features = None if state["features"] is None else ArmFeatures(**state["features"])
         self.generator.set_state(state["generator"])
+        if self.lagrange is not None and state.get("lagrange"):
+            self.lagrange.load_state_dict(state["lagrange"])
         if "floor_generator" in state:  # runs saved before --full-depth-floor did not draw from it
             self.floor_generator.set_state(state["floor_generator"])
         self.pending = state["pending"]

@@ -28,6 +28,7 @@ class DHTInference:
 
     forced_arm: int | None
     arm_costs: dict[bool, Tensor]
+    lagrange: Any  # dht.search.budget.CostWeight, or None
 
     @torch.no_grad()
     def predict_batches(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, Prediction]]:
@@ -52,18 +53,23 @@ class DHTInference:
 
     def choose_arms(self, x: Tensor) -> Tensor:
         """Alg. 2 lines 3-6 at inference: the greedy arm per sample (α = 0), each arm's predicted reward
-        θᵀw less λ times its share of the full model's FLOPs (λ = ``cost_weight``, 0 by default); x
+        θᵀw less λ times its share of the full model's FLOPs (λ = ``cost_weight``, 0 by default, plus
+        the λ a run trained with ``--train-budget`` learned); x
         (B, TOP_DIM) -> (B,) long. Ties go to the lowest index, as the greedy LinUCB choice."""
         if self.forced_arm is not None:
             return torch.full((len(x),), self.forced_arm, dtype=torch.long)
         predicted = self.ucb_top.scores(with_arm_features(x, self.features.top), greedy=True)  # (B, A)
-        if self.options.cost_weight:
-            if self.phase_two not in self.arm_costs:  # one list per phase: P-DHT changes its arms
-                self.arm_costs[self.phase_two] = arm_flop_shares(self.model.config, self.search, self.arms,
-                                                                 self.phase_two)
-            costs = self.arm_costs[self.phase_two]
-            predicted = predicted - self.options.cost_weight * costs
+        weight = self.options.cost_weight + (self.lagrange.value if self.lagrange is not None else 0.0)
+        if weight:
+            predicted = predicted - weight * self.arm_shares()
         return predicted.argmax(1)
+
+    def arm_shares(self) -> Tensor:
+        """Each arm's share of the full model's forward FLOPs (A,) float64, for the cost weights."""
+        if self.phase_two not in self.arm_costs:  # one list per phase: P-DHT changes its arms
+            self.arm_costs[self.phase_two] = arm_flop_shares(self.model.config, self.search, self.arms,
+                                                             self.phase_two)
+        return self.arm_costs[self.phase_two]
 
     def fixed_routes(self) -> list[str]:
         """The current arm list's labels, as the arms are listed."""

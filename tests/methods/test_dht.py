@@ -192,3 +192,28 @@ def test_the_full_depth_floor_sends_its_share_to_the_deepest_arm_and_leaves_the_
     draws = torch.rand(48, generator=torch.Generator().manual_seed(SMALL.seed + 3)) < 0.5
     expected = [2 if forced else arm for arm, forced in zip(bandit, draws.tolist())]
     assert labels([2]) == ["4L4H"] and half == expected and 10 < int(draws.sum()) < 38
+
+
+def test_the_training_budget_steps_its_cost_weight_towards_the_target():
+    """--train-budget R: λ ← λ + η (mean share of the greedy arms − R) after each loader batch, and the
+    choices subtract λ·share (dht/search/budget.py)."""
+    from dht.search.budget import STEP, CostWeight
+    weight = CostWeight(0.5)
+    assert weight.update(torch.tensor([1.0, 0.5, 0.3])) == pytest.approx(STEP * (0.6 - 0.5))
+    assert weight.update(torch.tensor([0.25])) == pytest.approx(STEP * (0.1 - 0.25))  # under target: λ falls
+    torch.manual_seed(0)
+    run = dataclasses.replace(dht_run("f-dht"), options={"config": "f-dht", "train_budget": 0.4})
+    prepared = prepare(run)
+    method = prepared.method
+    method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
+    shares = method.arm_shares()
+    assert shares.argmin().item() == 0 and method.arms[0].label(method.N_h) == "2L4H"
+    batch = collate(prepared.train.ids[:16], prepared.train.labels[:16], list(range(16)), prepared.pad_id)
+    method.lagrange.value = 1e6  # so dear that every sample takes the cheapest arm, in training and inference
+    released = method._enqueue(batch) + [items for _, items in method.queues.flush()]
+    queued = [item["arm"] for items in released for item in items]
+    assert queued == [0] * 16
+    assert method.lagrange.value == pytest.approx(1e6 + STEP * (float(shares[0]) - 0.4))
+    assert set(method.predict(batch).routes) == {"2L4H"}
+    state = method.state_dict()["lagrange"]
+    assert state == {"target": 0.4, "value": method.lagrange.value, "step": STEP}
