@@ -1,0 +1,63 @@
+"""bench/train_wall.py and bench/inference_grid.py on tiny runs: what they count, checked by hand."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from dht.training.config import RunConfig, TrainConfig
+from dht.training.loop import train
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def script(name):
+    sys.path.insert(0, str(BENCH))  # inference_grid imports front_sweep, as when run from bench/
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    small = TrainConfig(epochs=1, batch_size=8, max_train=64, max_test=24, seed=3)
+    for method, options in (("full", {}), ("dht", {"config": "f-dht"})):
+        train(RunConfig(method=method, backbone="tiny", train=small, options=options), root / method, progress=False)
+    return root
+
+
+def test_train_wall_counts_each_sides_trained_samples_and_flops(runs, tmp_path, monkeypatch):
+    output = tmp_path / "wall.json"
+    monkeypatch.setattr("sys.argv", ["train_wall.py", str(runs / "full"), str(runs / "full"), "--batches", "4",
+                                     "--warmup", "2", "--output", str(output)])
+    script("train_wall").main()
+    result = json.loads(output.read_text())["result"]
+    same = result["reference_side"], result["run_side"]
+    assert all(side["samples"] == 4 * 8 for side in same)  # 6 batches of 8, the first 2 steps untimed
+    assert all(side["flop_ratio_all_in"] == pytest.approx(1.0) for side in same)
+    assert result["flop_ratio_all_in_per_sample"] == pytest.approx(1.0)
+    monkeypatch.setattr("sys.argv", ["train_wall.py", str(runs / "full"), str(runs / "dht"), "--batches", "6",
+                                     "--warmup", "1", "--output", str(output)])
+    script("train_wall").main()
+    result = json.loads(output.read_text())["result"]
+    dht = result["run_side"]
+    assert 0 < dht["samples"] <= 7 * 8 and dht["flop_ratio"] < dht["flop_ratio_all_in"]  # probes, bandits
+    assert result["gap"] == pytest.approx(result["wall_ratio_per_sample"] - result["flop_ratio_all_in_per_sample"])
+
+
+def test_inference_grid_rows_are_the_runs_evaluations(runs, tmp_path, monkeypatch):
+    output = tmp_path / "grid.json"
+    monkeypatch.setattr("sys.argv", ["inference_grid.py", str(runs / "dht"), "--name", "tiny", "--cost-weights", "0",
+                                     "--continue-above", "1", "0", "--output", str(output)])
+    script("inference_grid").main()
+    rows = json.loads(output.read_text())["result"]
+    evaluated = json.loads((runs / "dht" / "metrics.json").read_text())["test"]
+    never, always = rows
+    assert never["f1_macro"] == evaluated["f1_macro"] and never["continued_share"] == 0
+    assert never["test_flop_ratio_all_in"] == pytest.approx(evaluated["flop_ratio_all_in"])
+    deepest = sum(r["share"] for name, r in evaluated["routes"].items() if name.startswith("4L"))
+    assert always["continued_share"] == pytest.approx(1 - deepest, abs=1e-3)  # all but the 4-layer arms go on
