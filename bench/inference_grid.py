@@ -34,7 +34,8 @@ def fastbert_rows(path: Path) -> list[dict[str, Any]]:
     """FastBERT's rows of a ``dht bench`` results.json, in the sweep's format (its seed: the bench's)."""
     document = json.loads(path.read_text(encoding="utf-8"))
     results = document["result"] if isinstance(document, dict) else document
-    return [{"seed": 0, "method": "fastbert", "config": "fastbert", "knob": "speed", "value": r["options"]["speed"],
+    return [{"seed": r.get("seed", 0), "method": "fastbert", "config": "fastbert", "knob": "speed",
+             "value": r["options"]["speed"],
              "f1_macro": r["f1_macro"], "accuracy": r["accuracy"], "test_flop_ratio": r["test_flop_ratio"],
              "test_flop_ratio_all_in": r["test_flop_ratio_all_in"],
              "train_flop_ratio_all_in": r["train_flop_ratio_all_in"], "train_seconds": r["train_seconds"],

@@ -7,7 +7,8 @@ covers what the training loop's does: the method's work between steps (DHT's S1 
 and queueing), the step (DHT's S2, rewards and bandit updates), backward, clipping and the optimizer
 step. The arm features of the epoch start are computed before the clock starts (the run's metrics.json
 counts their FLOPs, not this bench). The first ``--warmup`` steps of each side are not timed. Ratios are
-per trained sample: DHT's queues still hold some samples when BL1's batches run out. Written: each
+per trained sample, until BL1's batches run out: the other side has twice as many, so DHT's queues never
+reach the end of their data (where partial queues are flushed) while the clock runs. Written: each
 side's seconds and FLOPs (paper-style and all-in), and the wall-time ratio beside the all-in FLOP ratio.
 
 Usage: python bench/train_wall.py REFERENCE_RUN RUN [--batches 120] [--warmup 10]
@@ -47,9 +48,14 @@ class Side:
         self.seconds = self.flops = self.all_in = self.full = 0.0
         self.samples = self.count = 0
 
+    def sync(self) -> None:
+        if self.method.device.type == "cuda":  # the clock must see the step's kernels finish
+            torch.cuda.synchronize(self.method.device)
+
     def step(self, counted: bool) -> bool:
         """One training step as the loop takes it, the clock from the last step's end (it covers the
         method's work between steps: DHT's probes and queueing); False when the batches ran out."""
+        self.sync()
         start = time.perf_counter()
         released = next(self.steps, None)
         if released is None:
@@ -61,6 +67,7 @@ class Side:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.prepared.run.train.max_grad_norm)
         result.loss.item()
         self.optimizer.step()
+        self.sync()
         if counted:
             self.seconds += time.perf_counter() - start
             self.flops, self.all_in = self.flops + result.flops, self.all_in + result.all_in
@@ -86,12 +93,13 @@ def main() -> None:
     train, config = runs[0].train, runs[0].run.train
     batches = iterate_batches(train.ids, train.labels, config.batch_size, runs[0].pad_id, shuffle=True,
                               generator=torch.Generator().manual_seed(config.seed * 1000), sort_by_length=True)
-    batches = [batch for _, batch in zip(range(args.warmup + args.batches), batches)]
-    sides = [Side(prepared, [batch.to(prepared.method.device) for batch in batches]) for prepared in runs]
-    running = True
-    while running:  # round-robin, step by step, until BL1's batches run out
-        for side in sides:
-            running = side.step(counted=side.count >= args.warmup) and running
+    # The other side gets twice the batches: DHT queues samples, so it pulls loader batches ahead of its
+    # steps, and it must not reach the end of its data (and flush partial queues) while BL1 is timed.
+    batches = [batch for _, batch in zip(range(2 * (args.warmup + args.batches)), batches)]
+    sides = [Side(prepared, [batch.to(prepared.method.device) for batch in batches[:len(batches) // 2 * (1 + i)]])
+             for i, prepared in enumerate(runs)]
+    while all(side.step(counted=side.count >= args.warmup) for side in sides):  # until BL1's batches run out
+        pass
     reference, other = (side.report() for side in sides)
     # Per sample: DHT's queues may still hold samples of the last batches when the clock stops.
     wall = (other["seconds"] / other["samples"]) / (reference["seconds"] / reference["samples"])

@@ -38,3 +38,22 @@ def test_curve_means_average_each_knob_value_over_seeds_and_sort_by_cost():
     assert curves[("fastbert", "fastbert", "knob")] == [(0.5, pytest.approx(0.505), pytest.approx(0.85)),
                                                         (0.0, pytest.approx(1.005), pytest.approx(0.9))]
     assert curves[("fastbert", "fastbert", "oracle_correct")] == [(None, 0.2, 0.95)]
+
+
+def test_operating_points_put_the_knob_back_even_when_an_evaluation_fails(monkeypatch):
+    import dht.benchmark.front as front
+    from dht.training.config import RunConfig, TrainConfig
+    from dht.training.hooks import BenchRun
+    from dht.training.setup import prepare
+
+    prepared = prepare(RunConfig(method="dht", backbone="tiny", options={"config": "f-dht", "cost_weight": 3.0},
+                                 train=TrainConfig(max_train=16, max_test=8)))
+    calls = []
+
+    def failing(_):
+        calls.append(prepared.method.options.cost_weight)
+        raise RuntimeError("out of memory")
+    monkeypatch.setattr(front, "evaluate", failing)
+    with pytest.raises(RuntimeError):
+        front.operating_points(prepared, BenchRun("f-dht", method="dht", folder="f-dht"), 0, {})
+    assert calls == [-10.0] and prepared.method.options.cost_weight == 3.0

@@ -58,10 +58,13 @@ def operating_points(prepared: Prepared, entry: BenchRun, seed: int, costs: dict
     knob = method.knob
     if knob is not None and knob.curve:
         kept = getattr(method.options, knob.option)
-        for value in knob.curve:
-            method.set_inference_options(**{knob.option: value})
-            rows.append(point(entry.method, entry.run, seed, "knob", knob.option, value, evaluate(prepared), costs))
-        method.set_inference_options(**{knob.option: kept})
+        try:
+            for value in knob.curve:
+                method.set_inference_options(**{knob.option: value})
+                rows.append(point(entry.method, entry.run, seed, "knob", knob.option, value, evaluate(prepared),
+                                  costs))
+        finally:
+            method.set_inference_options(**{knob.option: kept})
     if method.fixed_routes():
         oracle = oracle_scores(prepared)
         rows += [point(entry.method, entry.run, seed, kind, None, None, oracle[kind], costs) for kind in ORACLES]

@@ -7,8 +7,13 @@ lines 7-17): the first b layers run again with gradients, then per group of c la
 picks how many heads and TSB which, the loss is computed per sample, the rewards of §4 update every
 bandit, and the loop back-propagates. What differs between tree and integrated search lives in
 ``dht/search/strategies.py``; arms, rewards, queues, contexts and layouts in the rest of ``dht/search``.
-Inference is greedy, reuses the probe and queues samples by depth like training, so each depth runs
-in full batches.
+Inference (``dht/methods/dht_inference.py``) is greedy, reuses the probe and queues samples by depth
+like training, so each depth runs in full batches.
+
+Levers of ours beyond the paper, each off by default (docs/front.md measures them): self-distilled exits
+(``--self-distill``, dht/search/exits.py), a floor on full-depth samples (``--full-depth-floor``), a
+training-time FLOP target (``--train-budget``, dht/search/budget.py), and at inference the cost weight
+(``--cost-weight``) and continuation of unsure samples (``--continue-above``).
 
 Decisions of ours where the spec is silent: the probe runs without dropout; arm features are
 standardised across arms (see features.py); the queue key is the arm's depth, and a released queue is

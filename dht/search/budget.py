@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from torch import Tensor
 
 STEP = 5.0  # η
+# |λ| stays within the inference knob's range (DHTMethod.knob): beyond it every arm list is at one end,
+# and a target no arm mix can meet (below the cheapest arm's share) must not drive λ without end.
+LIMIT = 1000.0
 
 
 @dataclass
@@ -35,8 +38,8 @@ class CostWeight:
     step: float = STEP  # η
 
     def update(self, shares: Tensor) -> float:
-        """One dual-ascent step from the chosen arms' shares (B,); returns the new λ."""
-        self.value += self.step * (float(shares.mean()) - self.target)
+        """One dual-ascent step from the chosen arms' shares (B,), λ kept within ±``LIMIT``; returns λ."""
+        self.value = min(LIMIT, max(-LIMIT, self.value + self.step * (float(shares.mean()) - self.target)))
         return self.value
 
     def state_dict(self) -> dict[str, float]:

@@ -60,6 +60,9 @@ def next_arms(search: SearchConfig, arms: tuple[Arm, ...]) -> list[int | None]:
             result.append(None)
             continue
         candidates = [i for i, a in enumerate(arms) if a.depth == deeper[0] and not a.top]
+        if not candidates:
+            result.append(None)
+            continue
         same = [i for i in candidates if arms[i].heads == arm.heads]
         best = same[0] if same else max(candidates, key=lambda i: arms[i].heads or 0)
         now, then = arm_layout(search, arm, False), arm_layout(search, arms[best], False)

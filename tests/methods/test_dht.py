@@ -197,7 +197,8 @@ def test_the_full_depth_floor_sends_its_share_to_the_deepest_arm_and_leaves_the_
 def test_the_training_budget_steps_its_cost_weight_towards_the_target():
     """--train-budget R: λ ← λ + η (mean share of the greedy arms − R) after each loader batch, and the
     choices subtract λ·share (dht/search/budget.py)."""
-    from dht.search.budget import STEP, CostWeight
+    from dht.methods.dht import DHTMethod
+    from dht.search.budget import LIMIT, STEP, CostWeight
     weight = CostWeight(0.5)
     assert weight.update(torch.tensor([1.0, 0.5, 0.3])) == pytest.approx(STEP * (0.6 - 0.5))
     assert weight.update(torch.tensor([0.25])) == pytest.approx(STEP * (0.1 - 0.25))  # under target: λ falls
@@ -209,11 +210,31 @@ def test_the_training_budget_steps_its_cost_weight_towards_the_target():
     shares = method.arm_shares()
     assert shares.argmin().item() == 0 and method.arms[0].label(method.N_h) == "2L4H"
     batch = collate(prepared.train.ids[:16], prepared.train.labels[:16], list(range(16)), prepared.pad_id)
-    method.lagrange.value = 1e6  # so dear that every sample takes the cheapest arm, in training and inference
+    method.lagrange.value = 900.0  # so dear that every sample takes the cheapest arm, in training and inference
     released = method._enqueue(batch) + [items for _, items in method.queues.flush()]
     queued = [item["arm"] for items in released for item in items]
     assert queued == [0] * 16
-    assert method.lagrange.value == pytest.approx(1e6 + STEP * (float(shares[0]) - 0.4))
+    assert method.lagrange.value == pytest.approx(900.0 + STEP * (float(shares[0]) - 0.4))
     assert set(method.predict(batch).routes) == {"2L4H"}
     state = method.state_dict()["lagrange"]
     assert state == {"target": 0.4, "value": method.lagrange.value, "step": STEP}
+    unreachable = CostWeight(0.1)  # below every arm's share: λ grows to the knob's end, not beyond
+    for _ in range(1000):
+        unreachable.update(torch.tensor([0.5]))
+    assert unreachable.value == LIMIT == DHTMethod.knob.cheapest
+
+
+@pytest.mark.parametrize("options", [{"full_depth_floor": 0.3}, {"train_budget": 0.5}])
+def test_resume_equals_an_uninterrupted_run_with_our_levers(tmp_path, options):
+    """The floor's draws and the budget's λ are method state: a resumed run is the uninterrupted one."""
+    run = dataclasses.replace(dht_run("f-dht"), options={"config": "f-dht", **options})
+    train(run, tmp_path / "whole", progress=False)
+    assert train(run, tmp_path / "cut", stop_after_steps=3, progress=False) is None
+    train(run, tmp_path / "cut", resume=True, progress=False)
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    decisions = lambda name: (tmp_path / name / "decisions.jsonl").read_text()  # noqa: E731
+    assert decisions("whole") == decisions("cut")
+    if "train_budget" in options:
+        logged = [json.loads(line).get("lambda") for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+        assert None not in logged and len(set(logged)) > 1  # λ moved, and every step logged it

@@ -127,7 +127,34 @@ def test_only_samples_above_the_entropy_threshold_continue():
     stayed = ~torch.tensor(went_on)
     torch.testing.assert_close(mixed.logits[stayed], shallow.logits[stayed], atol=1e-5, rtol=1e-5)
     assert torch.equal(mixed.flops[stayed], shallow.flops[stayed])
-    assert (mixed.flops[~stayed] > shallow.flops[~stayed]).all()
+    # The samples that went on, a subset of the queue cut to its own padding, equal the deeper route.
+    forced = in_batch_order(batch, list(method.predict_route_batches([batch], "4L4H")))
+    torch.testing.assert_close(mixed.logits[~stayed], forced.logits[~stayed], atol=1e-5, rtol=1e-5)
+    assert torch.equal(mixed.flops[~stayed], forced.flops[~stayed] + classifier_flops(method.model.config))
+
+
+@pytest.mark.parametrize("exits", ["shared", "per-depth"])
+def test_continuation_in_tree_search_and_with_per_depth_exits(tmp_path, exits):
+    """T-DHT's arms are depths (UCB_H picks each group's head count, here for group 1 at start = 1);
+    per-depth exits read another classifier at each depth."""
+    search = dataclasses.replace(preset("t-dht", 4, 4), b=2, c=1, feature_samples=16,
+                                 arms=tuple(Arm(depth, None) for depth in (2, 3, 4)))
+    path = tmp_path / "tree.json"
+    path.write_text(json.dumps(search.to_dict()))
+    torch.manual_seed(0)
+    train = TrainConfig(epochs=1, batch_size=8, max_train=48, max_test=24, seed=5, eval_batch_size=8)
+    prepared = prepare(RunConfig(method="dht", backbone="tiny", train=train,
+                                 options={"config": str(path), "exit_classifiers": exits}))
+    method = prepared.method
+    method.initialise()
+    method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
+    test = prepared.test
+    batch = collate(test.ids, test.labels, list(range(len(test))), prepared.pad_id)
+    forced = in_batch_order(batch, list(method.predict_route_batches([batch], "4L")))
+    continued = predict_with(method, batch, cost_weight=1000.0, continue_above=0.0)
+    assert set(continued.routes) == {"2L>4L"}
+    torch.testing.assert_close(continued.logits, forced.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(continued.flops, forced.flops + 2 * classifier_flops(method.model.config))
 
 
 def test_continue_above_must_be_a_normalised_entropy():
