@@ -96,8 +96,9 @@ def main() -> None:
     # The other side gets twice the batches: DHT queues samples, so it pulls loader batches ahead of its
     # steps, and it must not reach the end of its data (and flush partial queues) while BL1 is timed.
     batches = [batch for _, batch in zip(range(2 * (args.warmup + args.batches)), batches)]
-    sides = [Side(prepared, [batch.to(prepared.method.device) for batch in batches[:len(batches) // 2 * (1 + i)]])
-             for i, prepared in enumerate(runs)]
+    shares = [batches[:args.warmup + args.batches], batches]  # BL1's, the other side's
+    sides = [Side(prepared, [batch.to(prepared.method.device) for batch in share])
+             for prepared, share in zip(runs, shares)]
     while all(side.step(counted=side.count >= args.warmup) for side in sides):  # until BL1's batches run out
         pass
     reference, other = (side.report() for side in sides)
