@@ -1,7 +1,8 @@
 """Finished DHT runs evaluated at a grid of inference settings: cost weight λ × continuation threshold τ.
 
 Both are inference options (``--cost-weight``, ``--continue-above``), so one trained run gives every
-point; nothing is retrained. Rows have the format of ``bench/front_sweep.py``'s, so
+point; nothing is retrained. The point of the run's own settings is its metrics.json's test block (the
+same deterministic evaluation), not evaluated again. Rows have the format of ``bench/front_sweep.py``'s, so
 ``python bench/front_report.py sweep FILE`` tables their means over seeds against FastBERT's curve. The
 FastBERT rows come from a ``dht bench`` results.json (``--fastbert``): its speeds, as they were measured.
 
@@ -57,10 +58,14 @@ def main() -> None:
     for folder in args.runs:
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         prepared = load_run(folder, device=args.device)
+        trained = prepared.method.options
         for weight in args.cost_weights:
             for tau in args.continue_above:
-                prepared.method.set_inference_options(cost_weight=weight, continue_above=tau)
-                test = evaluate(prepared)
+                if (weight, tau) == (trained.cost_weight, trained.continue_above):
+                    test = metrics["test"]  # the run's own evaluation, with these very settings
+                else:
+                    prepared.method.set_inference_options(cost_weight=weight, continue_above=tau)
+                    test = evaluate(prepared)
                 knob = f"λ {weight:g}, τ {tau:g}"
                 rows.append({**row(prepared.run.train.seed, "dht", args.name, knob, None, test, metrics),
                              "cost_weight": weight, "continue_above": tau, "run": str(folder),

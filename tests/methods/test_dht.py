@@ -236,5 +236,6 @@ def test_resume_equals_an_uninterrupted_run_with_our_levers(tmp_path, options):
     decisions = lambda name: (tmp_path / name / "decisions.jsonl").read_text()  # noqa: E731
     assert decisions("whole") == decisions("cut")
     if "train_budget" in options:
-        logged = [json.loads(line).get("lambda") for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+        log = (tmp_path / "whole" / "log.jsonl").read_text().splitlines()
+        logged = [json.loads(line).get("lambda") for line in log]
         assert None not in logged and len(set(logged)) > 1  # λ moved, and every step logged it
