@@ -2,6 +2,7 @@
 
 Usage: python bench/front_report.py sweep FILE [FILE ...]   # means over seeds, each row against FastBERT
        python bench/front_report.py budget FILE              # one run's budget curve and oracles
+       python bench/front_report.py wall FILE [FILE ...]     # bench/train_wall.py: seconds against FLOPs
 
 For a sweep, each DHT row is compared with FastBERT's speed curve (its mean over seeds, interpolated
 linearly in inference FLOPs, all-in): "above" when the row's mean macro-F1 is higher at the same cost.
@@ -86,12 +87,26 @@ def budget_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def wall_table(paths: list[Path]) -> str:
+    """bench/train_wall.py results: per run, the training wall-time ratio beside the all-in FLOP ratio."""
+    lines = ["| run | against | samples timed (run, BL1) | wall-time ratio per sample | all-in FLOP ratio per sample "
+             "| gap |", "|---|---|---|---|---|---|"]
+    for path in paths:
+        _, r = load(path)
+        samples = f"{r['run_side']['samples']}, {r['reference_side']['samples']}"
+        lines.append(f"| {r['run']} | {r['reference']} | {samples} | {r['wall_ratio_per_sample']:.3f} "
+                     f"| {r['flop_ratio_all_in_per_sample']:.3f} | {r['gap']:+.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("sweep", "budget"))
+    parser.add_argument("kind", choices=("sweep", "budget", "wall"))
     parser.add_argument("files", type=Path, nargs="+")
     args = parser.parse_args()
-    print(sweep_table(args.files) if args.kind == "sweep" else budget_table(args.files[0]))
+    tables = {"sweep": lambda: sweep_table(args.files), "budget": lambda: budget_table(args.files[0]),
+              "wall": lambda: wall_table(args.files)}
+    print(tables[args.kind]())
 
 
 if __name__ == "__main__":

@@ -70,13 +70,13 @@ def test_each_arm_continues_to_the_next_depth_with_its_own_head_count():
     assert set(links("p-dht", phase_two=True).values()) == {None}  # its top layers always run
 
 
-def continuation_setup(config="f-dht"):
-    """DHT on the tiny 4-layer, 4-head backbone (F-DHT's arms: 2L4H, 4L3H, 4L4H), every sample routed to
-    the cheapest arm (λ = 1000)."""
+def continuation_setup(config="f-dht", **options):
+    """DHT on the tiny 4-layer, 4-head backbone (F-DHT's arms: 2L4H, 4L3H, 4L4H) and its test batch."""
     torch.manual_seed(0)
     train = TrainConfig(epochs=1, batch_size=8, max_train=48, max_test=24, seed=5, eval_batch_size=8)
-    prepared = prepare(RunConfig(method="dht", backbone="tiny", train=train, options={"config": config}))
+    prepared = prepare(RunConfig(method="dht", backbone="tiny", train=train, options={"config": config, **options}))
     method = prepared.method
+    method.initialise()
     method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
     test = prepared.test
     batch = collate(test.ids, test.labels, list(range(len(test))), prepared.pad_id)
@@ -86,6 +86,24 @@ def continuation_setup(config="f-dht"):
 def predict_with(method, batch, **options):
     method.options = dataclasses.replace(method.options, **options)
     return method.predict(batch)
+
+
+def search_file(tmp_path, mode, b, c, arms):
+    """A search config for the tiny backbone with the given layout and arms."""
+    search = dataclasses.replace(preset(mode, 4, 4), b=b, c=c, feature_samples=16, arms=arms)
+    path = tmp_path / "search.json"
+    path.write_text(json.dumps(search.to_dict()))
+    return str(path)
+
+
+def assert_all_continue_to(method, batch, deepest, route, reads):
+    """Every sample, sent to the cheapest arm (λ = 1000) and never sure enough (τ = 0), ends on
+    ``deepest`` as if it had run that route, plus ``reads`` exit reads on the way."""
+    forced = in_batch_order(batch, list(method.predict_route_batches([batch], deepest)))
+    continued = predict_with(method, batch, cost_weight=1000.0, continue_above=0.0)
+    assert set(continued.routes) == {route}
+    torch.testing.assert_close(continued.logits, forced.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(continued.flops, forced.flops + reads * classifier_flops(method.model.config))
 
 
 def test_a_continued_sample_equals_the_deeper_route_plus_one_exit_read():
@@ -104,16 +122,8 @@ def test_a_continued_sample_equals_the_deeper_route_plus_one_exit_read():
 def test_continuation_runs_group_after_group_to_the_deepest_arm(tmp_path):
     """One layer per group (b = c = 1): 1L4H continues through 2L4H and 3L4H to 4L4H, each step
     starting from the states the last one left, and reads three exits on the way."""
-    search = dataclasses.replace(preset("f-dht", 4, 4), b=1, c=1, feature_samples=16,
-                                 arms=tuple(Arm(depth, 4) for depth in (1, 2, 3, 4)))
-    path = tmp_path / "b1c1.json"
-    path.write_text(json.dumps(search.to_dict()))
-    method, batch = continuation_setup(str(path))
-    forced = in_batch_order(batch, list(method.predict_route_batches([batch], "4L4H")))
-    continued = predict_with(method, batch, cost_weight=1000.0, continue_above=0.0)
-    assert set(continued.routes) == {"1L4H>4L4H"}
-    torch.testing.assert_close(continued.logits, forced.logits, atol=1e-5, rtol=1e-5)
-    assert torch.equal(continued.flops, forced.flops + 3 * classifier_flops(method.model.config))
+    method, batch = continuation_setup(search_file(tmp_path, "f-dht", 1, 1, tuple(Arm(d, 4) for d in (1, 2, 3, 4))))
+    assert_all_continue_to(method, batch, "4L4H", "1L4H>4L4H", reads=3)
 
 
 def test_only_samples_above_the_entropy_threshold_continue():
@@ -137,24 +147,9 @@ def test_only_samples_above_the_entropy_threshold_continue():
 def test_continuation_in_tree_search_and_with_per_depth_exits(tmp_path, exits):
     """T-DHT's arms are depths (UCB_H picks each group's head count, here for group 1 at start = 1);
     per-depth exits read another classifier at each depth."""
-    search = dataclasses.replace(preset("t-dht", 4, 4), b=2, c=1, feature_samples=16,
-                                 arms=tuple(Arm(depth, None) for depth in (2, 3, 4)))
-    path = tmp_path / "tree.json"
-    path.write_text(json.dumps(search.to_dict()))
-    torch.manual_seed(0)
-    train = TrainConfig(epochs=1, batch_size=8, max_train=48, max_test=24, seed=5, eval_batch_size=8)
-    prepared = prepare(RunConfig(method="dht", backbone="tiny", train=train,
-                                 options={"config": str(path), "exit_classifiers": exits}))
-    method = prepared.method
-    method.initialise()
-    method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
-    test = prepared.test
-    batch = collate(test.ids, test.labels, list(range(len(test))), prepared.pad_id)
-    forced = in_batch_order(batch, list(method.predict_route_batches([batch], "4L")))
-    continued = predict_with(method, batch, cost_weight=1000.0, continue_above=0.0)
-    assert set(continued.routes) == {"2L>4L"}
-    torch.testing.assert_close(continued.logits, forced.logits, atol=1e-5, rtol=1e-5)
-    assert torch.equal(continued.flops, forced.flops + 2 * classifier_flops(method.model.config))
+    config = search_file(tmp_path, "t-dht", 2, 1, tuple(Arm(d, None) for d in (2, 3, 4)))
+    method, batch = continuation_setup(config, exit_classifiers=exits)
+    assert_all_continue_to(method, batch, "4L", "2L>4L", reads=2)
 
 
 def test_continue_above_must_be_a_normalised_entropy():
