@@ -145,6 +145,7 @@ class DHTMethod(DHTInference, Method):
         self.pad_id = 0
         self.forced_arm: int | None = None  # inference: every sample on this arm (the oracles' routes)
         self.arm_costs: dict[bool, Tensor] = {}  # each arm list's FLOP shares, for the cost weights
+        self.arm_links: dict[bool, list[int | None]] = {}  # each arm list's continuations (next_arms)
         self.lagrange = CostWeight(self.options.train_budget) if self.options.train_budget else None
         if self.options.exit_classifiers == "per-depth":
             model.add_branch_classifiers()  # one after every layer but the last, which keeps the classifier
@@ -239,10 +240,11 @@ class DHTMethod(DHTInference, Method):
         if self.lagrange is None:
             chosen = self.ucb_top.select(W).tolist()
         else:  # ours: the budget's cost weight shifts the choice; λ steps towards the target (budget.py)
-            penalty = self.lagrange.value * self.arm_shares()
+            shares = self.arm_shares()
+            penalty = self.lagrange.value * shares
             chosen = (self.ucb_top.scores(W) - penalty).argmax(1).tolist()
             greedy = (self.ucb_top.scores(W, greedy=True) - penalty).argmax(1)  # inference's choice
-            self.lagrange.update(self.arm_shares()[greedy])
+            self.lagrange.update(shares[greedy])
             self.overhead += linucb_flops(len(batch), len(self.arms), self.ucb_top.config.dim, update=False)
         if self.options.full_depth_floor:
             chosen = self._floor(chosen)

@@ -28,6 +28,7 @@ class DHTInference:
 
     forced_arm: int | None
     arm_costs: dict[bool, Tensor]
+    arm_links: dict[bool, list[int | None]]
     lagrange: Any  # dht.search.budget.CostWeight, or None
 
     @torch.no_grad()
@@ -109,14 +110,12 @@ class DHTInference:
         h, decisions = self._run_s2(batch, arms, greedy=True, hidden=hidden)
         logits = self.exit_logits(h, batch.attention_mask, arms[0])
         heads: list[list[Any]] = [[] for _ in items]  # per sample, each group's kept heads
-        for decision in decisions:
-            for sample, kept in zip(heads, kept_to_heads(decision.kept)):
-                sample.append(kept)
+        add_kept_heads(heads, range(len(items)), decisions)
         final, reads = list(chosen), [0] * len(items)
         if self.options.continue_above < 1 and self.forced_arm is None:
             logits = self._continue_unsure(batch, h, logits, final, heads, reads)
-        plans = [sample_plan(arm_layout(self.search, self.arms[a], self.phase_two), groups, self.N_h)
-                 for a, groups in zip(final, heads)]
+        layouts = {a: arm_layout(self.search, self.arms[a], self.phase_two) for a in set(final)}
+        plans = [sample_plan(layouts[a], groups, self.N_h) for a, groups in zip(final, heads)]
         flops, full = forward_costs(self.model, batch, plans)
         extra = torch.tensor(reads, dtype=torch.float64) * classifier_flops(self.model.config)
         flops = flops + extra  # the exits read on the way ran too
@@ -152,13 +151,21 @@ class DHTInference:
             deeper = [self.arms[arms[r]] for r in rows]
             h, decisions = self._run_s2(part, deeper, greedy=True, hidden=h, start=start)
             logits[rows] = self.exit_logits(h, part.attention_mask, deeper[0]).to(logits.dtype)
-            for decision in decisions:
-                for r, kept in zip(rows, kept_to_heads(decision.kept)):
-                    heads[r].append(kept)
+            add_kept_heads(heads, rows, decisions)
         return logits
 
     def _next_arms(self) -> list[int | None]:
-        """Each arm's continuation (``next_arms``); none for P-DHT after its switch."""
-        if self.phase_two:
-            return [None] * len(self.arms)
-        return next_arms(self.search, self.arms)
+        """Each arm's continuation (``next_arms``), once per arm list; none for P-DHT after its switch."""
+        if self.phase_two not in self.arm_links:
+            self.arm_links[self.phase_two] = ([None] * len(self.arms) if self.phase_two
+                                              else next_arms(self.search, self.arms))
+        return self.arm_links[self.phase_two]
+
+
+def add_kept_heads(heads: list[list[Any]], rows: Iterable[int], decisions: list) -> None:
+    """Append each group decision's kept heads (a tuple per sample) to ``heads[row]`` of the samples that
+    ran it, ``rows`` in the decisions' batch order."""
+    rows = list(rows)
+    for decision in decisions:
+        for r, kept in zip(rows, kept_to_heads(decision.kept)):
+            heads[r].append(kept)

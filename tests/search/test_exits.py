@@ -103,20 +103,16 @@ def assert_all_continue_to(method, batch, deepest, route, reads):
     continued = predict_with(method, batch, cost_weight=1000.0, continue_above=0.0)
     assert set(continued.routes) == {route}
     torch.testing.assert_close(continued.logits, forced.logits, atol=1e-5, rtol=1e-5)
-    assert torch.equal(continued.flops, forced.flops + reads * classifier_flops(method.model.config))
+    read = reads * classifier_flops(method.model.config)
+    assert torch.equal(continued.flops, forced.flops + read)
+    assert torch.equal(continued.all_in, forced.all_in + read)
 
 
 def test_a_continued_sample_equals_the_deeper_route_plus_one_exit_read():
     method, batch = continuation_setup()
     shallow = predict_with(method, batch, cost_weight=1000.0, continue_above=1.0)
     assert set(shallow.routes) == {"2L4H"}
-    forced = in_batch_order(batch, list(method.predict_route_batches([batch], "4L4H")))
-    continued = predict_with(method, batch, cost_weight=1000.0, continue_above=0.0)
-    assert set(continued.routes) == {"2L4H>4L4H"}
-    torch.testing.assert_close(continued.logits, forced.logits, atol=1e-5, rtol=1e-5)
-    read = classifier_flops(method.model.config)  # the 2-layer exit read on the way
-    assert torch.equal(continued.flops, forced.flops + read)
-    assert torch.equal(continued.all_in, forced.all_in + read)
+    assert_all_continue_to(method, batch, "4L4H", "2L4H>4L4H", reads=1)  # the 2-layer exit read on the way
 
 
 def test_continuation_runs_group_after_group_to_the_deepest_arm(tmp_path):
