@@ -106,3 +106,53 @@ def thompson_flops(samples: int, arms: int, dim: int, update: bool, newton_steps
     if update:
         return samples * arms * dim * 8 * max(newton_steps, 1)
     return samples * arms * 4 * dim
+
+
+# --- Adaptive Computation Modules (../shared/spec/acm.md §6) -------------------------------
+def acm_learner_flops(config: EncoderConfig) -> int:
+    """Forward FLOPs p of one ACM learner on one token: 2·E·b + 2·b·E with b = I / N (N learners cost
+    one dense FFN)."""
+    return 4 * config.hidden_size * (config.intermediate_size // config.acm_learners)
+
+
+def acm_gate_flops(config: EncoderConfig) -> int:
+    """Forward FLOPs g of one ACM gate on one token: 2·(E·h + h·(N + 1)), h the gate's hidden width."""
+    hidden = config.acm_gate_hidden
+    return 2 * (config.hidden_size * hidden + hidden * (config.acm_learners + 1))
+
+
+def acm_layer_forward_flops(config: EncoderConfig, tokens: int, learners_run: int, gated: bool = True) -> int:
+    """Forward FLOPs of one ACM layer on a sample of ``tokens`` real tokens whose tokens ran
+    ``learners_run`` learners in all (Σ_j k_j): the layer without its FFN, plus each token's gate (when
+    ``gated``) and its learners."""
+    dense_ffn = 2 * 2 * tokens * config.hidden_size * config.intermediate_size
+    rest = layer_forward_flops(config, tokens, config.num_heads) - dense_ffn
+    return rest + (tokens * acm_gate_flops(config) if gated else 0) + learners_run * acm_learner_flops(config)
+
+
+def acm_forward_flops(config: EncoderConfig, tokens: int, learners_run: Iterable[int], gated: bool = True) -> int:
+    """Forward FLOPs of an ACM model on one sample: ``learners_run`` gives Σ_j k_j for each layer."""
+    return sum(acm_layer_forward_flops(config, tokens, run, gated) for run in learners_run) + classifier_flops(config)
+
+
+def acm_train_flops(config: EncoderConfig, tokens: int, learners_run: Iterable[int], gate_grad: str) -> int:
+    """Phase-3 training FLOPs of an ACM model on one sample (spec §6): 3× the forward, where
+    ``straight_through`` runs all N learners on every token and ``aux_only`` only the chosen ones."""
+    if gate_grad == "straight_through":
+        learners_run = [tokens * config.acm_learners] * config.num_layers
+    return 3 * acm_forward_flops(config, tokens, learners_run)
+
+
+def acm_distill_flops(config: EncoderConfig, tokens: int) -> int:
+    """Phase-1 FLOPs on one sample (spec §6): the teacher's forward, and in every layer all N learners
+    forward and backward on every token; a learner's first product needs no input gradient (its input is
+    the teacher's), so a learner costs 2·(2·E·b) + 3·(2·b·E) = 2.5·p."""
+    learners = config.num_layers * tokens * config.acm_learners * acm_learner_flops(config) * 5 // 2
+    return full_forward_flops(config, tokens) + learners
+
+
+def acm_gate_train_flops(config: EncoderConfig, tokens: int) -> int:
+    """Phase-2 FLOPs on one sample (spec §6): the teacher's forward, all N learners forward (frozen) and
+    every gate forward and backward (3×) on every token of every layer."""
+    per_token = config.acm_learners * acm_learner_flops(config) + 3 * acm_gate_flops(config)
+    return full_forward_flops(config, tokens) + config.num_layers * tokens * per_token

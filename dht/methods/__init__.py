@@ -2,7 +2,7 @@
 
 The registry keeps the order of these imports, which is the order of ``dht bench``'s rows and of the
 results tables: BL1 first (the teacher of the students and of FastBERT), then the baselines, then DHT,
-then the other systems of the field (dynamic layer tying).
+then the other systems of the field (dynamic layer tying, adaptive computation modules).
 """
 
 # The import order is the registry's order; keep it.
@@ -12,8 +12,9 @@ from dht.methods.distil import DistilMethod
 from dht.methods.fastbert import FastBERTMethod
 from dht.methods.dht import DHTMethod
 from dht.methods.dlt import DLTMethod
+from dht.methods.acm import ACMMethod
 # isort: on
 from dht.training.hooks import METHODS, Method, method_type, register
 
-__all__ = ["METHODS", "DHTMethod", "DLTMethod", "DistilMethod", "FastBERTMethod", "FullMethod", "Method", "method_type",
+__all__ = ["METHODS", "ACMMethod", "DHTMethod", "DLTMethod", "DistilMethod", "FastBERTMethod", "FullMethod", "Method", "method_type",
            "register"]

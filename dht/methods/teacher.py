@@ -36,3 +36,14 @@ def load_teacher_weights(model: DynamicEncoder, path: Path) -> None:
     if unexpected or any(not key.startswith("branches.") for key in missing):
         raise ValueError(f"{path}: the teacher's weights do not fit "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def teacher_model(path: Path, expected: EncoderConfig) -> DynamicEncoder:
+    """The teacher run at ``path`` as a model of its own (for methods that keep it beside the student);
+    a ValueError when its shape is not ``expected`` (branch classifiers aside)."""
+    saved = EncoderConfig.from_dict(json.loads(run_file(path).read_text(encoding="utf-8"))["encoder"])
+    if saved.replace(branch_classifiers=False) != expected.replace(branch_classifiers=False):
+        raise ValueError(f"{path}: the teacher's shape differs from this run's backbone and data")
+    teacher = DynamicEncoder(saved)
+    teacher.load_state_dict(load_file(str(path / "model.safetensors")))
+    return teacher

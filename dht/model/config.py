@@ -27,12 +27,17 @@ class EncoderConfig:
     pooling: str = "mean"  # "mean" over real tokens (spec §2) or "cls" (first token)
     pad_token_id: int = 0
     branch_classifiers: bool = False  # FastBERT: one extra classifier after each layer but the last
+    acm_learners: int = 0  # ACM: N learners (and a gate) in place of every FFN; 0 keeps the dense FFNs
+    acm_gate_hidden: int = 16  # ACM: the gate's hidden width
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads",
                      "intermediate_size", "max_position", "type_vocab_size", "num_classes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EncoderConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.acm_learners < 0 or (self.acm_learners and self.intermediate_size % self.acm_learners):
+            raise ValueError(f"acm_learners must be 0 or divide intermediate_size {self.intermediate_size}, "
+                             f"got {self.acm_learners}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         for name in ("hidden_dropout", "attention_dropout"):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dht.model.acm import ACM
 from dht.model.config import EncoderConfig
 from dht.model.plan import ExecutionPlan
 
@@ -208,15 +209,21 @@ class Layer(nn.Module):
         E, eps = config.hidden_size, config.layer_norm_eps
         self.attention = SelfAttention(config)
         self.attention_norm = nn.LayerNorm(E, eps=eps)
-        self.ffn_in = nn.Linear(E, config.intermediate_size)
-        self.ffn_out = nn.Linear(config.intermediate_size, E)
+        if config.acm_learners:  # Adaptive Computation Modules: learners and a gate in place of the FFN
+            self.acm = ACM(E, config.intermediate_size, config.acm_learners, config.acm_gate_hidden)
+        else:
+            self.ffn_in = nn.Linear(E, config.intermediate_size)
+            self.ffn_out = nn.Linear(config.intermediate_size, E)
         self.ffn_norm = nn.LayerNorm(E, eps=eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(self, h: Tensor, attn_mask: Tensor, heads: Heads) -> Tensor:
         """h (B, T, E) -> (B, T, E)."""
         h = self.attention_norm(h + self.dropout(self.attention(h, attn_mask, heads)))
-        ffn = self.ffn_out(F.gelu(self.ffn_in(h)))  # exact (erf) GELU, as BERT's "gelu"
+        if hasattr(self, "acm"):
+            ffn = self.acm.forward_tokens(h, attn_mask[:, 0, 0, :])
+        else:
+            ffn = self.ffn_out(F.gelu(self.ffn_in(h)))  # exact (erf) GELU, as BERT's "gelu"
         return self.ffn_norm(h + self.dropout(ffn))
 
 
@@ -319,6 +326,22 @@ class DynamicEncoder(nn.Module):
             self.branches = nn.ModuleList(nn.Linear(self.config.hidden_size, self.config.num_classes)
                                           for _ in range(self.config.num_layers - 1))
             self.branches.apply(self._init_weights)
+
+    def add_acms(self, learners: int) -> None:
+        """Replace every layer's FFN by an ACM of ``learners`` randomly initialised learners and a gate
+        (no-op if the model has them); the dense FFN weights are dropped."""
+        if self.config.acm_learners:
+            return
+        self.config = self.config.replace(acm_learners=learners)
+        for layer in self.layers:
+            del layer.ffn_in, layer.ffn_out
+            layer.acm = ACM(self.config.hidden_size, self.config.intermediate_size, learners,
+                            self.config.acm_gate_hidden).to(layer.ffn_norm.weight.device)
+            layer.acm.gate.apply(self._init_weights)
+
+    def acms(self) -> list[ACM]:
+        """The layers' ACMs, bottom first (none for a dense model)."""
+        return [layer.acm for layer in self.layers if hasattr(layer, "acm")]
 
     @torch.no_grad()
     def branches_from_classifier(self) -> None:

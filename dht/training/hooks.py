@@ -169,6 +169,10 @@ class Method:
     def on_epoch_start(self, epoch: int, train_ids: list[list[int]], pad_id: int) -> None:
         """Called before each epoch with the training token ids (DHT recomputes its arm features)."""
 
+    def extra_training_cost(self) -> tuple[float, float]:
+        """FLOPs and seconds spent outside the loop's steps (ACM's conversion), added to the all-in cost."""
+        return 0.0, 0.0
+
     def loader_start(self, batches_done: int) -> int:
         """Loader batches to skip when resuming mid-epoch (methods that re-queue samples track their own)."""
         return batches_done
@@ -188,6 +192,11 @@ class Method:
         may regroup the samples (DHT queues them by depth) so a yielded batch need not be one given."""
         for batch in batches:
             yield batch, self.predict(batch)
+
+    def statistics(self) -> dict[str, Any]:
+        """Method-specific statistics of the predictions made since the last call (ACM's learner usage),
+        added to the split's scores; the call clears them."""
+        return {}
 
     def set_inference_options(self, **changes: Any) -> None:
         """Change inference options (``inference=True`` fields) of a trained method, e.g. its knob;

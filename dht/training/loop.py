@@ -236,13 +236,15 @@ def finish(prepared: Prepared, output: Path, counters: dict[str, Any], progress:
 
     run = prepared.run
     test = evaluate(prepared, progress)
+    extra_flops, extra_seconds = prepared.method.extra_training_cost()  # ACM's conversion
     metrics = {
         "method": run.method, "dataset": prepared.dataset.name, "backbone": run.backbone,
         "options": run.options,
         "test": test,
         "train": {"flop_ratio": counters["flops"] / counters["full_flops"],
-                  "flop_ratio_all_in": counters["flops_all_in"] / counters["full_flops"],
-                  "seconds": counters["seconds"], "samples": counters["samples"], "epochs": run.train.epochs,
+                  "flop_ratio_all_in": (counters["flops_all_in"] + extra_flops) / counters["full_flops"],
+                  "seconds": counters["seconds"], "seconds_all_in": counters["seconds"] + extra_seconds,
+                  "samples": counters["samples"], "epochs": run.train.epochs,
                   "steps": counters["step"], "device": device_name(prepared.method.device),
                   "memory": counters.get("memory", {}),
                   "trainable_params": trainable_elements(prepared.model)},
@@ -272,10 +274,11 @@ def save_method_state(output: Path, method: Method) -> None:
 def evaluate(prepared: Prepared, progress: bool = False) -> dict[str, Any]:
     """Predict the test split (batches sorted by length) and score it; seconds are wall time."""
     split = prepared.test
+    prepared.method.statistics()  # drop what earlier predictions (a budget search) left
     result = predict_split(prepared.method, split.ids, split.labels, prepared.run.train.eval_batch_size,
                            prepared.pad_id, progress)
     return {**split_scores(result, split.labels, prepared.dataset.num_classes),
-            "device": device_name(prepared.method.device)}
+            **prepared.method.statistics(), "device": device_name(prepared.method.device)}
 
 
 def load_run(run_dir: Path, data: str | None = None, overrides: dict | None = None,

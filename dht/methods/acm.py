@@ -1,0 +1,243 @@
+"""Adaptive Computation Modules (Wójcik et al., AAAI 2025; ``../shared/spec/acm.md``): every FFN of a trained
+BL1 run becomes N learners and a per-token gate, converted in three phases and trained toward a budget β.
+
+- Phase 1, learner distillation (paper eq. 3): the teacher runs frozen; each ACM learns, from the
+  teacher's FFN inputs z and outputs o on real tokens, to make every partial sum h(z, n) match o.
+- Phase 2, gate pre-training (eq. 4-6): learners frozen; each gate learns the label t of ``gate_labels``.
+- Phase 3, end-to-end (eq. 7-12): the whole model, with hard Gumbel choices, trains on
+  CE + α_b·L_b + α_e·L_e + α_d·L_d (``budget_loss``, ``entropy_loss``, ``diversity_loss``).
+
+Phases 1-2 run in ``on_train_start`` (they need the training rows) with their own Adam optimisers; their
+seconds, steps and FLOPs go into the run's all-in training cost (``extra_training_cost``). An interrupted
+conversion starts again from phase 1; phase 3 resumes from its checkpoints like any run. Inference runs
+each learner only on the tokens whose gate chose it; ``--gate-bias λ`` (the ``--budget`` knob) lowers
+choice n's logit by λ·n, and ``--acm-k n`` runs n learners on every token with the gates off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dht.data import Batch
+from dht.flops import acm_forward_flops, acm_train_flops, full_forward_flops
+from dht.methods.teacher import TeacherOptions, teacher_dir, teacher_model
+from dht.model import DynamicEncoder
+from dht.model.acm import GATE_GRADS, ACMChoices
+from dht.training.config import RunConfig
+from dht.training.hooks import BenchRun, Knob, Method, Prediction, StepResult, register
+from dht.training.options import option
+
+BUDGETS = (0.25, 0.5, 0.75)  # the bench's β (the authors' script trains 0.25 .. 0.75)
+HISTOGRAM_BINS = 20  # of the per-sample learner fraction over [0, 1]
+
+
+@dataclass(frozen=True)
+class ACMOptions(TeacherOptions):
+    """ACM's settings (spec §7)."""
+
+    beta: float = option(0.5, "β: the share of the learners' FLOPs to spend on average, in (0, 1)")
+    learners: int = option(4, "N learners per FFN (must divide the FFN width)")
+    temperature: float = option(0.8, "Gumbel-softmax temperature T of the gates in training (> 0)")
+    gate_grad: str = option("straight_through", "how the task loss reaches the gates: straight_through "
+                            "(all partial sums in training) or aux_only (the authors' code: gated, aux losses only)")
+    learner_init: str = option("slices", "slices (the teacher's neurons by importance) or random (the paper)")
+    distill_mode: str = option("joint", "phase 1: joint (every partial sum's loss reaches its learners) or "
+                               "detach (learner n fits what learners 1..n-1 left; the authors' default)")
+    distill_epochs: float = option(1.0, "phase 1 length in epochs (> 0)")
+    gate_epochs: float = option(0.25, "phase 2 length in epochs (> 0)")
+    alpha_b: float = option(0.1, "weight of the budget loss L_b (>= 0)")
+    alpha_e: float = option(0.05, "weight of the entropy loss L_e (>= 0)")
+    alpha_d: float = option(0.05, "weight of the diversity loss L_d (>= 0)")
+    gate_bias: float = option(0.0, "λ: choice n's gate logit is lowered by λ·n at inference (the --budget knob)",
+                              inference=True)
+    acm_k: int | None = option(None, "run this many learners on every token, gates off (the static ladder)",
+                               inference=True)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.beta < 1:
+            raise ValueError(f"--beta must be in (0, 1), got {self.beta}")
+        if self.learners < 1:
+            raise ValueError(f"--learners must be >= 1, got {self.learners}")
+        if not self.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        choices = {"gate_grad": GATE_GRADS, "learner_init": ("slices", "random"), "distill_mode": ("joint", "detach")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        for name in ("distill_epochs", "gate_epochs"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        for name in ("alpha_b", "alpha_e", "alpha_d"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.acm_k is not None and not 0 <= self.acm_k <= self.learners:
+            raise ValueError(f"--acm-k must be in 0..{self.learners}, got {self.acm_k}")
+
+
+# --- phase 3's auxiliary losses (paper eq. 7-10, spec §4) ---------------------------------
+def choice_counts(onehot: Tensor) -> Tensor:
+    """k = Σ_n n·ν̂_n for hard one-hot choices (M, K) over k = 0..K-1, with their gradients -> (M,)."""
+    return onehot @ torch.arange(onehot.shape[1], dtype=onehot.dtype, device=onehot.device)
+
+
+def budget_loss(choices: list[ACMChoices], learners: int, beta: float) -> Tensor:
+    """L_b = |Σ_{i,j,l} k_ijl p_l / Σ_{i,j,l} N p_l − β| over the batch's real tokens (eq. 7, pooled as the
+    authors' code; every ACM here is an FFN, so p_l cancels)."""
+    k = torch.cat([choice_counts(c.onehot) for c in choices])
+    return (k.sum() / (learners * len(k)) - beta).abs()
+
+
+def per_sample_mean(values: Tensor, sample: Tensor, batch: int) -> Tensor:
+    """Mean of per-token values (M, ...) over each sample's tokens -> (B, ...)."""
+    totals = values.new_zeros(batch, *values.shape[1:]).index_add(0, sample, values)
+    counts = torch.bincount(sample, minlength=batch).clamp_min(1).to(values.dtype)
+    return totals / counts.view(-1, *([1] * (values.dim() - 1)))
+
+
+def entropy_loss(choices: list[ACMChoices]) -> Tensor:
+    """L_e = −(1 / (|B|·L)) Σ_{i,l} H(a_il) / log K, a_il the share of sample i's real tokens taking each of
+    the K choices in ACM l (eq. 8-9, normalised as the code): minimising it spreads the choices within a
+    sample."""
+    entropies = []
+    for c in choices:
+        a = per_sample_mean(c.onehot, c.sample, c.batch)  # (B, K)
+        entropies.append(-(a * torch.log(a.clamp_min(1e-12))).sum(1) / math.log(a.shape[1]))
+    return -torch.stack(entropies).mean()
+
+
+def diversity_loss(choices: list[ACMChoices], learners: int) -> Tensor:
+    """L_d = −(1/|B|²) Σ_{i,m} |b_i − b_m|, b_i = Σ_{j,l} k_ijl / Σ_{j,l} N, sample i's compute (eq. 10 with
+    the code's sign: minimising it spreads the compute across samples)."""
+    batch = choices[0].batch
+    spent = sum(per_sample_mean(choice_counts(c.onehot), c.sample, batch) for c in choices) / (learners * len(choices))
+    return -(spent[:, None] - spent[None, :]).abs().mean()
+
+
+def learners_run(choices: list[ACMChoices]) -> Tensor:
+    """Σ_j k_j per sample and ACM: (B, L) long."""
+    return torch.stack([torch.zeros(c.batch, dtype=torch.long, device=c.k.device).index_add(0, c.sample, c.k)
+                        for c in choices], 1)
+
+
+@register
+class ACMMethod(Method):
+    """ACM (module docstring): converted from a BL1 teacher, trained toward the budget β."""
+
+    name = "acm"
+    title = ""
+    Options = ACMOptions
+    knob = Knob("gate_bias", dearest=-20.0, cheapest=20.0)
+
+    def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
+        super().__init__(model, run)
+        self.options: ACMOptions
+        model.add_acms(self.options.learners)
+        for acm in model.acms():
+            acm.temperature, acm.gate_grad = self.options.temperature, self.options.gate_grad
+        self.apply_inference_options()
+        self.teacher: DynamicEncoder | None = None
+        self.conversion: dict[str, Any] = {}  # per phase: seconds, steps, flops (empty until converted)
+        self.usage: list[Tensor] = []  # per prediction batch: (B, L) learners run, and tokens (B,)
+
+    @classmethod
+    def bench_runs(cls, num_layers: int) -> list[BenchRun]:
+        return [BenchRun(f"acm-b{round(beta * 100)}", {"beta": beta}) for beta in BUDGETS]
+
+    def set_inference_options(self, **changes: Any) -> None:
+        super().set_inference_options(**changes)
+        self.apply_inference_options()
+
+    def apply_inference_options(self) -> None:
+        for acm in self.model.acms():
+            acm.gate_bias, acm.fixed_k = self.options.gate_bias, self.options.acm_k
+
+    # --- conversion (phases 1-2) ---------------------------------------------------------
+    def initialise(self) -> None:
+        """Copy the teacher's weights but its FFNs into the model; keep the teacher for phases 1-2."""
+        self.teacher = teacher_model(teacher_dir(self.options.teacher), self.model.config.replace(acm_learners=0))
+        self.teacher.to(self.device).eval().requires_grad_(False)
+        dense = {key: value for key, value in self.teacher.state_dict().items() if ".ffn_in." not in key and ".ffn_out." not in key}
+        missing, unexpected = self.model.load_state_dict(dense, strict=False)
+        if unexpected or any(".acm." not in key for key in missing):
+            raise ValueError(f"{self.options.teacher}: the teacher's weights do not fit ({missing[:3]}, {unexpected[:3]})")
+
+    def on_train_start(self, ids: list[list[int]], labels: list[int], pad_id: int, total_steps: int) -> None:
+        """Run phases 1-2 unless this run has done them (a resumed run has)."""
+        if self.conversion:
+            return
+        from dht.methods.acm_conversion import convert
+
+        self.conversion = convert(self, ids, labels, pad_id)
+        self.teacher = None
+
+    def extra_training_cost(self) -> tuple[float, float]:
+        """FLOPs and seconds of phases 1-2, added to the run's all-in training cost."""
+        phases = [self.conversion[p] for p in ("phase1", "phase2") if p in self.conversion]
+        return sum(p["flops"] for p in phases), sum(p["seconds"] for p in phases)
+
+    # --- phase 3 --------------------------------------------------------------------------
+    def training_step(self, batch: Batch) -> StepResult:
+        logits = self.model(batch.input_ids, batch.attention_mask)
+        choices = [acm.last for acm in self.model.acms()]
+        o = self.options
+        task = F.cross_entropy(logits, batch.labels)
+        l_b = budget_loss(choices, o.learners, o.beta)
+        l_e, l_d = entropy_loss(choices), diversity_loss(choices, o.learners)
+        loss = task + o.alpha_b * l_b + o.alpha_e * l_e + o.alpha_d * l_d
+        config, tokens = self.model.config, batch.attention_mask.sum(1).tolist()
+        run = learners_run(choices).tolist()
+        flops = sum(acm_train_flops(config, t, r, o.gate_grad) for t, r in zip(tokens, run))
+        full = sum(3 * full_forward_flops(config, t) for t in tokens)
+        fraction = sum(map(sum, run)) / (o.learners * len(choices) * sum(tokens))
+        return StepResult(loss, flops, full, extra={"task_loss": task.item(), "l_b": l_b.item(), "l_e": l_e.item(),
+                                                    "l_d": l_d.item(), "learner_fraction": fraction})
+
+    # --- inference ----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> Prediction:
+        """Gated inference (each learner on the tokens that chose it); FLOPs per sample from its choices
+        (gates counted unless ``--acm-k`` turns them off)."""
+        self.model.eval()
+        logits = self.model(batch.input_ids, batch.attention_mask)
+        run = learners_run([acm.last for acm in self.model.acms()]).cpu()  # (B, L)
+        tokens = batch.attention_mask.sum(1).cpu()
+        self.usage.append(torch.cat([run, tokens[:, None]], 1))
+        config, gated = self.model.config, self.options.acm_k is None
+        flops = torch.tensor([acm_forward_flops(config, t, r, gated) for t, r in zip(tokens.tolist(), run.tolist())],
+                             dtype=torch.float64)
+        full = torch.tensor([full_forward_flops(config, t) for t in tokens.tolist()], dtype=torch.float64)
+        mean_k = run.sum(1).double() / (tokens.double() * run.shape[1])
+        return Prediction(logits, flops, full, routes=[f"k{k:.1f}" for k in mean_k.tolist()])
+
+    def statistics(self) -> dict[str, Any]:
+        """Learner usage over the predictions since the last call (spec §6): the realised fraction Σk / ΣN
+        overall and per layer, and the histogram of each sample's fraction (20 bins over [0, 1]); clears
+        them."""
+        if not self.usage:
+            return {}
+        usage, self.usage = torch.cat(self.usage).double(), []
+        run, tokens = usage[:, :-1], usage[:, -1]
+        N, L = self.options.learners, run.shape[1]
+        per_sample = run.sum(1) / (N * L * tokens)
+        return {"acm": {"realised_fraction": float(run.sum() / (N * L * tokens.sum())),
+                        "per_layer_fraction": [round(v, 4) for v in (run.sum(0) / (N * tokens.sum())).tolist()],
+                        "sample_fraction_histogram": torch.histc(per_sample, HISTOGRAM_BINS, 0, 1).long().tolist()}}
+
+    # --- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"conversion": self.conversion}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.conversion = dict(state.get("conversion", {}))
+
+    def report(self, output) -> dict[str, Any]:
+        flops, seconds = self.extra_training_cost()
+        return {"conversion": {**self.conversion, "flops": flops, "seconds": seconds}}
+
