@@ -16,5 +16,5 @@ from dht.methods.acm import ACMMethod
 # isort: on
 from dht.training.hooks import METHODS, Method, method_type, register
 
-__all__ = ["METHODS", "ACMMethod", "DHTMethod", "DLTMethod", "DistilMethod", "FastBERTMethod", "FullMethod", "Method", "method_type",
-           "register"]
+__all__ = ["METHODS", "ACMMethod", "DHTMethod", "DLTMethod", "DistilMethod", "FastBERTMethod", "FullMethod", "Method",
+           "method_type", "register"]

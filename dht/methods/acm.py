@@ -163,10 +163,12 @@ class ACMMethod(Method):
         """Copy the teacher's weights but its FFNs into the model; keep the teacher for phases 1-2."""
         self.teacher = teacher_model(teacher_dir(self.options.teacher), self.model.config.replace(acm_learners=0))
         self.teacher.to(self.device).eval().requires_grad_(False)
-        dense = {key: value for key, value in self.teacher.state_dict().items() if ".ffn_in." not in key and ".ffn_out." not in key}
+        dense = {key: value for key, value in self.teacher.state_dict().items()
+                 if ".ffn_in." not in key and ".ffn_out." not in key}
         missing, unexpected = self.model.load_state_dict(dense, strict=False)
         if unexpected or any(".acm." not in key for key in missing):
-            raise ValueError(f"{self.options.teacher}: the teacher's weights do not fit ({missing[:3]}, {unexpected[:3]})")
+            raise ValueError(f"{self.options.teacher}: the teacher's weights do not fit "
+                             f"({missing[:3]}, {unexpected[:3]})")
 
     def on_train_start(self, ids: list[list[int]], labels: list[int], pad_id: int, total_steps: int) -> None:
         """Run phases 1-2 unless this run has done them (a resumed run has)."""

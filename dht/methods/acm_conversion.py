@@ -1,15 +1,16 @@
 """ACMization, phases 1-2 (``../shared/spec/acm.md`` §4): from a BL1 teacher's FFNs to learners and gates.
 
-The teacher runs frozen in eval mode; forward hooks capture, for every layer and every real token, its
-FFN's input z and output o (and, for the slice init, the GELU activations). Each ACM trains on the
-teacher's z, so the ACMs are independent.
+``method`` is the ACM method (dht.methods.acm, which imports this module): its model with ACMs, its
+frozen teacher and its options. The teacher runs in eval mode; forward hooks capture, for every layer
+and every real token, its FFN's input z and output o (and, for the slice init, the GELU activations).
+Each ACM trains on the teacher's z, so the ACMs are independent.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +20,7 @@ from dht.data import Batch, iterate_batches
 from dht.flops import acm_distill_flops, acm_gate_train_flops, full_forward_flops
 from dht.model import DynamicEncoder
 from dht.model.acm import gate_labels, neuron_importance
-
-if TYPE_CHECKING:
-    from dht.methods.acm import ACMMethod
+from dht.training.hooks import Method
 
 IMPORTANCE_ROWS = 512  # training rows the neurons are ranked on for the slice init (spec §4)
 
@@ -86,14 +85,14 @@ def cosine_adam(parameters: list[torch.nn.Parameter], lr: float, steps: int) -> 
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=0.0)
 
 
-def distillation_loss(method: ACMMethod, captured: list[tuple[Tensor, ...]], detach: bool) -> Tensor:
+def distillation_loss(method: Method, captured: list[tuple[Tensor, ...]], detach: bool) -> Tensor:
     """Phase-1 loss (paper eq. 3): the mean over ACMs, tokens and n = 0..N of ||h(z, n) − o||²."""
     losses = [((acm.partial_sums(z, detach) - o) ** 2).sum(-1).mean()
               for acm, (z, o) in zip(method.model.acms(), captured)]
     return torch.stack(losses).mean()
 
 
-def distill_learners(method: ACMMethod, ids: list[list[int]], labels: list[int], pad_id: int) -> dict[str, Any]:
+def distill_learners(method: Method, ids: list[list[int]], labels: list[int], pad_id: int) -> dict[str, Any]:
     """Phase 1: the learners (and b_out) fit the teacher's FFN outputs at every n; returns its cost."""
     o, config, run = method.options, method.model.config, method.run.train
     steps = math.ceil(o.distill_epochs * math.ceil(len(ids) / run.batch_size))
@@ -113,7 +112,7 @@ def distill_learners(method: ACMMethod, ids: list[list[int]], labels: list[int],
     return {"seconds": time.perf_counter() - started, "steps": steps, "flops": flops, "last_loss": loss.item()}
 
 
-def pretrain_gates(method: ACMMethod, ids: list[list[int]], labels: list[int], pad_id: int) -> dict[str, Any]:
+def pretrain_gates(method: Method, ids: list[list[int]], labels: list[int], pad_id: int) -> dict[str, Any]:
     """Phase 2: the gates learn the labels of ``gate_labels`` from the frozen learners' distances to the
     teacher; returns its cost, the labels' shares and the learners' median relative error per layer and k."""
     o, config, run = method.options, method.model.config, method.run.train
@@ -147,7 +146,7 @@ def pretrain_gates(method: ACMMethod, ids: list[list[int]], labels: list[int], p
             "median_relative_error": median_error}  # per layer, k = 0..N
 
 
-def convert(method: ACMMethod, ids: list[list[int]], labels: list[int], pad_id: int) -> dict[str, Any]:
+def convert(method: Method, ids: list[list[int]], labels: list[int], pad_id: int) -> dict[str, Any]:
     """Initialise the learners (``learner_init``), then phases 1 and 2; returns each phase's record."""
     started = time.perf_counter()
     if method.options.learner_init == "slices":

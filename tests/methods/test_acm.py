@@ -215,7 +215,7 @@ def test_a_run_resumed_in_phase_3_equals_one_never_stopped(teacher, tmp_path):
     resumed = train(run, tmp_path / "cut", resume=True, progress=False)
     whole = train(run, tmp_path / "whole", progress=False)
     assert resumed["conversion"]["phase1"] == saved["phase1"]  # the resumed process did not convert again
-    a, b = load_file(str(tmp_path / "cut" / "model.safetensors")), load_file(str(tmp_path / "whole" / "model.safetensors"))
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("cut", "whole"))
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
     assert resumed["test"]["f1_macro"] == whole["test"]["f1_macro"]
 
@@ -230,7 +230,8 @@ def test_invalid_options_are_refused(options, message):
 
 
 def test_cli_refuses_a_bad_budget_in_one_line(teacher, tmp_path, capsys):
-    assert main(["train", "--method", "acm", "--teacher", str(teacher), "--beta", "1.5", "--output", str(tmp_path / "x"), "--quiet"]) == 2
+    assert main(["train", "--method", "acm", "--teacher", str(teacher), "--beta", "1.5",
+                 "--output", str(tmp_path / "x"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--beta" in err and len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
 

@@ -157,7 +157,8 @@ def test_bench_runs_every_method_and_skips_finished_runs(tmp_path, monkeypatch):
     monkeypatch.setitem(bench.QUICK, "max_test", 16)
     rows = bench.run_bench("", "tiny", tmp_path, quick=True, rounds=1, progress=False)
     names = [r["config"] for r in rows]
-    assert names[0] == "full" and {"distil-1", "distil-2", "fastbert-0.5", "s-dht", "p-dht", "dlt"} <= set(names)
+    expected = {"distil-1", "distil-2", "fastbert-0.5", "s-dht", "p-dht", "dlt", "acm-b25", "acm-b50", "acm-b75"}
+    assert names[0] == "full" and expected <= set(names)
     by_name = {r["config"]: r for r in rows}
     assert by_name["full"]["trainable_params_ratio"] == 1.0 and by_name["dlt"]["test_flop_ratio"] == 1.0
     assert by_name["fastbert-0.5"]["trainable_params_ratio"] < 0.1  # only the branch classifiers train
@@ -171,9 +172,9 @@ def test_bench_runs_every_method_and_skips_finished_runs(tmp_path, monkeypatch):
     for name in ("table1.md", "table2.md", "front.md", "results.json", "curves.json", "front.json", "pareto.png",
                  "pareto_training.png", "selection-s-dht.png"):
         assert (tmp_path / name).is_file()
-    # Costs with the teacher: a student or FastBERT adds BL1's training (same rows and epochs here: + 1.0).
+    # Costs with the teacher: a student, FastBERT or ACM adds BL1's training (same rows and epochs here: + 1.0).
     for r in rows:
-        teacher = 1.0 if r["method"] in ("distil", "fastbert") else 0.0
+        teacher = 1.0 if r["method"] in ("distil", "fastbert", "acm") else 0.0
         assert r["train_flop_ratio_with_teacher"] == pytest.approx(r["train_flop_ratio_all_in"] + teacher)
     # Curves: FastBERT's trained run at every tenth of speed (once, not once per speed row), each DHT
     # preset at its cost weights, and the oracle routers of every method with routes.
