@@ -144,7 +144,8 @@ class ACMMethod(Method):
         self.apply_inference_options()
         self.teacher: DynamicEncoder | None = None
         self.conversion: dict[str, Any] = {}  # per phase: seconds, steps, flops (empty until converted)
-        self.usage: list[Tensor] = []  # per prediction batch: (B, L) learners run, and tokens (B,)
+        self.usage: list[Tensor] = []  # per prediction batch: (B, L + 1): learners run per layer, tokens
+        self.k_counts: list[Tensor] = []  # per prediction batch: (L, K) tokens per layer and choice
 
     @classmethod
     def bench_runs(cls, num_layers: int) -> list[BenchRun]:
@@ -208,9 +209,12 @@ class ACMMethod(Method):
         (gates counted unless ``--acm-k`` turns them off)."""
         self.model.eval()
         logits = self.model(batch.input_ids, batch.attention_mask)
-        run = learners_run([acm.last for acm in self.model.acms()]).cpu()  # (B, L)
+        choices = [acm.last for acm in self.model.acms()]
+        run = learners_run(choices).cpu()  # (B, L)
         tokens = batch.attention_mask.sum(1).cpu()
         self.usage.append(torch.cat([run, tokens[:, None]], 1))
+        self.k_counts.append(torch.stack([torch.bincount(c.k, minlength=self.options.learners + 1).cpu()
+                                          for c in choices]))  # (L, K)
         config, gated = self.model.config, self.options.acm_k is None
         flops = torch.tensor([acm_forward_flops(config, t, r, gated) for t, r in zip(tokens.tolist(), run.tolist())],
                              dtype=torch.float64)
@@ -220,16 +224,19 @@ class ACMMethod(Method):
 
     def statistics(self) -> dict[str, Any]:
         """Learner usage over the predictions since the last call (spec §6): the realised fraction Σk / ΣN
-        overall and per layer, and the histogram of each sample's fraction (20 bins over [0, 1]); clears
-        them."""
+        overall and per layer, each layer's share of tokens per choice k = 0..N, and the histogram of each
+        sample's fraction (20 bins over [0, 1]); clears them."""
         if not self.usage:
             return {}
         usage, self.usage = torch.cat(self.usage).double(), []
+        k_counts, self.k_counts = torch.stack(self.k_counts).sum(0).double(), []
         run, tokens = usage[:, :-1], usage[:, -1]
         N, L = self.options.learners, run.shape[1]
         per_sample = run.sum(1) / (N * L * tokens)
         return {"acm": {"realised_fraction": float(run.sum() / (N * L * tokens.sum())),
                         "per_layer_fraction": [round(v, 4) for v in (run.sum(0) / (N * tokens.sum())).tolist()],
+                        "per_layer_k_shares": [[round(v, 4) for v in row] for row in
+                                               (k_counts / k_counts.sum(1, keepdim=True)).tolist()],
                         "sample_fraction_histogram": torch.histc(per_sample, HISTOGRAM_BINS, 0, 1).long().tolist()}}
 
     # --- state ----------------------------------------------------------------------------

@@ -12,7 +12,8 @@ run a learner and are never counted, and writes zeros at the pads (masked out as
 Choices: in training mode a hard Gumbel-softmax sample (eq. 2) with straight-through gradients to the
 gate or, with ``gate_grad = aux_only``, the released code's gated execution, through which the task loss
 never reaches the gate; in eval mode the argmax of the gate's logits less ``λ·n`` (``gate_bias``); with
-``fixed_k`` set, every token runs that many learners and the gate does not run (the static ladder).
+``fixed_k`` set, every token runs that many learners and the gate does not run (the static ladder); the
+knob and the ladder are inference settings, training ignores them.
 Each forward leaves its choices in ``ACM.last`` for the method's losses and per-sample FLOPs.
 
 Dimension legend: M real tokens, E hidden size, N learners, b learner width, K = N + 1 choices.
@@ -79,8 +80,8 @@ class ACM(nn.Module):
         sum (the authors' ``forward_all`` default); otherwise each partial sum's loss reaches every learner
         in it (``distill_mode: joint``, spec §4)."""
         s = self.learner_outputs(z)
-        before = torch.cumsum(s, 0) - s  # Σ_{m<n} s_m
-        sums = (before.detach() if detach else before) + s + self.b_out
+        before = torch.cumsum(s, 0) - s + self.b_out  # h(z, n - 1) = b_out + Σ_{m<n} s_m
+        sums = (before.detach() if detach else before) + s
         return torch.cat([self.b_out.expand(1, *z.shape), sums])
 
     def gated_forward(self, z: Tensor, k: Tensor) -> Tensor:
@@ -103,15 +104,15 @@ class ACM(nn.Module):
 
     # --- the gate ----------------------------------------------------------------------
     def gate_logits(self, z: Tensor) -> Tensor:
-        """Gate logits for choices k = 0..N, lowered by λ·k (the inference knob): z (M, E) -> (M, K)."""
+        """Gate logits for choices k = 0..N, lowered by λ·k at inference (the knob): z (M, E) -> (M, K)."""
         logits = self.gate(z)
-        if self.gate_bias:
+        if self.gate_bias and not self.training:
             logits = logits - self.gate_bias * torch.arange(self.learners + 1, device=z.device, dtype=logits.dtype)
         return logits
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Real tokens z (M, E) -> (output (M, E), k (M,), hard one-hot choice (M, K) or None)."""
-        if self.fixed_k is not None:
+        if self.fixed_k is not None and not self.training:
             k = torch.full((z.shape[0],), self.fixed_k, dtype=torch.long, device=z.device)
             return self.gated_forward(z, k), k, None
         logits = self.gate_logits(z)
