@@ -168,7 +168,8 @@ def test_bench_runs_every_method_and_skips_finished_runs(tmp_path, monkeypatch):
     assert len({r["train_seconds"] for r in fastbert.values()}) == 1
     assert fastbert["fastbert-0.1"]["test_flop_ratio"] >= fastbert["fastbert-0.8"]["test_flop_ratio"]
     assert rows[0]["test_wall_ratio"] == 1.0
-    assert all(0 < r["test_flop_ratio"] <= 1.01 for r in rows)
+    # On the tiny backbone an ACM's gate costs 14% of its FFN (2·(32·16 + 16·5) against 4·32·64 FLOPs a token).
+    assert all(0 < r["test_flop_ratio"] <= (1.15 if r["method"] == "acm" else 1.01) for r in rows)
     for name in ("table1.md", "table2.md", "front.md", "results.json", "curves.json", "front.json", "pareto.png",
                  "pareto_training.png", "selection-s-dht.png"):
         assert (tmp_path / name).is_file()
