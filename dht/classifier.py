@@ -130,6 +130,9 @@ def export_run(run_dir: Path, directory: Path) -> list[str]:
         raise ValueError(f"{directory}: exists and is not an empty folder; choose a new export folder")
     saved = open_run(Path(run_dir), device="cpu")
     model = saved.model
+    if model.config.acm_learners:
+        raise ValueError(f"{run_dir}: an ACM run's FFNs are learners and gates, which transformers' BertModel has "
+                         "no place for; use the run folder itself (dht.load, dht predict, dht serve)")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))  # same file system
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; an export is an ordinary folder

@@ -288,3 +288,9 @@ def test_the_slice_init_makes_the_model_at_k_n_the_teacher(teacher):
         assert torch.allclose(prepared.model(ids, mask), method.teacher(ids, mask), atol=1e-5)
         method.set_inference_options(acm_k=2)
         assert not torch.allclose(prepared.model(ids, mask), method.teacher(ids, mask), atol=1e-3)
+
+
+def test_an_acm_run_is_not_exported_for_transformers_and_says_why(acm_run, tmp_path, capsys):
+    assert main(["export", str(acm_run), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "learners and gates" in err and len(err.splitlines()) == 1 and not (tmp_path / "hf").exists()
