@@ -13,6 +13,7 @@ metrics.json.
 Usage: python bench/acm_report.py --bl1 runs/bl1 acm-b50=runs/acm-b50 [NAME=RUN ...] [--ladder runs/acm-b50]
        [--budgets 0.55 0.62 0.75 0.82] [--rounds 2] [--output bench/results/ag_news/acm]
        python bench/acm_report.py --table [FOLDER]   (print a written folder's table)
+       python bench/acm_report.py --pareto bench/results/ag_news/results.json   (pareto.png against dht bench's rows)
 """
 
 from __future__ import annotations
@@ -154,6 +155,44 @@ def plot_tokens(samples: list[list[tuple[str, float]]], learners: int, title: st
     plt.close(figure)
 
 
+def plot_front(rows: list[dict[str, Any]], others: list[dict[str, Any]], out: Path) -> None:
+    """Macro-F1 against inference FLOPs (all-in): the other methods' bench rows, each trained ACM run, the
+    static ladder and the first run's inference-budget curve."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(8, 5.5))
+    shapes = iter("*soD^v")
+    for method in dict.fromkeys(r["method"] for r in others):
+        chosen = [r for r in others if r["method"] == method]
+        ax.scatter([r["test_flop_ratio_all_in"] for r in chosen], [r["f1_macro"] for r in chosen], marker=next(shapes),
+                   s=120 if method == "full" else 50, label=method, zorder=3)
+        for r in chosen:
+            ax.annotate(r["config"], (r["test_flop_ratio_all_in"], r["f1_macro"]), fontsize=7, xytext=(4, 4),
+                        textcoords="offset points")
+    trained = [r for r in rows if r["kind"] == "trained"]
+    ax.scatter([r["test_flop_ratio_all_in"] for r in trained], [r["f1_macro"] for r in trained], marker="P", s=70,
+               color="black", label="acm (trained)", zorder=4)
+    for r in trained:
+        ax.annotate(r["run"], (r["test_flop_ratio_all_in"], r["f1_macro"]), fontsize=7, xytext=(4, -9),
+                    textcoords="offset points")
+    for kind, style, label in (("ladder", "x--", "acm static ladder k = 1..N"),
+                               ("inference budget", "o-", f"{trained[0]['run']} at --budget R")):
+        chosen = sorted((r["test_flop_ratio_all_in"], r["f1_macro"]) for r in rows if r["kind"] == kind)
+        if kind == "inference budget":
+            chosen = sorted(chosen + [(trained[0]["test_flop_ratio_all_in"], trained[0]["f1_macro"])])
+        if chosen:
+            ax.plot(*zip(*chosen), style, color="grey", markersize=4, linewidth=1, label=label)
+    ax.set_xlabel("inference FLOP ratio vs BL1 (all-in)")
+    ax.set_ylabel("test macro-F1 (seed 0)")
+    ax.set_title("ACM against the bench's other methods (same data, same FLOP counter)")
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", help="NAME=RUN_FOLDER, trained ACM runs")
@@ -163,7 +202,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--output", type=Path, default=repo_path("bench/results/ag_news/acm"))
     parser.add_argument("--table", type=Path, nargs="?", const=repo_path("bench/results/ag_news/acm"))
+    parser.add_argument("--pareto", type=Path, help="a dht bench results.json: draw --output's rows against its "
+                        "methods (pareto.png), without evaluating anything")
     args = parser.parse_args()
+    if args.pareto:
+        written = json.loads((args.output / "summary.json").read_text(encoding="utf-8"))["result"]
+        others = json.loads(args.pareto.read_text(encoding="utf-8"))
+        others = others["result"] if isinstance(others, dict) else others
+        plot_front(written, others, args.output / "pareto.png")
+        return
     if args.table:
         written = json.loads((args.table / "summary.json").read_text(encoding="utf-8"))["result"]
         print(table(written, json.loads((args.table / "bl1.json").read_text(encoding="utf-8"))["test"]))
