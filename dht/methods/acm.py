@@ -26,6 +26,7 @@ from torch import Tensor
 
 from dht.data import Batch
 from dht.flops import acm_forward_flops, acm_train_flops, full_forward_flops
+from dht.methods.acm_conversion import convert
 from dht.methods.teacher import TeacherOptions, teacher_dir, teacher_model
 from dht.model import DynamicEncoder
 from dht.model.acm import GATE_GRADS, ACMChoices
@@ -131,7 +132,6 @@ class ACMMethod(Method):
     """ACM (module docstring): converted from a BL1 teacher, trained toward the budget β."""
 
     name = "acm"
-    title = ""
     Options = ACMOptions
     # λ's range; the bench's curve: on AG News acm-b50 spends 0.81 / 0.68 / 0.55 of BL1's FLOPs at λ = −0.1 /
     # 0.18 / 0.45 (bench/results/ag_news/acm/summary.json), so these points span about 0.5-0.9.
@@ -174,12 +174,9 @@ class ACMMethod(Method):
                              f"({missing[:3]}, {unexpected[:3]})")
 
     def on_train_start(self, ids: list[list[int]], labels: list[int], pad_id: int, total_steps: int) -> None:
-        """Run phases 1-2 unless this run has done them (a resumed run has)."""
-        if self.conversion:
-            return
-        from dht.methods.acm_conversion import convert
-
-        self.conversion = convert(self, ids, labels, pad_id)
+        """Run phases 1-2 unless this run has done them (a resumed run has); then let the teacher go."""
+        if not self.conversion:
+            self.conversion = convert(self, ids, labels, pad_id)
         self.teacher = None
 
     def extra_training_cost(self) -> tuple[float, float]:
