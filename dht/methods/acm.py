@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dht.data import Batch
-from dht.flops import acm_forward_flops, acm_train_flops, full_forward_flops
+from dht.flops import acm_forward_flops, acm_train_flops, full_forward_flops, full_train_flops
 from dht.methods.acm_conversion import convert
 from dht.methods.teacher import TeacherOptions, teacher_dir, teacher_model
 from dht.model import DynamicEncoder
@@ -196,7 +196,7 @@ class ACMMethod(Method):
         config, tokens = self.model.config, batch.attention_mask.sum(1).tolist()
         run = learners_run(choices).tolist()
         flops = sum(acm_train_flops(config, t, r, o.gate_grad) for t, r in zip(tokens, run))
-        full = sum(3 * full_forward_flops(config, t) for t in tokens)
+        full = sum(full_train_flops(config, t) for t in tokens)
         fraction = sum(map(sum, run)) / (o.learners * len(choices) * sum(tokens))
         return StepResult(loss, flops, full, extra={"task_loss": task.item(), "l_b": l_b.item(), "l_e": l_e.item(),
                                                     "l_d": l_d.item(), "learner_fraction": fraction})

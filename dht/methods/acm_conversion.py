@@ -48,9 +48,10 @@ def capture_ffn(teacher: DynamicEncoder, batch: Batch, activations: bool = False
 
 @torch.no_grad()
 def slice_init(model: DynamicEncoder, teacher: DynamicEncoder, ids: list[list[int]], labels: list[int],
-               pad_id: int, batch_size: int) -> None:
+               pad_id: int, batch_size: int) -> float:
     """``learner_init: slices``: each ACM's learner n = the n-th quarter of its teacher FFN's neurons ranked
-    by importance on the first ``IMPORTANCE_ROWS`` training rows; at k = N each ACM equals its FFN."""
+    by importance on the first ``IMPORTANCE_ROWS`` training rows; at k = N each ACM equals its FFN. Returns
+    the FLOPs of the teacher's passes over those rows."""
     device = next(model.parameters()).device
     sums = [torch.zeros(model.config.intermediate_size, device=device) for _ in model.layers]
     tokens = 0
@@ -62,6 +63,7 @@ def slice_init(model: DynamicEncoder, teacher: DynamicEncoder, ids: list[list[in
     for acm, layer, total in zip(model.acms(), teacher.layers, sums):
         importance = neuron_importance(layer.ffn_out.weight, total / max(tokens, 1))
         acm.load_slices(layer.ffn_in.weight, layer.ffn_in.bias, layer.ffn_out.weight, layer.ffn_out.bias, importance)
+    return float(sum(full_forward_flops(model.config, len(row)) for row in ids[:IMPORTANCE_ROWS]))
 
 
 def phase_batches(ids: list[list[int]], labels: list[int], pad_id: int, batch_size: int, steps: int, seed: int,
@@ -148,18 +150,16 @@ def pretrain_gates(method: Method, ids: list[list[int]], labels: list[int], pad_
 
 def convert(method: Method, ids: list[list[int]], labels: list[int], pad_id: int) -> dict[str, Any]:
     """Initialise the learners (``learner_init``), then phases 1 and 2; returns each phase's record."""
-    started = time.perf_counter()
+    started, init_flops = time.perf_counter(), 0.0
     if method.options.learner_init == "slices":
-        ranked = ids[:IMPORTANCE_ROWS]
-        slice_init(method.model, method.teacher, ids, labels, pad_id, method.run.train.batch_size)
+        init_flops = slice_init(method.model, method.teacher, ids, labels, pad_id, method.run.train.batch_size)
     else:
         with torch.no_grad():
             for acm, layer in zip(method.model.acms(), method.teacher.layers):
                 acm.b_out.copy_(layer.ffn_out.bias)
-        ranked = []
     init_seconds = time.perf_counter() - started
     phase1 = distill_learners(method, ids, labels, pad_id)
     # The slice init's teacher passes belong to the conversion.
     phase1["seconds"] += init_seconds
-    phase1["flops"] += sum(full_forward_flops(method.model.config, len(row)) for row in ranked)
+    phase1["flops"] += init_flops
     return {"phase1": phase1, "phase2": pretrain_gates(method, ids, labels, pad_id)}

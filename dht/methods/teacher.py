@@ -27,11 +27,17 @@ def teacher_dir(teacher: str) -> Path:
     return Path(teacher)
 
 
+def teacher_config(path: Path, expected: EncoderConfig) -> EncoderConfig:
+    """The teacher run's encoder shape; a ValueError when it is not ``expected`` (branch classifiers aside)."""
+    saved = EncoderConfig.from_dict(json.loads(run_file(path).read_text(encoding="utf-8"))["encoder"])
+    if saved.replace(branch_classifiers=False) != expected.replace(branch_classifiers=False):
+        raise ValueError(f"{path}: the teacher's shape differs from this run's backbone and data")
+    return saved
+
+
 def load_teacher_weights(model: DynamicEncoder, path: Path) -> None:
     """Copy the teacher's weights into ``model``; shapes must agree (branch classifiers may be new)."""
-    saved = EncoderConfig.from_dict(json.loads(run_file(path).read_text(encoding="utf-8"))["encoder"])
-    if saved.replace(branch_classifiers=False) != model.config.replace(branch_classifiers=False):
-        raise ValueError(f"{path}: the teacher's shape differs from this run's backbone and data")
+    teacher_config(path, model.config)
     missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
     if unexpected or any(not key.startswith("branches.") for key in missing):
         raise ValueError(f"{path}: the teacher's weights do not fit "
@@ -41,9 +47,6 @@ def load_teacher_weights(model: DynamicEncoder, path: Path) -> None:
 def teacher_model(path: Path, expected: EncoderConfig) -> DynamicEncoder:
     """The teacher run at ``path`` as a model of its own (for methods that keep it beside the student);
     a ValueError when its shape is not ``expected`` (branch classifiers aside)."""
-    saved = EncoderConfig.from_dict(json.loads(run_file(path).read_text(encoding="utf-8"))["encoder"])
-    if saved.replace(branch_classifiers=False) != expected.replace(branch_classifiers=False):
-        raise ValueError(f"{path}: the teacher's shape differs from this run's backbone and data")
-    teacher = DynamicEncoder(saved)
+    teacher = DynamicEncoder(teacher_config(path, expected))
     teacher.load_state_dict(load_file(str(path / "model.safetensors")))
     return teacher
