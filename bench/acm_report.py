@@ -32,7 +32,7 @@ from dht.training.loop import load_run
 from dht.training.operating import budget_search
 from dht.training.setup import Prepared
 
-COLUMNS = ("| row | β (trained) | macro-F1 | accuracy | inference FLOP ratio (all-in) "
+COLUMNS = ("| row | β (trained) | α_b | λ0 / λ | macro-F1 | accuracy | inference FLOP ratio (all-in) "
            "| realised learner fraction | gate share of FLOPs | test wall ratio to BL1 "
            "| train FLOP ratio phase 3 / all-in | seconds phase 1 / 2 / 3 |")
 
@@ -53,8 +53,9 @@ def row(name: str, kind: str, folder: Path, prepared: Prepared, test: dict[str, 
     train, conversion = metrics["train"], metrics.get("conversion", {})
     options = prepared.method.options
     return {"run": name, "kind": kind, "folder": str(folder), "budget": options.beta,
-            "gate_grad": options.gate_grad, "alpha_e": options.alpha_e, "alpha_d": options.alpha_d,
-            "acm_k": options.acm_k, "gate_bias": options.gate_bias, "inference_budget": found,
+            "gate_grad": options.gate_grad, "alpha_b": options.alpha_b, "alpha_e": options.alpha_e,
+            "alpha_d": options.alpha_d, "acm_k": options.acm_k, "gate_bias": options.gate_bias,
+            "calibration": metrics.get("calibration", {}), "inference_budget": found,
             "f1_macro": test["f1_macro"], "accuracy": test["accuracy"],
             "test_flop_ratio": test["flop_ratio"], "test_flop_ratio_all_in": test["flop_ratio_all_in"],
             "realised_fraction": test["acm"]["realised_fraction"],
@@ -72,12 +73,15 @@ def row(name: str, kind: str, folder: Path, prepared: Prepared, test: dict[str, 
 
 def table(rows: list[dict[str, Any]], bl1: dict[str, Any]) -> str:
     lines = [COLUMNS, "|" + "---|" * (COLUMNS.count("|") - 1),
-             f"| BL1 | | {bl1['f1_macro']:.4f} | {bl1['accuracy']:.4f} | 1.000 | 1 | 0 | 1.000 | 1.000 / 1.000 | "
+             f"| BL1 | | | | {bl1['f1_macro']:.4f} | {bl1['accuracy']:.4f} | 1.000 | 1 | 0 | 1.000 | 1.000 / 1.000 | "
              f"| "]
     for r in rows:
         phases = " / ".join(f"{s:.0f}" if s is not None else "" for s in
                             (r["seconds_phase1"], r["seconds_phase2"], r["train_seconds_phase3"]))
-        lines.append(f"| {r['run']} | {r['budget']} | {r['f1_macro']:.4f} | {r['accuracy']:.4f} "
+        bias = "gates off" if r["acm_k"] is not None else \
+            f"{r['calibration'].get('gate_bias', 0.0):.3f} / {r['gate_bias']:.3f}"
+        lines.append(f"| {r['run']} | {r['budget']} | {r['alpha_b']} | {bias} | {r['f1_macro']:.4f} "
+                     f"| {r['accuracy']:.4f} "
                      f"| {r['test_flop_ratio_all_in']:.3f} | {r['realised_fraction']:.3f} | {r['gate_flop_share']:.4f} "
                      f"| {r['test_wall_ratio']:.3f} | {r['train_flop_ratio']:.3f} / {r['train_flop_ratio_all_in']:.3f} "
                      f"| {phases} |")

@@ -24,7 +24,8 @@ from safetensors.torch import save_file
 import dht.methods  # noqa: F401  (registers the built-in methods)
 from dht.model.backbones import hf_config, hf_state_dict
 from dht.provenance import device_name
-from dht.training.config import run_file
+from dht.schema import validated
+from dht.training.config import DatasetRecord, run_file
 from dht.training.evaluation import SplitPrediction, predict_split
 from dht.training.setup import SavedRun, open_run
 
@@ -165,9 +166,10 @@ def run_classes(run_dir: Path) -> tuple[str, ...]:
     if not settings.is_file():
         raise ValueError(f"{run_dir}: not a run folder (no {settings.name})")
     try:
-        return tuple(json.loads(settings.read_text(encoding="utf-8"))["dataset"]["classes"])
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{settings}: not a run's settings (no dataset.classes)") from None
+        saved = json.loads(settings.read_text(encoding="utf-8"))
+        return validated(DatasetRecord, saved["dataset"] if isinstance(saved, dict) else None, at="dataset").classes
+    except (ValueError, KeyError, UnicodeDecodeError) as error:  # SchemaError and json's errors are ValueErrors
+        raise ValueError(f"{settings}: not a dht run's settings ({error})") from None
 
 
 def format_predictions(texts: Sequence[str], rows: Sequence[TextPrediction], classes: Sequence[str],

@@ -37,7 +37,10 @@ def read_runs(folder: Path) -> list[tuple[str, str, dict]]:
     metrics are skipped."""
     runs = []
     for path in folder.glob("*.json"):
-        metrics = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:  # json's errors are ValueErrors
+            raise ValueError(f"{path}: not JSON ({error})") from None
         if isinstance(metrics, dict) and {"method", "test", "train"} <= set(metrics) and metrics["method"] in METHODS:
             runs.append((*run_name(path), metrics))
     return sorted(runs, key=lambda run: table_order(run[2]["method"], run[0]) + (run[1],))

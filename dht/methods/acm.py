@@ -10,13 +10,15 @@ BL1 run becomes N learners and a per-token gate, converted in three phases and t
 Phases 1-2 run in ``on_train_start`` (they need the training rows) with their own Adam optimisers; their
 seconds, steps and FLOPs go into the run's all-in training cost (``extra_training_cost``). An interrupted
 conversion starts again from phase 1; phase 3 resumes from its checkpoints like any run. Inference runs
-each learner only on the tokens whose gate chose it; ``--gate-bias λ`` (the ``--budget`` knob) lowers
-choice n's logit by λ·n, and ``--acm-k n`` runs n learners on every token with the gates off.
+each learner only on the tokens whose gate chose it. After the last step the gate bias λ0 is calibrated
+so the gates' argmax spends β (``calibrate_gates``); ``--gate-bias λ`` (the ``--budget`` knob) lowers choice
+n's logit by (λ0 + λ)·n, and ``--acm-k n`` runs n learners on every token with the gates off.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,11 +54,13 @@ class ACMOptions(TeacherOptions):
                                "detach (learner n fits what learners 1..n-1 left; the authors' default)")
     distill_epochs: float = option(1.0, "phase 1 length in epochs (> 0)")
     gate_epochs: float = option(0.25, "phase 2 length in epochs (> 0)")
-    alpha_b: float = option(0.1, "weight of the budget loss L_b (>= 0)")
+    alpha_b: float = option(1.0, "weight of the budget loss L_b (>= 0); 1, not the paper's 0.1: see docs/acm.md")
     alpha_e: float = option(0.05, "weight of the entropy loss L_e (>= 0)")
     alpha_d: float = option(0.05, "weight of the diversity loss L_d (>= 0)")
-    gate_bias: float = option(0.0, "λ: choice n's gate logit is lowered by λ·n at inference (the --budget knob)",
-                              inference=True)
+    calibrate: bool = option(True, "after training, set the gate bias λ0 at which the gates' argmax spends β of "
+                             "the learners on 512 training rows (kept with the run; --gate-bias adds to it)")
+    gate_bias: float = option(0.0, "λ: choice n's gate logit is lowered by (λ0 + λ)·n at inference (the --budget "
+                              "knob)", inference=True)
     acm_k: int | None = option(None, "run this many learners on every token, gates off (the static ladder)",
                                inference=True)
 
@@ -133,8 +137,9 @@ class ACMMethod(Method):
 
     name = "acm"
     Options = ACMOptions
-    # λ's range; the bench's curve: on AG News acm-b50 spends 0.81 / 0.68 / 0.55 of BL1's FLOPs at λ = −0.1 /
-    # 0.18 / 0.45 (bench/results/ag_news/acm/summary.json), so these points span about 0.5-0.9.
+    # λ's range (added to the calibrated λ0); the bench's curve: on AG News acm-b50 spends 0.90 / 0.80 / 0.60 /
+    # 0.51 of BL1's FLOPs at λ = −0.78 / −0.27 / 0.10 / 0.27 (bench/results/ag_news/acm/summary.json), so
+    # these points span about 0.55-0.85.
     knob = Knob("gate_bias", dearest=-20.0, cheapest=20.0, curve=(-0.5, -0.25, 0.0, 0.25, 0.5, 1.0))
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
@@ -143,9 +148,10 @@ class ACMMethod(Method):
         model.add_acms(self.options.learners)
         for acm in model.acms():
             acm.temperature, acm.gate_grad = self.options.temperature, self.options.gate_grad
-        self.apply_inference_options()
         self.teacher: DynamicEncoder | None = None
         self.conversion: dict[str, Any] = {}  # per phase: seconds, steps, flops (empty until converted)
+        self.calibration: dict[str, Any] = {}  # λ0 and how it was found (empty until calibrated)
+        self.apply_inference_options()
         self.usage: list[Tensor] = []  # per prediction batch: (B, L + 1): learners run per layer, tokens
         self.k_counts: list[Tensor] = []  # per prediction batch: (L, K) tokens per layer and choice
 
@@ -158,8 +164,9 @@ class ACMMethod(Method):
         self.apply_inference_options()
 
     def apply_inference_options(self) -> None:
+        bias = self.calibration.get("gate_bias", 0.0) + self.options.gate_bias
         for acm in self.model.acms():
-            acm.gate_bias, acm.fixed_k = self.options.gate_bias, self.options.acm_k
+            acm.gate_bias, acm.fixed_k = bias, self.options.acm_k
 
     # --- conversion (phases 1-2) ---------------------------------------------------------
     def initialise(self) -> None:
@@ -180,9 +187,15 @@ class ACMMethod(Method):
         self.teacher = None
 
     def extra_training_cost(self) -> tuple[float, float]:
-        """FLOPs and seconds of phases 1-2, added to the run's all-in training cost."""
-        phases = [self.conversion[p] for p in ("phase1", "phase2") if p in self.conversion]
-        return sum(p["flops"] for p in phases), sum(p["seconds"] for p in phases)
+        """FLOPs and seconds of phases 1-2 and of the calibration, added to the run's all-in training cost."""
+        parts = [self.conversion[p] for p in ("phase1", "phase2") if p in self.conversion]
+        parts += [self.calibration] if self.calibration else []
+        return sum(p["flops"] for p in parts), sum(p["seconds"] for p in parts)
+
+    def on_train_end(self, ids: list[list[int]], labels: list[int], pad_id: int) -> None:
+        """With ``--calibrate``, set λ0 (``calibrate_gates``) so the argmax spends β of the learners."""
+        if self.options.calibrate:
+            self.calibration = calibrate_gates(self, ids, labels, pad_id)
 
     # --- phase 3 --------------------------------------------------------------------------
     def training_step(self, batch: Batch) -> StepResult:
@@ -240,12 +253,50 @@ class ACMMethod(Method):
 
     # --- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"conversion": self.conversion}
+        return {"conversion": self.conversion, "calibration": self.calibration}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.conversion = dict(state.get("conversion", {}))
+        self.calibration = dict(state.get("calibration", {}))  # runs saved before calibration: λ0 = 0
+        self.apply_inference_options()
 
     def report(self, output) -> dict[str, Any]:
-        flops, seconds = self.extra_training_cost()
-        return {"conversion": {**self.conversion, "flops": flops, "seconds": seconds}}
+        phases = [self.conversion[p] for p in ("phase1", "phase2") if p in self.conversion]
+        return {"conversion": {**self.conversion, "flops": sum(p["flops"] for p in phases),
+                               "seconds": sum(p["seconds"] for p in phases)}, "calibration": self.calibration}
+
+
+CALIBRATION_ROWS = 512  # seeded training rows λ0 is found on (as dht evaluate --budget)
+
+
+def calibrate_gates(method: ACMMethod, ids: list[list[int]], labels: list[int], pad_id: int,
+                    tolerance: float = 0.01, steps: int = 20) -> dict[str, Any]:
+    """λ0: the gate bias at which the gates' argmax spends β of the learners on ``CALIBRATION_ROWS``
+    seeded training rows (spec §5's bisection, λ ∈ [−20, 20], ±0.01, ≤ 20 steps, run with β' = β).
+
+    Why: L_b (eq. 7) steers the Gumbel samples of training toward β, but inference takes the argmax,
+    which is sharper: on AG News at α_b = 1 the samples settled at β while the argmax realised 0.185 for
+    β = 0.25 and 0.87 for 0.75 (docs/acm.md). Returns λ0, the realised fraction on the rows, the number of
+    evaluations and their seconds and FLOPs (counted in the all-in training cost)."""
+    from dht.training.evaluation import predict_split
+    from dht.training.operating import bisect_knob
+
+    chosen = sorted(random.Random(method.run.train.seed).sample(range(len(ids)), min(CALIBRATION_ROWS, len(ids))))
+    rows, row_labels = [ids[i] for i in chosen], [labels[i] for i in chosen]
+    spent = {"flops": 0.0, "seconds": 0.0}
+
+    def fraction_at(bias: float) -> float:
+        for acm in method.model.acms():  # the gates alone, whatever --gate-bias and --acm-k say
+            acm.gate_bias, acm.fixed_k = bias, None
+        method.statistics()  # start counting from here
+        result = predict_split(method, rows, row_labels, method.run.train.eval_batch_size, pad_id)
+        spent["flops"] += result.totals[2]
+        spent["seconds"] += result.seconds
+        return method.statistics()["acm"]["realised_fraction"]
+
+    bias, fraction, tried = bisect_knob(fraction_at, method.options.beta, -20.0, 20.0, tolerance, steps)
+    method.calibration = {"gate_bias": bias}
+    method.apply_inference_options()
+    return {"gate_bias": bias, "train_rows": len(rows), "realised_fraction": fraction,
+            "evaluations": len(tried), **spent}
 

@@ -118,6 +118,9 @@ class DHTMethod(DHTInference, Method):
     # arms differ by as little as 0.02 of the full model, so ±1000 reaches both ends of every arm list.
     # The bench's curve spans the F-DHT runs' reach (0.34-0.79 of BL1's FLOPs on MiniLM-L6, docs/front.md).
     knob = Knob("cost_weight", dearest=-1000.0, cheapest=1000.0, curve=(-10.0, -2.0, 0.0, 2.0, 10.0, 25.0, 50.0))
+    # The queues release more batches than the loader makes (batches split by depth), so the schedule
+    # follows the samples trained on: by steps, the last steps ran at learning rate 0 (issue 20, fault 12).
+    schedule_by_samples = True
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         super().__init__(model, run)

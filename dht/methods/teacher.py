@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import load_file
 
 from dht.model import DynamicEncoder, EncoderConfig
-from dht.training.config import run_file
+from dht.training.config import read_run_file
 from dht.training.options import MethodOptions, finished_run, option
 
 
@@ -29,7 +28,7 @@ def teacher_dir(teacher: str) -> Path:
 
 def teacher_config(path: Path, expected: EncoderConfig) -> EncoderConfig:
     """The teacher run's encoder shape; a ValueError when it is not ``expected`` (branch classifiers aside)."""
-    saved = EncoderConfig.from_dict(json.loads(run_file(path).read_text(encoding="utf-8"))["encoder"])
+    saved = read_run_file(path).encoder
     if saved.replace(branch_classifiers=False) != expected.replace(branch_classifiers=False):
         raise ValueError(f"{path}: the teacher's shape differs from this run's backbone and data")
     return saved

@@ -13,6 +13,8 @@ POOLINGS = ("mean", "cls")
 class EncoderConfig:
     """Shape of a BERT-family encoder plus our classifier head."""
 
+    __pydantic_config__ = {"extra": "forbid"}  # run.json: a key we do not know is refused (dht.schema)
+
     vocab_size: int = 30522
     hidden_size: int = 384  # E
     num_layers: int = 6  # N_L
@@ -60,8 +62,7 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EncoderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown EncoderConfig keys: {', '.join(unknown)}")
-        return cls(**data)
+        """The shape from parsed JSON; SchemaError (a ValueError) naming the first wrong field."""
+        from dht.schema import validated
+
+        return validated(cls, data)

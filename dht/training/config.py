@@ -5,16 +5,22 @@ because transformers reads a folder's config.json as a model configuration.)"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from dht.schema import SchemaError, validated
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings shared by every method (BL1's recipe: AdamW, warm-up, linear decay)."""
+
+    __pydantic_config__ = {"extra": "forbid"}  # run.json: a key we do not know is refused (dht.schema)
 
     epochs: int = 2
     batch_size: int = 32
@@ -58,6 +64,8 @@ class TrainConfig:
 class RunConfig:
     """Everything that defines a run: method, data, backbone, optimisation and method options."""
 
+    __pydantic_config__ = {"extra": "forbid"}
+
     method: str = "full"
     data: str = ""  # dataset folder; "" means the embedded AG News
     backbone: str = "minilm-l6"
@@ -69,9 +77,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        data = dict(data)
-        train = TrainConfig(**data.pop("train", {}))
-        return cls(train=train, **data)
+        """The settings from parsed JSON; SchemaError (a ValueError) naming the first wrong field."""
+        return validated(cls, data)
 
 
 RUN_FILE = "run.json"
@@ -85,3 +92,52 @@ def run_file(folder: str | Path) -> Path:
     if not (folder / RUN_FILE).is_file() and (folder / LEGACY_RUN_FILE).is_file():
         return folder / LEGACY_RUN_FILE
     return folder / RUN_FILE
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """run.json's ``dataset``: the data a run was trained on (its name, absolute folder, class names)."""
+
+    name: str
+    path: str
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """A run folder's run.json: the run's settings, its encoder's shape (an ``EncoderConfig``; typed Any
+    here because importing dht.model loads torch, which ``import dht`` must not) and its dataset."""
+
+    run: RunConfig
+    encoder: Any
+    dataset: DatasetRecord
+
+
+def read_run_file(folder: str | Path) -> RunFile:
+    """A run folder's settings, every field checked (``dht.schema``); a ValueError naming the file and
+    the field when the file is missing, cut, not JSON or not a run's settings."""
+    from dht.model.config import EncoderConfig
+
+    with _run_file_errors(folder) as path:
+        saved = validated(RunFile, json.loads(path.read_text(encoding="utf-8")))
+        return dataclasses.replace(saved, encoder=validated(EncoderConfig, saved.encoder, at="encoder"))
+
+
+def read_run_settings(folder: str | Path) -> RunConfig:
+    """Only the ``run`` part of a run folder's run.json, checked as ``read_run_file`` checks it: what a
+    command needs to refuse flags before anything is loaded (``dht evaluate``, ``--resume``)."""
+    with _run_file_errors(folder) as path:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return validated(RunConfig, saved.get("run") if isinstance(saved, dict) else saved, at="run")
+
+
+@contextlib.contextmanager
+def _run_file_errors(folder: str | Path) -> Iterator[Path]:
+    """Yield the folder's run.json path; turn any failure to read it into one ValueError naming it."""
+    path = run_file(folder)
+    try:
+        yield path
+    except FileNotFoundError:
+        raise ValueError(f"{folder}: not a run folder (no {path.name})") from None
+    except (SchemaError, ValueError, UnicodeDecodeError) as error:  # json's errors are ValueErrors
+        raise ValueError(f"{path}: not a dht run's settings ({error})") from None

@@ -133,8 +133,16 @@ class Method:
         """Called once before the first step of this process (also when resuming) with the training
         split's token ids and labels and the run's number of optimizer steps."""
 
+    def on_train_end(self, ids: list[list[int]], labels: list[int], pad_id: int) -> None:
+        """Called once the last training step is done, before the final evaluation (again when a run
+        stopped after its last checkpoint is resumed), with the training split (ACM calibrates its gates)."""
+
     def after_backward(self) -> None:
         """Called between ``loss.backward()`` and gradient clipping (layer tying folds shared gradients)."""
+
+    # The learning-rate schedule's clock: optimizer steps, or (True) the share of the training samples seen,
+    # for a method whose number of steps per epoch is not known in advance (DHT's queues).
+    schedule_by_samples: bool = False
 
     def peak_lr(self) -> float:
         """The peak of the learning-rate schedule: the run's --lr (FastBERT's new heads use their own)."""

@@ -20,14 +20,13 @@ from dht.data import iterate_batches
 from dht.model.tying import trainable_elements
 from dht.provenance import device_name
 from dht.training.checkpoint import (
-    damaged,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
     save_model,
     split_state,
 )
-from dht.training.config import RUN_FILE, RunConfig, run_file
+from dht.training.config import RUN_FILE, RunConfig, read_run_settings, run_file
 from dht.training.evaluation import predict_split, split_scores
 from dht.training.hooks import Method, method_type
 from dht.training.lock import run_lock
@@ -46,8 +45,10 @@ class RunExistsError(ValueError):
     """The output folder already holds a run and --resume was not given."""
 
 
-def learning_rate(step: int, total_steps: int, peak: float, warmup_ratio: float) -> float:
-    """Linear warm-up from 0 to ``peak`` over the first steps, then linear decay to 0."""
+def learning_rate(step: float, total_steps: int, peak: float, warmup_ratio: float) -> float:
+    """Linear warm-up from 0 to ``peak`` over the first steps, then linear decay to 0. ``step`` is the
+    optimizer steps done, or for a method that schedules by samples (``Method.schedule_by_samples``) the
+    samples trained on so far in units of ``total_steps`` (so it may be fractional)."""
     warmup = int(total_steps * warmup_ratio)
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -88,9 +89,7 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
             again = "; it stopped before its first checkpoint: run it again without --resume" \
                 if run_file(output).exists() else ""
             raise ValueError(f"{output}: no checkpoint to resume from{again}")
-        with damaged(run_file(output)):
-            run = RunConfig.from_dict(json.loads(run_file(output).read_text(encoding="utf-8"))["run"])
-        return prepare(run, device=device)
+        return prepare(read_run_settings(output), device=device)
     if finished:
         raise RunExistsError(f"{output} already holds a finished run; choose another --output")
     if latest_checkpoint(output) is not None:
@@ -147,7 +146,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
     method.bind_optimizer(optimizer)
     memory = MemoryMeter(where)  # from here: the model, data and optimizer are loaded
     steps_per_epoch = -(-len(prepared.train) // run.train.batch_size)
-    total_steps = steps_per_epoch * run.train.epochs
+    total_steps, total_samples = steps_per_epoch * run.train.epochs, len(prepared.train) * run.train.epochs
     method.on_train_start(prepared.train.ids, prepared.train.labels, prepared.pad_id, total_steps)
     steps_this_call = 0
 
@@ -172,11 +171,14 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                                       prepared.pad_id, shuffle=True, generator=generator, sort_by_length=True,
                                       start_batch=method.loader_start(counters["batch"]))
             batches = (batch.to(where) for batch in batches)
-            bar = tqdm(method.training_batches(batches), total=steps_per_epoch, initial=counters["batch"],
-                       desc=f"epoch {epoch + 1}/{run.train.epochs}", disable=not progress, mininterval=1.0,
-                       dynamic_ncols=True)
-            for batch in bar:
-                lr = learning_rate(counters["step"], total_steps, method.peak_lr(), run.train.warmup_ratio)
+            # The bar counts samples: DHT's queues release more batches than the loader makes.
+            done = min(max(counters["samples"] - epoch * len(prepared.train), 0), len(prepared.train))
+            bar = tqdm(total=len(prepared.train), initial=done, unit="sample", disable=not progress,
+                       desc=f"epoch {epoch + 1}/{run.train.epochs}", mininterval=1.0, dynamic_ncols=True)
+            for batch in method.training_batches(batches):
+                position = (counters["samples"] * total_steps / total_samples if method.schedule_by_samples
+                            else counters["step"])
+                lr = learning_rate(position, total_steps, method.peak_lr(), run.train.warmup_ratio)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 result = method.training_step(batch)  # on ``where``: moved above, or collated there by DHT
@@ -206,6 +208,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                 log.write(json.dumps(record) + "\n")
                 for decision in result.records:
                     decisions.write(json.dumps({"epoch": epoch, "step": counters["step"], **decision}) + "\n")
+                bar.update(len(batch))
                 bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{len(batch) / seconds:.1f}")
                 steps_this_call += 1
                 stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
@@ -215,11 +218,14 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                     checkpoint()
                     mark = time.perf_counter()
                 if stop:
+                    bar.close()
                     return None
+            bar.close()
             counters.update(epoch=epoch + 1, batch=0)
             log.flush()
             decisions.flush()
             checkpoint()
+    method.on_train_end(prepared.train.ids, prepared.train.labels, prepared.pad_id)
     counters["memory"] = memory.report()
     return finish(prepared, output, counters, progress)
 
@@ -301,8 +307,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True,
     from dht.training.operating import budget_search, check_operating, oracle_scores
 
     if run_file(run_dir).is_file():
-        saved = json.loads(run_file(run_dir).read_text(encoding="utf-8"))["run"]["method"]
-        check_operating(method_type(saved), overrides, budget, oracle)
+        check_operating(method_type(read_run_settings(run_dir).method), overrides, budget, oracle)
     prepared = load_run(run_dir, data, overrides, device)
     found = budget_search(prepared, budget) if budget is not None else None
     result: dict[str, Any] = {"run": str(run_dir), "dataset": prepared.dataset.name,

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from dht.data import Dataset, TextSplit, TextTokenizer, default_dataset_dir, read_dataset
-from dht.model import DynamicEncoder, EncoderConfig, resolve_backbone
-from dht.training.config import RunConfig, run_file
+from dht.model import DynamicEncoder, resolve_backbone
+from dht.training.config import RunConfig, read_run_file, run_file
 from dht.training.hooks import Method, make_method, method_type
 
 
@@ -123,7 +123,7 @@ def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = 
     has (e.g. FastBERT's speed). Raises ValueError naming the folder when it is not a finished run."""
     from safetensors.torch import load_file
 
-    from dht.training.checkpoint import join_state, load_model
+    from dht.training.checkpoint import damaged, join_state, load_model
 
     where = resolve_device(device)
     for path in (run_file(run_dir), run_dir / "tokenizer.json", run_dir / "model.safetensors"):
@@ -131,11 +131,8 @@ def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = 
             raise ValueError(f"{run_dir}: not a finished run (no {path.name})")
     if (run_dir / "dht_head.safetensors").is_file():
         raise ValueError(f"{run_dir}: an export (dht export) for transformers, not a run folder; give the run itself")
-    try:
-        saved = json.loads(run_file(run_dir).read_text(encoding="utf-8"))
-        run = RunConfig.from_dict(saved["run"])
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{run_file(run_dir)}: not a dht run's settings ({error})") from None
+    saved = read_run_file(run_dir)
+    run = saved.run
     kind = method_type(run.method)
     changeable = {f.name for f in kind.Options.fields() if f.inference}
     for key in overrides or {}:
@@ -144,7 +141,7 @@ def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = 
                              f"to change")
     run = replace(run, options={**run.options, **(overrides or {})})
     kind.Options.from_dict(run.options, kind.name)  # values checked before the weights are read
-    config = EncoderConfig.from_dict(saved["encoder"])
+    config = saved.encoder
     tokenizer = TextTokenizer(run_dir / "tokenizer.json", max_length=run.train.max_length)
     model = DynamicEncoder(config)
     try:
@@ -155,10 +152,12 @@ def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = 
     method = make_method(model, run)
     model.to(where)
     if (run_dir / "method.json").is_file():
-        tensors = load_file(str(run_dir / "method.safetensors"))
-        method.load_state_dict(join_state(json.loads((run_dir / "method.json").read_text(encoding="utf-8")),
-                                          tensors))
-    classes = tuple(saved["dataset"]["classes"])
+        with damaged(run_dir / "method.safetensors"):
+            tensors = load_file(str(run_dir / "method.safetensors"))
+        with damaged(run_dir / "method.json"):
+            method.load_state_dict(join_state(json.loads((run_dir / "method.json").read_text(encoding="utf-8")),
+                                              tensors))
+    classes = saved.dataset.classes
     return SavedRun(run, model, method, tokenizer, run_dir / "tokenizer.json", classes)
 
 

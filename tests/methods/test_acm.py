@@ -237,11 +237,36 @@ def test_conversion_counts_in_the_all_in_training_cost(acm_run):
     assert conversion["phase1"]["flops"] == pytest.approx(expected)
     assert conversion["flops"] == pytest.approx(conversion["phase1"]["flops"] + conversion["phase2"]["flops"])
     # all-in = (phase 3 + conversion) / BL1's training FLOPs on the same rows; phase 3 has no overheads.
+    # The calibration's inference passes count too.
     full = sum(3 * full_forward_flops(config, t) for t in lengths)
-    assert (train_block["flop_ratio_all_in"] - train_block["flop_ratio"]) * full == pytest.approx(conversion["flops"])
-    assert train_block["seconds_all_in"] == pytest.approx(train_block["seconds"] + conversion["seconds"])
+    calibration = metrics["calibration"]
+    assert calibration["flops"] > 0
+    assert (train_block["flop_ratio_all_in"] - train_block["flop_ratio"]) * full == \
+        pytest.approx(conversion["flops"] + calibration["flops"])
+    assert train_block["seconds_all_in"] == pytest.approx(train_block["seconds"] + conversion["seconds"]
+                                                          + calibration["seconds"])
     log = [json.loads(line) for line in (acm_run / "log.jsonl").read_text().splitlines()]
     assert len(log) == train_block["steps"] and all(0 <= r["learner_fraction"] <= 1 for r in log)
+
+
+def test_the_calibrated_gate_bias_makes_the_argmax_spend_beta_on_the_training_rows(acm_run, teacher, tmp_path):
+    from dht.training.evaluation import predict_split
+    from dht.training.loop import load_run
+
+    calibration = json.loads((acm_run / "metrics.json").read_text())["calibration"]
+    assert calibration["train_rows"] == 48 and abs(calibration["realised_fraction"] - 0.5) <= 0.01
+    prepared = load_run(acm_run)  # λ0 comes back with the run; --gate-bias adds to it
+    method, train_rows = prepared.method, prepared.train
+    assert all(acm.gate_bias == calibration["gate_bias"] for acm in prepared.model.acms())
+    method.statistics()
+    predict_split(method, train_rows.ids, train_rows.labels, 16, prepared.pad_id)
+    assert method.statistics()["acm"]["realised_fraction"] == calibration["realised_fraction"]
+    method.set_inference_options(gate_bias=0.25)
+    assert all(acm.gate_bias == calibration["gate_bias"] + 0.25 for acm in prepared.model.acms())
+    # Without calibration the gates keep λ0 = 0, and the argmax spends what it spends.
+    run = RunConfig(method="acm", backbone="tiny", train=SMALL, options={"teacher": str(teacher), "calibrate": False})
+    metrics = train(run, tmp_path / "plain", progress=False)
+    assert metrics["calibration"] == {} and all(acm.gate_bias == 0 for acm in load_run(tmp_path / "plain").model.acms())
 
 
 def test_a_run_resumed_in_phase_3_equals_one_never_stopped(teacher, tmp_path):

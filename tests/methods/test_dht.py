@@ -150,6 +150,24 @@ def test_a_run_saved_before_the_search_strategies_still_evaluates(tmp_path, conf
         {k: metrics["test"][k] for k in ("accuracy", "f1_macro", "flop_ratio")}
 
 
+def test_the_learning_rate_follows_the_samples_trained_on_not_the_loader_batches(tmp_path):
+    """Issue 20, fault 12: the queues release more batches than the loader's 2 × 6, and by steps the
+    schedule reached 0 before the last ones. By samples: warm-up, then decay to 0 after the last sample."""
+    run = dht_run("s-dht")
+    train(run, tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    total_steps, total_samples, peak = 12, 96, run.train.lr
+    warmup = int(total_steps * run.train.warmup_ratio)
+    assert len(log) > total_steps and sum(r["samples"] for r in log) == total_samples
+    seen = 0
+    for record in log:
+        position = seen * total_steps / total_samples
+        expected = peak * (position + 1) / warmup if position < warmup else \
+            peak * (total_steps - position) / (total_steps - warmup)
+        assert record["lr"] == pytest.approx(expected, rel=1e-12) and record["lr"] > 0
+        seen += record["samples"]
+
+
 def test_per_depth_exit_classifiers_train_one_classifier_per_exit(tmp_path):
     run = RunConfig(method="dht", backbone="tiny", train=SMALL,
                     options={"config": "f-dht", "exit_classifiers": "per-depth"})

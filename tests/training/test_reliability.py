@@ -186,3 +186,46 @@ def test_evaluate_needs_only_the_test_split_and_scores_all_of_another_dataset(tm
     train(fastbert, tmp_path / "fastbert", progress=False)
     assert main(["evaluate", str(tmp_path / "fastbert"), "--data", str(data), "--budget", "0.5", "--quiet"]) == 2
     assert f"{data / 'train.csv'} is missing" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    path = tmp_path_factory.mktemp("finished") / "run"
+    train(RUN, path, progress=False)
+    return path
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d["run"]["train"].update(lr="abc"), "field run.train.lr: Input should be a valid number"),
+    (lambda d: d["run"]["train"].update(epochs=2.5), "field run.train.epochs: Input should be a valid integer"),
+    (lambda d: d["run"]["train"].update(colour=1), "field run.train.colour: Unexpected keyword argument"),
+    (lambda d: d["run"].update(options=[1]), "field run.options: Input should be a valid dictionary"),
+    (lambda d: d["encoder"].update(num_heads="many"), "field encoder.num_heads: Input should be a valid integer"),
+    (lambda d: d["encoder"].update(hidden_dropout=2.0), "field encoder: EncoderConfig.hidden_dropout must be in"),
+    (lambda d: d["dataset"].update(classes=4), "field dataset.classes: Input should be a valid tuple"),
+    (lambda d: d.pop("dataset"), "field dataset: Field required"),
+    (lambda d: d.update(run=[]), "field run: Input should be a dictionary"),
+])
+def test_every_field_of_run_json_is_checked_and_named(finished, tmp_path, capsys, edit, field):
+    """Issue 20, item 2: run.json against its schema (dht/schema.py); before, these were tracebacks
+    (TypeError from a comparison or a ``**`` unpacking) or, for an unknown key, an unnamed field."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    settings = json.loads((run / "run.json").read_text())
+    edit(settings)
+    (run / "run.json").write_text(json.dumps(settings))
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["evaluate", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run / 'run.json'}: not a dht run's settings ({field}" in err
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written
+
+
+def test_the_schema_accepts_what_means_the_same_and_names_the_path():
+    from dht.schema import SchemaError, validated
+
+    config = validated(RunConfig, {"train": {"lr": 1, "epochs": 2.0, "max_test": None}})
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float) and config.train.epochs == 2
+    assert config == RunConfig(train=TrainConfig(lr=1.0))
+    with pytest.raises(SchemaError, match=r"^field at\.train\.seed: Input should be a valid integer"):
+        validated(RunConfig, {"train": {"seed": "x"}}, at="at")

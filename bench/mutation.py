@@ -1,0 +1,100 @@
+"""Mutation testing of DHT's bandits, search and method (issue 20): how many planted mistakes the tests catch.
+
+Runs mutmut (configured in pyproject.toml, ``[tool.mutmut]``: the modules ``dht/bandits/``,
+``dht/search/``, ``dht/methods/dht.py`` and ``dht/methods/dht_inference.py``, the tests of those modules)
+and writes ``bench/results/mutation.json``: the kill rate overall and per module, and every surviving
+mutant with its diff and, where ``bench/mutation_survivors.json`` has one, the reason it survives (an
+equivalent mutant, or a behaviour no test should pin). Survivors without a reason are listed as such.
+
+mutmut 3 copies the package to ``mutants/``, collects which tests reach which function, and runs, for each
+mutant, only those tests in a forked child; a mutant is killed when they fail (or time out). Nothing else
+should run meanwhile: timeouts scale with the tests' measured durations.
+
+Usage: python bench/mutation.py [--skip-run] [--max-children 2] [--output PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from dht.provenance import repo_path, write_result
+
+ROOT = repo_path(".")
+MUTMUT = Path(sys.executable).with_name("mutmut")
+REASONS = repo_path("bench/mutation_survivors.json")
+# mutmut's exit-code meanings (mutmut.stats.status_by_exit_code), kept here so a reader sees them.
+KILLED, SURVIVED = {1, 3, 36, 24, -24, 152, 255, -9, -11}, {0}
+
+
+def status(code: int | None) -> str:
+    """A mutant's outcome from its test run's exit code: killed (a test failed, timed out or crashed),
+    survived (every test passed), or another state (not run, no test reaches it)."""
+    if code in KILLED:
+        return "killed"
+    if code in SURVIVED:
+        return "survived"
+    return {None: "not checked", 5: "no tests", 33: "no tests", 34: "skipped"}.get(code, "suspicious")
+
+
+def module_of(mutant: str) -> str:
+    """``dht.bandits.linucb.x_LinUCB__update__mutmut_3`` → ``dht.bandits.linucb``."""
+    parts = mutant.split(".")
+    return ".".join(parts[:-1])
+
+
+def diff(mutant: str) -> str:
+    """mutmut's diff of one mutant against the original source."""
+    shown = subprocess.run([str(MUTMUT), "show", mutant], cwd=ROOT, capture_output=True, text=True, check=True)
+    return "\n".join(line for line in shown.stdout.splitlines()[1:] if line.strip())
+
+
+def collect() -> dict:
+    """Every mutant's status from mutmut's ``mutants/**/*.py.meta`` files, grouped by module."""
+    outcomes: dict[str, str] = {}
+    for meta in sorted((ROOT / "mutants").rglob("*.py.meta")):
+        outcomes.update({name: status(code) for name, code in json.loads(meta.read_text())["exit_code_by_key"].items()})
+    reasons = json.loads(REASONS.read_text()) if REASONS.is_file() else {}
+    by_module: dict[str, Counter] = defaultdict(Counter)
+    for name, outcome in outcomes.items():
+        by_module[module_of(name)][outcome] += 1
+    survivors = [{"mutant": name, "diff": diff(name), "reason": reasons.get(name)}
+                 for name, outcome in sorted(outcomes.items()) if outcome == "survived"]
+    counts = Counter(outcomes.values())
+    decided = counts["killed"] + counts["survived"]
+    return {"mutants": len(outcomes), "counts": dict(counts),
+            "kill_rate": counts["killed"] / decided if decided else None,
+            "per_module": {module: {**dict(c), "kill_rate": c["killed"] / max(1, c["killed"] + c["survived"])}
+                           for module, c in sorted(by_module.items())},
+            "survivors_explained": sum(s["reason"] is not None for s in survivors),
+            "survivors_unexplained": sum(s["reason"] is None for s in survivors),
+            "survivors": survivors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-run", action="store_true", help="only collect the results of an earlier run")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--output", type=Path, default=repo_path("bench/results/mutation.json"))
+    args = parser.parse_args()
+    seconds = None
+    if not args.skip_run:
+        start = time.perf_counter()
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children)], cwd=ROOT, env=env, check=True)
+        seconds = time.perf_counter() - start
+    result = {**collect(), "seconds": seconds, "max_children": args.max_children}
+    write_result(args.output, result)
+    print(f"{result['counts'].get('killed', 0)} of {result['mutants']} mutants killed "
+          f"(kill rate {result['kill_rate']:.3f} of killed + survived); "
+          f"{result['survivors_unexplained']} survivors without a reason → {args.output}")
+
+
+if __name__ == "__main__":
+    main()
