@@ -1,10 +1,13 @@
 """Mutation testing of DHT's bandits, search and method (issue 20): how many planted mistakes the tests catch.
 
 Runs mutmut (configured in pyproject.toml, ``[tool.mutmut]``: the modules ``dht/bandits/``,
-``dht/search/``, ``dht/methods/dht.py`` and ``dht/methods/dht_inference.py``, the tests of those modules)
+``dht/search/``, ``dht/methods/dht.py`` and ``dht/methods/dht_inference.py``, run against the tests of
+the bandits and the search and the hand-computed DHT steps of ``tests/methods/test_dht_updates.py``)
 and writes ``bench/results/mutation.json``: the kill rate overall and per module, and every surviving
-mutant with its diff and, where ``bench/mutation_survivors.json`` has one, the reason it survives (an
-equivalent mutant, or a behaviour no test should pin). Survivors without a reason are listed as such.
+mutant with its diff and the reason it survives where one is known: the mutant changes only the text of a
+message (found from its tokens; reported apart, with the kill rate of the other mutants beside the whole
+one), or ``bench/mutation_survivors.json`` gives one (an equivalent mutant, or a behaviour no test should
+pin). Survivors without a reason are listed as such: each is a test to write.
 
 mutmut 3 copies the package to ``mutants/``, collects which tests reach which function, and runs, for each
 mutant, only those tests in a forked child; a mutant is killed when they fail (or time out). Nothing else
@@ -16,11 +19,14 @@ Usage: python bench/mutation.py [--skip-run] [--max-children 2] [--output PATH]
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
+import tokenize
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -29,6 +35,9 @@ from dht.provenance import repo_path, write_result
 ROOT = repo_path(".")
 MUTMUT = Path(sys.executable).with_name("mutmut")
 REASONS = repo_path("bench/mutation_survivors.json")
+MESSAGE_ONLY = "changes only the text of a message (a string literal, or None in its place)"
+# A changed string is a message's text only on a line that builds a message (a string elsewhere may be a key).
+MESSAGE_WORDS = ("raise ", "Error(", "warn", "check_", "print(", "f\"", "message")
 # mutmut's exit-code meanings (mutmut.stats.status_by_exit_code), kept here so a reader sees them.
 KILLED, SURVIVED = {1, 3, 36, 24, -24, 152, 255, -9, -11}, {0}
 
@@ -55,6 +64,32 @@ def diff(mutant: str) -> str:
     return "\n".join(line for line in shown.stdout.splitlines()[1:] if line.strip())
 
 
+def tokens(lines: list[str]) -> list[tuple[int, str]]:
+    """Python tokens (type, text) of some source lines, comments and layout left out; [] if they do not
+    tokenize on their own (a fragment of a longer statement)."""
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+    try:
+        source = textwrap.dedent("\n".join(lines)) + "\n"
+        read = io.StringIO(source).readline
+        return [(t.type, t.string) for t in tokenize.generate_tokens(read) if t.type not in skip]
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return []
+
+
+def message_only(change: str) -> bool:
+    """Whether a mutant changes nothing but string literals (or puts None where one was) on a line that
+    builds a message (``MESSAGE_WORDS``): the text of an error or log message, which the tests match by key
+    words, not letter by letter."""
+    before = [line[1:] for line in change.splitlines() if line.startswith("-") and not line.startswith("---")]
+    after = [line[1:] for line in change.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    old, new = tokens(before), tokens(after)
+    if not old or len(old) != len(new) or not any(word in line for line in before for word in MESSAGE_WORDS):
+        return False
+    changed = [(a, b) for a, b in zip(old, new) if a != b]
+    return bool(changed) and all(a[0] == tokenize.STRING and (b[0] == tokenize.STRING or b[1] == "None")
+                                 for a, b in changed)
+
+
 def collect() -> dict:
     """Every mutant's status from mutmut's ``mutants/**/*.py.meta`` files, grouped by module."""
     outcomes: dict[str, str] = {}
@@ -64,12 +99,18 @@ def collect() -> dict:
     by_module: dict[str, Counter] = defaultdict(Counter)
     for name, outcome in outcomes.items():
         by_module[module_of(name)][outcome] += 1
-    survivors = [{"mutant": name, "diff": diff(name), "reason": reasons.get(name)}
-                 for name, outcome in sorted(outcomes.items()) if outcome == "survived"]
+    survivors = []
+    for name in sorted(n for n, outcome in outcomes.items() if outcome == "survived"):
+        change = diff(name)
+        reason = reasons.get(name) or (MESSAGE_ONLY if message_only(change) else None)
+        survivors.append({"mutant": name, "diff": change, "reason": reason})
     counts = Counter(outcomes.values())
     decided = counts["killed"] + counts["survived"]
+    messages = sum(s["reason"] == MESSAGE_ONLY for s in survivors)
     return {"mutants": len(outcomes), "counts": dict(counts),
             "kill_rate": counts["killed"] / decided if decided else None,
+            "survived_message_text_only": messages,
+            "kill_rate_without_message_text": counts["killed"] / (decided - messages) if decided > messages else None,
             "per_module": {module: {**dict(c), "kill_rate": c["killed"] / max(1, c["killed"] + c["survived"])}
                            for module, c in sorted(by_module.items())},
             "survivors_explained": sum(s["reason"] is not None for s in survivors),

@@ -18,8 +18,10 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from dht.model import DynamicEncoder
+from dht.schema import validated
 
 
 def split_state(state: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
@@ -69,6 +71,28 @@ def save_checkpoint(directory: Path, model: DynamicEncoder, optimizer: torch.opt
     shutil.rmtree(previous, ignore_errors=True)
 
 
+class Counters(TypedDict):
+    """The loop's progress as a checkpoint's state.json holds it (checked when resuming, ``dht.schema``)."""
+
+    epoch: int
+    batch: int
+    step: int
+    seconds: float
+    flops: float
+    full_flops: float
+    flops_all_in: float
+    samples: int
+
+
+class CheckpointState(TypedDict):
+    """state.json (with the tensors of state.safetensors put back): what ``save_checkpoint`` wrote."""
+
+    counters: Counters
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+    method: dict[str, Any]
+
+
 def latest_checkpoint(output: Path) -> Path | None:
     """The run folder's complete checkpoint: ``checkpoint/``, or ``checkpoint.old/`` when a kill came
     between ``save_checkpoint``'s two renames; None when the run has none."""
@@ -88,6 +112,7 @@ def load_checkpoint(directory: Path, model: DynamicEncoder,
         tensors = load_file(str(directory / "state.safetensors"))
     with damaged(directory / "state.json"):
         state = join_state(json.loads((directory / "state.json").read_text(encoding="utf-8")), tensors)
+        state = validated(CheckpointState, state)
     optimizer_state = state["optimizer"]
     # JSON turned the optimizer's integer parameter ids into strings.
     optimizer_state["state"] = {int(k): v for k, v in optimizer_state["state"].items()}

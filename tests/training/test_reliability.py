@@ -229,3 +229,15 @@ def test_the_schema_accepts_what_means_the_same_and_names_the_path():
     assert config == RunConfig(train=TrainConfig(lr=1.0))
     with pytest.raises(SchemaError, match=r"^field at\.train\.seed: Input should be a valid integer"):
         validated(RunConfig, {"train": {"seed": "x"}}, at="at")
+
+
+def test_a_checkpoint_whose_state_has_a_wrong_field_is_named(tmp_path, capsys):
+    """state.json parses but is not what save_checkpoint wrote (dht.training.checkpoint.CheckpointState)."""
+    train(RUN, tmp_path / "run", stop_after_steps=2, progress=False)
+    path = tmp_path / "run" / "checkpoint" / "state.json"
+    state = json.loads(path.read_text())
+    state["counters"]["step"] = "two"
+    path.write_text(json.dumps(state))
+    assert main(["train", "--resume", "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: damaged or not the file it should be (field counters.step:" in err
