@@ -24,8 +24,7 @@ from safetensors.torch import save_file
 import dht.methods  # noqa: F401  (registers the built-in methods)
 from dht.model.backbones import hf_config, hf_state_dict
 from dht.provenance import device_name
-from dht.schema import validated
-from dht.training.config import DatasetRecord, run_file
+from dht.training.config import read_run_dataset, run_file
 from dht.training.evaluation import SplitPrediction, predict_split
 from dht.training.setup import SavedRun, open_run
 
@@ -162,14 +161,7 @@ def export_run(run_dir: Path, directory: Path) -> list[str]:
 def run_classes(run_dir: Path) -> tuple[str, ...]:
     """The class names a finished run predicts, read from its run.json alone (no model loaded); a
     ValueError naming the folder when it is not a run."""
-    settings = run_file(run_dir)
-    if not settings.is_file():
-        raise ValueError(f"{run_dir}: not a run folder (no {settings.name})")
-    try:
-        saved = json.loads(settings.read_text(encoding="utf-8"))
-        return validated(DatasetRecord, saved["dataset"] if isinstance(saved, dict) else None, at="dataset").classes
-    except (ValueError, KeyError, UnicodeDecodeError) as error:  # SchemaError and json's errors are ValueErrors
-        raise ValueError(f"{settings}: not a dht run's settings ({error})") from None
+    return read_run_dataset(run_dir).classes
 
 
 def format_predictions(texts: Sequence[str], rows: Sequence[TextPrediction], classes: Sequence[str],

@@ -18,7 +18,6 @@ n's logit by (λ0 + λ)·n, and ``--acm-k n`` runs n learners on every token wit
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,11 +185,15 @@ class ACMMethod(Method):
             self.conversion = convert(self, ids, labels, pad_id)
         self.teacher = None
 
+    def conversion_cost(self) -> tuple[float, float]:
+        """FLOPs and seconds of phases 1-2."""
+        phases = [self.conversion[p] for p in ("phase1", "phase2") if p in self.conversion]
+        return sum(p["flops"] for p in phases), sum(p["seconds"] for p in phases)
+
     def extra_training_cost(self) -> tuple[float, float]:
         """FLOPs and seconds of phases 1-2 and of the calibration, added to the run's all-in training cost."""
-        parts = [self.conversion[p] for p in ("phase1", "phase2") if p in self.conversion]
-        parts += [self.calibration] if self.calibration else []
-        return sum(p["flops"] for p in parts), sum(p["seconds"] for p in parts)
+        flops, seconds = self.conversion_cost()
+        return flops + self.calibration.get("flops", 0.0), seconds + self.calibration.get("seconds", 0.0)
 
     def on_train_end(self, ids: list[list[int]], labels: list[int], pad_id: int) -> None:
         """With ``--calibrate``, set λ0 (``calibrate_gates``) so the argmax spends β of the learners."""
@@ -261,28 +264,24 @@ class ACMMethod(Method):
         self.apply_inference_options()
 
     def report(self, output) -> dict[str, Any]:
-        phases = [self.conversion[p] for p in ("phase1", "phase2") if p in self.conversion]
-        return {"conversion": {**self.conversion, "flops": sum(p["flops"] for p in phases),
-                               "seconds": sum(p["seconds"] for p in phases)}, "calibration": self.calibration}
-
-
-CALIBRATION_ROWS = 512  # seeded training rows λ0 is found on (as dht evaluate --budget)
+        flops, seconds = self.conversion_cost()
+        return {"conversion": {**self.conversion, "flops": flops, "seconds": seconds}, "calibration": self.calibration}
 
 
 def calibrate_gates(method: ACMMethod, ids: list[list[int]], labels: list[int], pad_id: int,
                     tolerance: float = 0.01, steps: int = 20) -> dict[str, Any]:
-    """λ0: the gate bias at which the gates' argmax spends β of the learners on ``CALIBRATION_ROWS``
-    seeded training rows (spec §5's bisection, λ ∈ [−20, 20], ±0.01, ≤ 20 steps, run with β' = β).
+    """λ0: the gate bias at which the gates' argmax spends β of the learners on the seeded training rows
+    ``dht evaluate --budget`` searches on (``seeded_rows``), by spec §5's bisection (λ ∈ [−20, 20], ±0.01,
+    ≤ 20 steps) run with β' = β.
 
     Why: L_b (eq. 7) steers the Gumbel samples of training toward β, but inference takes the argmax,
     which is sharper: on AG News at α_b = 1 the samples settled at β while the argmax realised 0.185 for
     β = 0.25 and 0.87 for 0.75 (docs/acm.md). Returns λ0, the realised fraction on the rows, the number of
     evaluations and their seconds and FLOPs (counted in the all-in training cost)."""
     from dht.training.evaluation import predict_split
-    from dht.training.operating import bisect_knob
+    from dht.training.operating import bisect_knob, seeded_rows
 
-    chosen = sorted(random.Random(method.run.train.seed).sample(range(len(ids)), min(CALIBRATION_ROWS, len(ids))))
-    rows, row_labels = [ids[i] for i in chosen], [labels[i] for i in chosen]
+    rows, row_labels = seeded_rows(ids, labels, method.run.train.seed)
     spent = {"flops": 0.0, "seconds": 0.0}
 
     def fraction_at(bias: float) -> float:

@@ -126,9 +126,18 @@ def read_run_file(folder: str | Path) -> RunFile:
 def read_run_settings(folder: str | Path) -> RunConfig:
     """Only the ``run`` part of a run folder's run.json, checked as ``read_run_file`` checks it: what a
     command needs to refuse flags before anything is loaded (``dht evaluate``, ``--resume``)."""
+    return _read_part(folder, "run", RunConfig)
+
+
+def read_run_dataset(folder: str | Path) -> DatasetRecord:
+    """Only the ``dataset`` part of a run folder's run.json (its class names, without loading torch)."""
+    return _read_part(folder, "dataset", DatasetRecord)
+
+
+def _read_part(folder: str | Path, key: str, shape: Any) -> Any:
     with _run_file_errors(folder) as path:
         saved = json.loads(path.read_text(encoding="utf-8"))
-        return validated(RunConfig, saved.get("run") if isinstance(saved, dict) else saved, at="run")
+        return validated(shape, saved.get(key) if isinstance(saved, dict) else saved, at=key)
 
 
 @contextlib.contextmanager

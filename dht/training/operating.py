@@ -67,6 +67,14 @@ def check_operating(method: type[Method], overrides: dict[str, Any] | None, budg
         raise ValueError(f"--oracle: method {method.name} has one route, nothing to choose")
 
 
+def seeded_rows(ids: list[list[int]], labels: list[int], seed: int,
+                rows: int = BUDGET_ROWS) -> tuple[list[list[int]], list[int]]:
+    """``rows`` training rows (all if fewer) drawn with ``seed``, in their split's order: where a knob is
+    set (``budget_search``, ACM's calibration) without looking at the test split."""
+    chosen = sorted(random.Random(seed).sample(range(len(ids)), min(rows, len(ids))))
+    return [ids[i] for i in chosen], [labels[i] for i in chosen]
+
+
 def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, tolerance: float = 0.005,
                   steps: int = 20) -> dict[str, Any]:
     """Set the method's knob so its all-in inference FLOP ratio on ``rows`` seeded training rows is
@@ -77,8 +85,7 @@ def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, to
     train = prepared.train
     if not len(train):
         raise ValueError(f"--budget sets the knob on training rows, and {prepared.dataset.train.path} is missing")
-    chosen = sorted(random.Random(prepared.run.train.seed).sample(range(len(train)), min(rows, len(train))))
-    ids, labels = [train.ids[i] for i in chosen], [train.labels[i] for i in chosen]
+    ids, labels = seeded_rows(train.ids, train.labels, prepared.run.train.seed, rows)
     batch_size = prepared.run.train.eval_batch_size
 
     def ratio_at(value: float) -> float:
@@ -88,7 +95,7 @@ def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, to
 
     value, ratio, tried = bisect_knob(ratio_at, target, method.knob.dearest, method.knob.cheapest, tolerance, steps)
     method.set_inference_options(**{method.knob.option: value})
-    return {"target": target, "option": method.knob.option, "value": value, "train_rows": len(chosen),
+    return {"target": target, "option": method.knob.option, "value": value, "train_rows": len(ids),
             "train_flop_ratio_all_in": ratio, "evaluations": len(tried),
             "reachable": [tried[1][1], tried[0][1]]}  # the ratios at the cheapest and the dearest end
 
