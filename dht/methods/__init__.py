@@ -2,7 +2,7 @@
 
 The registry keeps the order of these imports, which is the order of ``dht bench``'s rows and of the
 results tables: BL1 first (the teacher of the students and of FastBERT), then the baselines, then DHT,
-then the other systems of the field (dynamic layer tying, adaptive computation modules).
+then the other systems of the field (dynamic layer tying, adaptive computation modules, Transformer⁻¹).
 """
 
 # The import order is the registry's order; keep it.
@@ -13,8 +13,9 @@ from dht.methods.fastbert import FastBERTMethod
 from dht.methods.dht import DHTMethod
 from dht.methods.dlt import DLTMethod
 from dht.methods.acm import ACMMethod
+from dht.methods.tinv import TInvMethod
 # isort: on
 from dht.training.hooks import METHODS, Method, method_type, register
 
 __all__ = ["METHODS", "ACMMethod", "DHTMethod", "DLTMethod", "DistilMethod", "FastBERTMethod", "FullMethod", "Method",
-           "method_type", "register"]
+           "method_type", "register", "TInvMethod"]

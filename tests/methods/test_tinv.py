@@ -1,0 +1,255 @@
+"""Transformer⁻¹ (``../shared/spec/transformer_inverse.md`` §14) on the tiny backbone and hand-made exits."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+from test_flops import counted
+
+from dht.cli import main
+from dht.control.complexity import (
+    DIGIT,
+    PIECE,
+    PUNCT,
+    SPECIAL,
+    UNK,
+    WORD,
+    ComplexityPredictor,
+    first_correct_depth,
+    token_statistics,
+)
+from dht.control.policy import CONTINUE, HALT, Episodes, HaltingPolicy, episode_rewards, halt_depth, ppo_update, rollout
+from dht.data import Batch
+from dht.flops import classifier_flops, full_forward_flops, plan_forward_flops
+from dht.methods.tinv import dual_path_loss
+from dht.model import DynamicEncoder, ExecutionPlan
+from dht.model.folding import FoldedStack
+from dht.training.config import RunConfig, TrainConfig
+from dht.training.loop import evaluate_run, train
+from dht.training.setup import open_run
+
+SMALL = TrainConfig(epochs=2, batch_size=16, max_train=64, max_test=32, seed=1)
+TINV = {"predictor": "logistic"}
+
+
+@pytest.fixture(scope="module")
+def tinv_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tinv") / "run"
+    train(RunConfig(method="tinv", backbone="tiny", train=SMALL, options=TINV), path, progress=False)
+    return path
+
+
+# --- §14.1 folding ------------------------------------------------------------------------
+@pytest.mark.parametrize("width", [4, 2])
+def test_the_folded_stack_equals_the_encoder_on_every_path(width):
+    torch.manual_seed(0)
+    model = DynamicEncoder(tiny_config()).eval()
+    L, nh = model.config.num_layers, model.config.num_heads
+    order = [torch.randperm(nh).tolist() for _ in range(L)]  # an importance order per layer
+    folded = FoldedStack(model, order)
+    ids = torch.randint(1, 100, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    for depth in range(1, L + 1):
+        h = model.embed(ids)
+        for layer in range(depth):
+            h = folded.body(h, mask[:, None, None, :], layer, width)
+        plan = ExecutionPlan(tuple(range(depth)), tuple(folded.heads(layer, width) for layer in range(depth)))
+        reference = model.run_plan(model.embed(ids), mask, plan)
+        assert torch.allclose(h, reference, atol=1e-5), depth
+    if width < nh:  # the permutation matters: the first w heads in index order are another path
+        plain = model.run_plan(model.embed(ids), mask, ExecutionPlan.first(L, nh, tuple(range(width))))
+        assert not torch.allclose(h, plain, atol=1e-3) or order == [list(range(nh))] * L
+
+
+# --- §14.2 rewards --------------------------------------------------------------------------
+def test_rewards_by_hand_and_the_shaping_telescopes():
+    C, eta = 4, 0.1
+    phi = torch.tensor([[math.log(0.3), math.log(0.6), math.log(0.9)]])  # Φ_1..Φ_3 = log p_d(y)
+    correct = torch.tensor([[False, True, True]])
+    cost = torch.full((1, 3), 0.25)
+    lam = torch.tensor([2.0])
+    rewards, valid = episode_rewards(phi, correct, cost, torch.tensor([2]), lam, C, eta)
+    phi0 = -math.log(4)
+    expected = [-0.5 + eta * (math.log(0.3) - phi0), -0.5 + eta * (math.log(0.6) - math.log(0.3)),
+                1 - eta * math.log(0.6)]  # continue, continue, HALT at depth 2 (correct there)
+    assert rewards[0].tolist() == pytest.approx(expected)
+    assert valid.tolist() == [[True, True, True]]
+    rewards, valid = episode_rewards(phi, correct, cost, torch.tensor([1]), lam, C, eta)  # halt at depth 1: wrong
+    assert rewards[0, :2].tolist() == pytest.approx([-0.5 + eta * (math.log(0.3) - phi0), -1 - eta * math.log(0.3)])
+    assert valid.tolist() == [[True, True, False]] and rewards[0, 2] == 0
+    # Every layer: the terminal reward rides on the last step; without cost, the shaping sums to −η Φ_0.
+    rewards, _ = episode_rewards(phi, correct, cost, torch.tensor([3]), torch.zeros(1), C, eta)
+    assert float(rewards.sum()) == pytest.approx(1 - eta * phi0)
+    g = torch.Generator().manual_seed(0)
+    for depth in (1, 2, 3):
+        logp = -torch.rand(5, 3, generator=g) * 3
+        r, v = episode_rewards(logp, torch.ones(5, 3, dtype=torch.bool), cost.expand(5, 3), torch.full((5,), depth),
+                               torch.zeros(5), C, eta)
+        assert (r * v).sum(1).tolist() == pytest.approx([1 - eta * phi0] * 5)
+
+
+def test_halt_depth_is_the_first_halt_after_step_zero():
+    actions = torch.tensor([[0, HALT, HALT], [0, CONTINUE, HALT], [0, CONTINUE, CONTINUE], [HALT, CONTINUE, CONTINUE]])
+    assert halt_depth(actions).tolist() == [1, 2, 3, 3]  # step 0 is the width step: its action is no halt
+
+
+# --- §14.3 PPO on a toy two-depth problem ----------------------------------------------------
+def toy_episodes(policy, n, lam, generator, greedy=False):
+    """Depth 1 is right and confident on even samples, wrong on odd ones; depth 2 is always right."""
+    easy = torch.arange(n) % 2 == 0
+    obs = torch.zeros(n, 2, 4)
+    obs[:, :, 0] = torch.log2(lam)[:, None]
+    obs[:, 1, 1] = easy.float()  # the depth-1 exit's confidence, seen after layer 1
+    obs[:, 0, 2] = 1.0  # the t = 0 flag
+    pooled = torch.zeros(n, 2, 3)
+    actions, log_probs, values, depth = rollout(policy, obs, pooled, generator, greedy)
+    log_p = torch.stack([torch.where(easy, -0.05, -3.0), torch.full((n,), -0.05)], 1)
+    correct = torch.stack([easy, torch.ones(n, dtype=torch.bool)], 1)
+    rewards, valid = episode_rewards(log_p, correct, torch.full((n, 2), 0.5), depth, lam, classes=2)
+    return Episodes(obs, pooled, actions, log_probs, values, rewards, valid), depth
+
+
+def test_ppo_learns_to_halt_where_the_shallow_exit_is_right_and_earlier_as_compute_gets_dearer():
+    torch.manual_seed(0)
+    policy = HaltingPolicy(4, 3, widths=1)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        lam = torch.exp(torch.empty(256).uniform_(math.log(1 / 8), math.log(8), generator=g))
+        episodes, _ = toy_episodes(policy, 256, lam, g)
+        ppo_update(policy, optimizer, episodes, 0.01, g)
+    low = toy_episodes(policy, 8, torch.full((8,), 0.125), g, greedy=True)[1]
+    high = toy_episodes(policy, 8, torch.full((8,), 8.0), g, greedy=True)[1]
+    assert low.tolist() == [1, 2] * 4  # cheap compute: halt on the easy half, continue on the rest
+    assert high.tolist() == [1] * 8  # a layer costs 4 > what continuing gains (2): halt everywhere
+    again = toy_episodes(policy, 8, torch.full((8,), 0.125), torch.Generator().manual_seed(5), greedy=True)[1]
+    assert torch.equal(again, low)  # greedy actions do not depend on the sampler
+
+
+# --- §14.4 the predictor --------------------------------------------------------------------
+def test_first_correct_depth_by_hand():
+    logits = torch.tensor([[[1.0, 0], [0, 1], [0, 1]],  # right from depth 2
+                           [[0, 1.0], [0, 1], [0, 1]],  # right from depth 1
+                           [[1.0, 0], [1, 0], [1, 0]]])  # never right: N_L
+    assert first_correct_depth(logits, torch.tensor([1, 1, 1])).tolist() == [2, 1, 3]
+
+
+def test_token_statistics_by_hand():
+    kinds = torch.tensor([SPECIAL, WORD, PIECE, UNK, DIGIT, PUNCT, WORD], dtype=torch.int8)
+    log_frequency = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    ids = torch.tensor([[0, 1, 2, 1, 4, 5, 0, 0], [0, 3, 6, 0, 0, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    got = token_statistics(ids, mask, kinds, log_frequency)
+    # Sample 0: 7 real tokens, content 1 2 1 4 5 (words 1 1 4 5: 4), one digit and one punctuation word,
+    # distinct content ids 1 2 4 5, frequencies 1 2 1 4 5.
+    assert got[0].tolist() == pytest.approx([7, 4, 5 / 4, 0, 1 / 4, 1 / 4, 0, 4 / 5, 13 / 5, 1])
+    assert got[1].tolist() == pytest.approx([4, 2, 1, 1 / 2, 0, 0, 0, 1, 4.5, 3])
+
+
+@pytest.mark.parametrize("backend", ["logistic", "lightgbm"])
+def test_the_predictor_fits_a_separable_toy_set(backend):
+    if backend == "lightgbm":
+        pytest.importorskip("lightgbm")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 26, generator=g)
+    depth = torch.where(x[:, 0] > 0, 1, 3)  # depth 2 never needed
+    predictor = ComplexityPredictor(backend, 3).fit(x, depth, seed=0)
+    p = predictor.predict(x)
+    assert p.shape == (400, 3) and torch.allclose(p.sum(1), torch.ones(400), atol=1e-5)
+    assert ((p.argmax(1) + 1) == depth).float().mean() > 0.95
+    again = ComplexityPredictor.from_state(json.loads(json.dumps(predictor.state_dict())))
+    assert torch.allclose(again.predict(x), p, atol=1e-6)
+    assert torch.allclose(ComplexityPredictor(backend, 3).predict(x), torch.full((400, 3), 1 / 3))  # unfitted: uniform
+
+
+# --- the loss ---------------------------------------------------------------------------------
+def test_dual_path_loss_by_hand():
+    z = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])  # depth 1, depth 2 (the deep exit)
+    pooled = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    y = torch.tensor([1])
+    ce = lambda logits: float(-torch.log_softmax(logits, -1)[y])
+    p_t, p_s = torch.softmax(z[0, 1] / 2, -1), torch.softmax(z[0, 0] / 2, -1)
+    kl = float((p_t * (p_t.log() - p_s.log())).sum())
+    expected = ce(z[0, 1]) + 0.5 * ce(z[0, 0]) + 0.5 * 4 * kl + 1.0 * 1.0 / 2
+    assert float(dual_path_loss(z, pooled, y)) == pytest.approx(expected, rel=1e-5)
+
+
+# --- §14.5-7 inference, oracles, FLOPs ----------------------------------------------------------
+def test_batched_halting_equals_one_sample_at_a_time(tinv_run):
+    saved = open_run(tinv_run)
+    method = saved.method
+    ids = torch.randint(5, 100, (6, 11), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(6, 11, dtype=torch.bool)
+    mask[2, 4:] = mask[4, 7:] = False
+    for controller, knob in (("policy", {"cost_weight": 0.05}), ("entropy", {"entropy_threshold": 0.999}),
+                             ("predictor", {"predictor_quantile": 0.5})):
+        method.set_inference_options(controller=controller, **knob)
+        whole = method.predict(Batch(ids, mask, torch.zeros(6, dtype=torch.long), torch.arange(6)))
+        for i in range(6):
+            one = method.predict(Batch(ids[i:i + 1, : int(mask[i].sum())], mask[i:i + 1, : int(mask[i].sum())],
+                                       torch.zeros(1, dtype=torch.long), torch.tensor([i])))
+            assert one.routes == [whole.routes[i]], controller
+            assert torch.allclose(one.logits[0], whole.logits[i], atol=1e-5), controller
+            assert float(one.flops[0]) == float(whole.flops[i])
+
+
+def test_halting_flops_are_the_layers_and_every_exit_passed_and_all_in_adds_the_controller(tinv_run):
+    saved = open_run(tinv_run)
+    model, method = saved.model.eval(), saved.method
+    config, T = model.config, 9
+    ids, mask = torch.randint(5, 100, (1, T)), torch.ones(1, T, dtype=torch.bool)
+
+    def run_to(depth):
+        h = model.embed(ids)
+        for layer in range(depth):
+            h = model.layers[layer](h, mask[:, None, None, :], tuple(range(config.num_heads)))
+            model.classifier(model.pool(h, mask))
+
+    for depth in (1, config.num_layers):
+        prediction = method._halting_prediction(torch.zeros(1, config.num_classes), [depth], [T])
+        assert float(prediction.flops[0]) == pytest.approx(counted(lambda d=depth: run_to(d)), rel=0.01)
+        assert float(prediction.flops[0]) == plan_forward_flops(config, ExecutionPlan.first(depth, config.num_heads),
+                                                                T, classify=False) + depth * classifier_flops(config)
+        assert float(prediction.all_in[0]) > float(prediction.flops[0])
+        assert float(prediction.full_flops[0]) == full_forward_flops(config, T)
+
+
+def test_evaluate_reports_the_controllers_oracles_and_a_budget(tinv_run, tmp_path):
+    result = evaluate_run(tinv_run, oracle=True)
+    oracle = result["test"]["oracle"]
+    assert set(oracle["routes"]) == {f"{d}L4H" for d in range(1, 5)}
+    assert oracle["oracle_correct"]["accuracy"] >= max(r["accuracy"] for r in oracle["routes"].values())
+    entropy_all = evaluate_run(tinv_run, overrides={"controller": "entropy", "entropy_threshold": 1.0})["test"]
+    assert entropy_all["routes"] == {"1L4H": pytest.approx(entropy_all["routes"]["1L4H"])}  # all halt at depth 1
+    assert entropy_all["flop_ratio_all_in"] == pytest.approx(entropy_all["flop_ratio"])  # exits only, no controller
+    never = evaluate_run(tinv_run, overrides={"controller": "entropy", "entropy_threshold": 0.0})["test"]
+    assert set(never["routes"]) == {"4L4H"}
+
+
+def test_a_run_resumed_at_a_ppo_update_equals_one_never_stopped(tmp_path):
+    from safetensors.torch import load_file
+
+    # 128 rows in batches of 16: 8 steps an epoch, a PPO update at step 8 (the buffer is empty there).
+    config = TrainConfig(epochs=2, batch_size=16, max_train=128, max_test=32, seed=1)
+    run = RunConfig(method="tinv", backbone="tiny", train=config, options=TINV)
+    assert train(run, tmp_path / "cut", stop_after_steps=8, progress=False) is None
+    resumed = train(run, tmp_path / "cut", resume=True, progress=False)
+    whole = train(run, tmp_path / "whole", progress=False)
+    for file in ("method.safetensors", "model.safetensors"):
+        a, b = (load_file(str(tmp_path / name / file)) for name in ("cut", "whole"))
+        assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a), file
+    assert resumed["test"]["f1_macro"] == whole["test"]["f1_macro"]
+    assert resumed["ppo_updates"] == whole["ppo_updates"] == 2 + 20  # every 8 steps, then phase C's rounds
+
+
+@pytest.mark.parametrize("flag, message", [
+    (["--controller", "oracle"], "--controller"), (["--cost-weight", "-1"], "--cost-weight"),
+    (["--predictor", "trees"], "--predictor"), (["--entropy-threshold", "2"], "--entropy-threshold")])
+def test_invalid_options_stop_with_one_line(flag, message, tmp_path, capsys):
+    code = main(["train", "--method", "tinv", "--backbone", "tiny", "--output", str(tmp_path / "r"), "--quiet", *flag])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "r").exists()
