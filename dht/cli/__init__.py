@@ -120,6 +120,14 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
     bench.add_argument("--device", default="auto", help=DEVICE_HELP)
     bench.add_argument("--quiet", action="store_true")
 
+    paths = commands.add_parser("bench-paths", help="Transformer⁻¹: warm-up, steady seconds and switching overhead "
+                                "per layer of eager, bucketed and compiled inference", allow_abbrev=False)
+    paths.add_argument("run_dir", type=Path)
+    paths.add_argument("--compile", action="store_true", help="also torch.compile the folded layer (slow on a CPU)")
+    paths.add_argument("--reference", type=Path, default=None, help="a BL1 run timed in the same process")
+    paths.add_argument("--output", type=Path, default=None, help="JSON to write (default RUN/bench_paths.json)")
+    paths.add_argument("--device", default="auto", help=DEVICE_HELP)
+
     table = commands.add_parser("table", help="print the results table of a folder of committed metrics files",
                                 allow_abbrev=False)
     table.add_argument("folder", type=Path, nargs="?", default=Path("bench/results/ag_news"))
@@ -245,6 +253,16 @@ def main(argv: list[str] | None = None) -> int:
                       device=args.device, lr=args.lr)
             print((args.output / "front.md").read_text())
             print(f"bench folder: {args.output}")
+        elif args.command == "bench-paths":
+            from dht.benchmark.paths import bench_paths
+
+            result = bench_paths(args.run_dir, args.compile, args.reference, args.device, args.output)
+            for row in result["modes"]:
+                switching = row["switch_overhead_us_per_layer"]
+                print(f"{row['mode']:8} warm-up {row['warm_up_seconds']:.1f} s, first pass "
+                      f"{row['first_pass_seconds']:.1f} s, steady {row['steady_seconds']:.1f} s, switching "
+                      + ("n/a (no sample passed a layer)" if switching is None else f"{switching:.0f} μs/layer")
+                      + f", equal to eager within {row['max_log_probability_difference_to_eager']:.1e}")
         elif args.command == "table":
             from dht.report import results_table
 

@@ -13,8 +13,9 @@ a complexity predictor and a recurrent PPO policy choose, per sample, after each
   ``entropy`` (BL3's exit rule on the same exits, ``--entropy-threshold``). The oracles of §9 are
   ``dht evaluate --oracle`` over the fixed depths.
 
-Not built yet (docs/tinv.md): the width preset ``tinv-w`` and head importance, shape buckets,
-``torch.compile``, CUDA graphs and ``dht bench-paths``.
+``--buckets`` pads the running samples up to fixed shapes (warmed up at load) and ``--compile`` compiles the
+folded layer (spec §11). Not built yet (docs/tinv.md): the width preset ``tinv-w`` and head importance, and
+CUDA graphs.
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ from dht.control.policy import (
 from dht.data import Batch
 from dht.flops import classifier_flops, full_forward_flops, full_train_flops, layer_forward_flops, plan_forward_flops
 from dht.model import DynamicEncoder, ExecutionPlan
-from dht.model.folding import FoldedStack
+from dht.model.folding import FoldedStack, folded_layer
 from dht.search.exits import normalised_entropy
 from dht.training.config import RunConfig
-from dht.training.hooks import Knob, Method, Prediction, StepResult, register
+from dht.training.hooks import BenchRun, Knob, Method, Prediction, StepResult, register
 from dht.training.options import MethodOptions, option
 
 PPO_EVERY = 8  # training steps per PPO update (256 episodes at batch 32)
@@ -62,6 +63,8 @@ COST_WEIGHTS = (1 / 8, 2.0)  # λ is drawn log-uniformly in this range per train
 ALPHA, TAU, MU, ETA = 0.5, 2.0, 1.0, 0.1  # dual-path distillation (§7) and reward shaping (§6)
 ENTROPY_COEF = (0.01, 0.001)  # PPO's entropy bonus, linearly from the first to the last update
 CONTROLLERS = ("policy", "predictor", "entropy")
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # spec §11: the running samples are padded up to one of these
+LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128)  # and their tokens up to one of these
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,10 @@ class TInvOptions(MethodOptions):
                                        inference=True)
     entropy_threshold: float = option(0.3, "entropy controller: halt once the exit's normalised entropy is below",
                                       inference=True)
+    buckets: bool = option(False, "pad the running samples and their lengths up to fixed shape buckets, warmed "
+                           "up at load (spec §11)", inference=True)
+    compile: bool = option(False, "torch.compile the folded layer, once per length (slow to compile on a CPU)",
+                           inference=True)
 
     def __post_init__(self) -> None:
         if self.predictor not in ("lightgbm", "logistic"):
@@ -114,6 +121,11 @@ class TInvMethod(Method):
     Options = TInvOptions
     knob = Knob("cost_weight", dearest=1 / 64, cheapest=8.0, curve=(0.125, 0.25, 0.5, 1.0, 2.0))
 
+    @classmethod
+    def bench_runs(cls, num_layers: int) -> list[BenchRun]:
+        """The depth-only preset, with LightGBM where it is installed (the row's options say which)."""
+        return [BenchRun("tinv", {"predictor": "lightgbm" if lightgbm_available() else "logistic"})]
+
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         super().__init__(model, run)
         self.options: TInvOptions
@@ -130,6 +142,7 @@ class TInvMethod(Method):
         self.epoch_labels: dict[int, int] = {}  # training row -> first correct depth, epoch 1
         self.updates, self.total_updates, self.steps = 0, 1, 0
         self.calibration: dict[str, Any] = {}
+        self.warm_up_seconds = 0.0  # of the last fold with --buckets
 
     # --- features ------------------------------------------------------------------------
     def _mean_embedding(self, input_ids: Tensor, mask: Tensor) -> Tensor:
@@ -317,9 +330,57 @@ class TInvMethod(Method):
     def predict_batches(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, Prediction]]:
         self.model.eval()
         self.policy.to(self.device)
-        folded = FoldedStack(self.model)  # built per pass: the weights may have trained since the last one
+        folded = self.fold()
         for batch in batches:
             yield batch, self.halting_predict(batch, folded)
+
+    def fold(self) -> FoldedStack:
+        """The folded layers, rebuilt when the layers' weights changed (training updates them in place);
+        with ``--buckets``, every shape bucket is run once first (oneDNN builds its kernels per shape), and
+        the seconds that takes are kept in ``warm_up_seconds``."""
+        key = (tuple((p.data_ptr(), p._version) for p in self.model.layers.parameters()), self.options.buckets)
+        if getattr(self, "_folded", None) is not None and self._folded[0] == key:
+            return self._folded[1]
+        folded = FoldedStack(self.model)
+        self._folded = (key, folded)
+        self.warm_up_seconds = 0.0
+        if self.options.buckets:
+            start = time.perf_counter()
+            E, nh = self.model.config.hidden_size, self.model.config.num_heads
+            with torch.no_grad():
+                for B in BATCH_BUCKETS:
+                    for T in LENGTH_BUCKETS:
+                        h = torch.zeros(B, T, E, device=self.device)
+                        self._run_layer(folded, h, torch.ones(B, T, dtype=torch.bool, device=self.device), 0, nh)
+            self.warm_up_seconds = time.perf_counter() - start
+        return folded
+
+    def _run_layer(self, folded: FoldedStack, h: Tensor, mask: Tensor, layer: int, width: int) -> Tensor:
+        """One folded layer on the running samples, padded up to their shape bucket with ``--buckets``
+        (padded rows attend to their first token only; padded rows and tokens are cut off again)."""
+        n, T = h.shape[:2]
+        if self.options.buckets:
+            B_b, T_b = bucket(n, BATCH_BUCKETS), bucket(T, LENGTH_BUCKETS)
+            padded = h.new_zeros(B_b, T_b, h.shape[2])
+            padded[:n, :T] = h
+            padded_mask = mask.new_zeros(B_b, T_b)
+            padded_mask[:n, :T] = mask
+            padded_mask[n:, 0] = True
+            h, mask = padded, padded_mask
+        layer_fn = folded_layer
+        if self.options.compile:
+            if getattr(self, "_compiled", None) is None:
+                # One artefact per length (bucket), the batch dimension dynamic (spec §11); a batch of one is
+                # specialised apart by dynamo, hence two per length.
+                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
+                                                           2 * len(LENGTH_BUCKETS) + 2)
+                self._compiled = torch.compile(folded_layer, dynamic=False)
+            layer_fn = self._compiled
+            if h.shape[0] > 1:
+                torch._dynamo.mark_dynamic(h, 0)
+                torch._dynamo.mark_dynamic(mask, 0)
+        out = layer_fn(h, mask[:, None, None, :], folded.weights(layer, width), folded.head_dim, folded.eps)
+        return out[:n, :T]
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Prediction:
@@ -351,7 +412,7 @@ class TInvMethod(Method):
         active = torch.arange(B, device=input_ids.device)
         h, previous = model.embed(input_ids), None
         for t in range(L):
-            h = folded.body(h, mask[:, None, None, :], t, nh)
+            h = self._run_layer(folded, h, mask, t, nh)
             exit_logits = model.classifier(model.pool(h, mask))
             if t == L - 1:
                 logits[active] = exit_logits
@@ -438,6 +499,11 @@ class TInvMethod(Method):
         return {"calibration": self.calibration, "predictor": {"backend": self.predictor.backend,
                                                                "flops_per_sample": self.predictor.flops()},
                 "ppo_updates": self.updates}
+
+
+def bucket(size: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket that holds ``size``; ``size`` itself beyond the largest."""
+    return next((b for b in buckets if b >= size), size)
 
 
 def _padded(rows: list[list[int]], device: torch.device, pad_id: int = 0) -> tuple[Tensor, Tensor]:

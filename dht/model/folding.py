@@ -66,16 +66,30 @@ class FoldedStack:
         """The original indices of the heads a width keeps in ``layer`` (ascending)."""
         return tuple(sorted(self.head_order[layer][:width]))
 
+    def weights(self, layer: int, width: int) -> tuple[Tensor, ...]:
+        """Views of ``layer``'s tensors at ``width`` heads, in ``folded_layer``'s order (no copy)."""
+        dh = self.head_dim
+        return (self.w_qkv[layer, : 3 * width * dh], self.b_qkv[layer, : 3 * width * dh],
+                self.w_o[layer, :, : width * dh], self.b_o[layer], self.norm1[0][layer], self.norm1[1][layer],
+                self.w_in[layer], self.b_in[layer], self.w_out[layer], self.b_out[layer],
+                self.norm2[0][layer], self.norm2[1][layer])
+
     def body(self, h: Tensor, attn_mask: Tensor, layer: int, width: int) -> Tensor:
         """One folded layer, eval mode (no dropout): h (B, T, E), attn_mask (B, 1, 1, T) bool -> (B, T, E),
         keeping the layer's ``width`` most important heads."""
-        B, T, E = h.shape
-        dh = self.head_dim
-        qkv = F.linear(h, self.w_qkv[layer, : 3 * width * dh], self.b_qkv[layer, : 3 * width * dh])
-        q, key, v = qkv.view(B, T, width, 3, dh).permute(3, 0, 2, 1, 4)  # each (B, w, T, dh)
-        context = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask)
-        context = context.transpose(1, 2).reshape(B, T, width * dh)
-        attended = F.linear(context, self.w_o[layer, :, : width * dh], self.b_o[layer])
-        h = F.layer_norm(h + attended, (E,), self.norm1[0][layer], self.norm1[1][layer], self.eps)
-        ffn = F.linear(F.gelu(F.linear(h, self.w_in[layer], self.b_in[layer])), self.w_out[layer], self.b_out[layer])
-        return F.layer_norm(h + ffn, (E,), self.norm2[0][layer], self.norm2[1][layer], self.eps)
+        return folded_layer(h, attn_mask, self.weights(layer, width), self.head_dim, self.eps)
+
+
+def folded_layer(h: Tensor, attn_mask: Tensor, weights: tuple[Tensor, ...], head_dim: int, eps: float) -> Tensor:
+    """A post-LayerNorm BERT layer on given weights (``FoldedStack.weights``): the function one compiled
+    artefact per shape serves for every layer and width, since the weights are its inputs."""
+    w_qkv, b_qkv, w_o, b_o, g1, beta1, w_in, b_in, w_out, b_out, g2, beta2 = weights
+    B, T, E = h.shape
+    width = w_qkv.shape[0] // (3 * head_dim)
+    qkv = F.linear(h, w_qkv, b_qkv)
+    q, key, v = qkv.view(B, T, width, 3, head_dim).permute(3, 0, 2, 1, 4)  # each (B, w, T, dh)
+    context = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask)
+    context = context.transpose(1, 2).reshape(B, T, width * head_dim)
+    h = F.layer_norm(h + F.linear(context, w_o, b_o), (E,), g1, beta1, eps)
+    ffn = F.linear(F.gelu(F.linear(h, w_in, b_in)), w_out, b_out)
+    return F.layer_norm(h + ffn, (E,), g2, beta2, eps)

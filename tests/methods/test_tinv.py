@@ -253,3 +253,26 @@ def test_invalid_options_stop_with_one_line(flag, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "r").exists()
+
+
+# --- §14.8 buckets ------------------------------------------------------------------------------
+def test_buckets_pad_rows_and_tokens_without_changing_a_logit(tinv_run):
+    from dht.methods.tinv import bucket
+
+    assert [bucket(n, (1, 2, 4)) for n in (1, 3, 4, 9)] == [1, 4, 4, 9]  # beyond the largest: as it is
+    saved = open_run(tinv_run)
+    method = saved.method
+    ids = torch.randint(5, 100, (5, 13), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(5, 13, dtype=torch.bool)
+    mask[1, 5:] = mask[3, 9:] = False
+    batch = Batch(ids, mask, torch.zeros(5, dtype=torch.long), torch.arange(5))
+    for controller, knob in (("policy", {"cost_weight": 0.05}), ("entropy", {"entropy_threshold": 0.999})):
+        method.set_inference_options(controller=controller, buckets=False, **knob)
+        eager = method.predict(batch)
+        method.set_inference_options(buckets=True)
+        padded = method.predict(batch)
+        assert padded.routes == eager.routes
+        assert torch.allclose(padded.logits, eager.logits, atol=1e-5)
+        assert torch.equal(padded.flops, eager.flops)  # padding is never counted
+        assert method.warm_up_seconds > 0
+# --compile is not tested here: compiling the layer takes minutes on a 2-core CPU (`dht bench-paths --compile`).

@@ -1,0 +1,103 @@
+"""``dht bench-paths RUN``: what switching paths costs a Transformer⁻¹ run (transformer_inverse.md §11).
+
+For each execution mode (eager; ``--buckets``; with ``--compile`` also compiled on buckets) on the run's test
+split: the warm-up (or first-pass, which holds compiling) seconds, the steady-state seconds of a second pass,
+whether the outputs equal eager's (largest log-probability difference, same paths), and the **switching overhead per
+layer**: the halting loop's seconds (controller, exits, compaction, padding) minus those of the same samples
+run to their halting depths as fixed groups through the same layer function, over the layer boundaries the
+batches crossed, in μs. With ``--reference BL1`` the steady seconds are also given against BL1's, beside the
+FLOP ratio, in the same process.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dht.data.batching import iterate_batches
+from dht.provenance import write_result
+from dht.training.evaluation import predict_split
+from dht.training.loop import evaluate, load_run
+from dht.training.setup import Prepared
+
+
+@torch.no_grad()
+def switch_overhead(prepared: Prepared) -> dict[str, float]:
+    """The halting loop against the same layer calls without the controller, batch by batch on the test
+    split, with the method's current options: seconds, and μs per layer boundary the batches crossed.
+
+    The baseline replays each batch's schedule: layer t runs on the samples whose halting depth is above
+    t, compacted and trimmed as the loop does, through the same layer function; what it lacks is the
+    switching itself (pooling and the exit at each depth, the controller's step, the halting bookkeeping)."""
+    method, split = prepared.method, prepared.test
+    method.model.eval()
+    folded = method.fold()
+    nh = method.model.config.num_heads
+    halting, fixed, boundaries = 0.0, 0.0, 0
+    for batch in iterate_batches(split.ids, split.labels, prepared.run.train.eval_batch_size, prepared.pad_id,
+                                 shuffle=False, sort_by_length=True):
+        batch = batch.to(method.device)
+        start = time.perf_counter()
+        prediction = method.halting_predict(batch, folded)
+        halting += time.perf_counter() - start
+        depth = torch.tensor([int(route.split("L")[0]) for route in prediction.routes], device=method.device)
+        deepest = int(depth.max())
+        start = time.perf_counter()
+        mask = batch.attention_mask.bool()
+        T = int(mask.sum(1).max())
+        h, mask = method.model.embed(batch.input_ids[:, :T]), mask[:, :T]
+        for layer in range(deepest):
+            h = method._run_layer(folded, h, mask, layer, nh)
+            keep = depth > layer + 1
+            if not keep.all():
+                h, mask, depth = h[keep], mask[keep], depth[keep]
+                if not len(mask):
+                    break
+                T = int(mask.sum(1).max())
+                h, mask = h[:, :T], mask[:, :T]
+        fixed += time.perf_counter() - start
+        boundaries += deepest - 1
+    return {"halting_seconds": halting, "fixed_plan_seconds": fixed, "layer_boundaries": boundaries,
+            "switch_overhead_us_per_layer": (halting - fixed) / boundaries * 1e6 if boundaries else None}
+
+
+def bench_paths(run_dir: Path, compiled: bool = False, reference: Path | None = None, device: str | None = None,
+                output: Path | None = None) -> dict[str, Any]:
+    """Measure every mode on ``run_dir`` (a finished tinv run); write ``output`` (default
+    RUN/bench_paths.json) and return what was written. A ValueError for a run of another method."""
+    prepared = load_run(run_dir, device=device)
+    method = prepared.method
+    if prepared.run.method != "tinv":
+        raise ValueError(f"{run_dir}: bench-paths measures Transformer⁻¹ runs, this one is {prepared.run.method}")
+    split, size = prepared.test, prepared.run.train.eval_batch_size
+    modes = [("eager", {"buckets": False, "compile": False}), ("buckets", {"buckets": True, "compile": False})]
+    if compiled:
+        modes.append(("compiled", {"buckets": True, "compile": True}))
+    bl1 = load_run(reference, device=device) if reference is not None else None
+    rows, eager = [], None
+    for name, options in modes:
+        method.set_inference_options(**options)
+        start = time.perf_counter()
+        predict_split(method, split.ids, split.labels, size, prepared.pad_id)  # warms up (or compiles)
+        first_seconds = time.perf_counter() - start
+        reference_seconds = evaluate(bl1)["seconds"] if bl1 is not None else None
+        steady = predict_split(method, split.ids, split.labels, size, prepared.pad_id)
+        eager = eager or steady
+        row = {"mode": name, **options, "warm_up_seconds": method.warm_up_seconds,
+               "first_pass_seconds": first_seconds, "steady_seconds": steady.seconds,
+               "flop_ratio_all_in": steady.totals[2] / steady.totals[1],
+               "max_log_probability_difference_to_eager": float((steady.probabilities.log() - eager.probabilities.log())
+                                                      .abs().max()),
+               "same_paths_as_eager": steady.routes == eager.routes, **switch_overhead(prepared)}
+        if reference_seconds is not None:
+            row["bl1_seconds"] = reference_seconds
+            row["wall_ratio_to_bl1"] = steady.seconds / reference_seconds
+        rows.append(row)
+    method.set_inference_options(buckets=False, compile=False)
+    result = {"run": str(run_dir), "reference": None if reference is None else str(reference),
+              "samples": len(split), "modes": rows}
+    write_result(output or run_dir / "bench_paths.json", result, method.device)
+    return result
