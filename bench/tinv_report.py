@@ -40,8 +40,9 @@ from dht.training.loop import evaluate, load_run
 from dht.training.operating import oracle_scores, route_predictions
 from dht.training.setup import Prepared
 
-COLUMNS = ("| run | controller | knob | macro-F1 | accuracy | inference FLOPs paper-style / all-in | paths "
-           "| test wall ratio to BL1 | switch overhead μs/layer | peak memory ratio to BL1 |")
+COLUMNS = ("| run | controller | knob | macro-F1 | accuracy | inference FLOPs paper-style / all-in "
+           "| paths (depth: share) | test wall ratio to BL1 | switch overhead μs/layer | peak memory ratio to BL1 "
+           "| fidelity f, FLOPs / oracle-fidelity(f) | training FLOPs paper-style / all-in, seconds all-in |")
 
 
 def paths(routes: dict[str, Any]) -> str:
@@ -106,7 +107,7 @@ def peak_memory(run: Path) -> dict[str, Any]:
 
 def report(args: argparse.Namespace) -> list[dict[str, Any]]:
     bl1 = load_run(args.bl1)
-    bl1_memory = peak_memory(args.bl1)
+    bl1_memory = None if args.curves_only else peak_memory(args.bl1)
     rows: list[dict[str, Any]] = []
     for name, folder in (spec.split("=", 1) for spec in args.runs):
         folder = Path(folder)
@@ -127,6 +128,10 @@ def report(args: argparse.Namespace) -> list[dict[str, Any]]:
                          "paths": test.get("routes", {}), "test_wall_ratio": wall,
                          "switch_overhead_us_per_layer": None, "peak_memory_ratio": None})
         prepared.method.set_inference_options(controller="policy", cost_weight=own.cost_weight)
+        args.output.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / "metrics.json", args.output / f"metrics-{name}.json")
+        if args.curves_only:
+            continue
         main_row = next(r for r in rows if r["run"] == name and r["controller"] == "policy"
                         and r["cost_weight"] == own.cost_weight)
         main_row.update(switch_overhead(prepared))
@@ -141,8 +146,6 @@ def report(args: argparse.Namespace) -> list[dict[str, Any]]:
                          "test_flop_ratio": scores["flop_ratio"], "test_flop_ratio_all_in": scores["flop_ratio"],
                          "paths": {k: {"share": v} for k, v in scores["shares"].items()}, "test_wall_ratio": None,
                          "switch_overhead_us_per_layer": None, "peak_memory_ratio": None})
-        args.output.mkdir(parents=True, exist_ok=True)
-        shutil.copy(folder / "metrics.json", args.output / f"metrics-{name}.json")
     return rows
 
 
@@ -151,10 +154,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     number = lambda value, digits: "" if value is None else f"{value:.{digits}f}"
     for r in rows:
         knob = ", ".join(f"{k} {v:g}" for k, v in r["knob"].items())
+        gap = f"{r['fidelity']:.3f}, {r['gap']:.2f}" if "gap" in r else ""
+        training = (f"{r['train_flop_ratio']:.3f} / {r['train_flop_ratio_all_in']:.3f}, "
+                    f"{r['train_seconds_all_in']:.0f} s" if r["controller"] == "policy" and "gap" in r else "")
         lines.append(f"| {r['run']} | {r['controller']} | {knob} | {r['f1_macro']:.4f} | {r['accuracy']:.4f} "
                      f"| {r['test_flop_ratio']:.3f} / {r['test_flop_ratio_all_in']:.3f} | {paths(r['paths'])} "
                      f"| {number(r['test_wall_ratio'], 3)} | {number(r['switch_overhead_us_per_layer'], 0)} "
-                     f"| {number(r['peak_memory_ratio'], 3)} |")
+                     f"| {number(r['peak_memory_ratio'], 3)} | {gap} | {training} |")
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +224,8 @@ def main() -> None:
     parser.add_argument("--quantiles", type=float, nargs="+", default=[0.3, 0.5, 0.7, 0.9])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
     parser.add_argument("--bl1-every", type=int, default=4, help="time BL1 again after this many rows")
+    parser.add_argument("--curves-only", action="store_true", help="the controllers' rows only: no switching "
+                        "overhead, memory, fidelity gap or oracles (other seeds of a run already reported)")
     parser.add_argument("--fastbert", type=Path, default=repo_path("bench/results/ag_news/results.json"))
     parser.add_argument("--dht", type=Path, nargs="*", default=[], help="DHT metrics.json files for the plot")
     parser.add_argument("--output", type=Path, default=repo_path("bench/results/ag_news/tinv"))

@@ -103,6 +103,7 @@ class Episodes:
     values: Tensor  # (B, S)
     rewards: Tensor  # (B, S)
     valid: Tensor  # (B, S) bool: steps that happened
+    actor: Tensor  # (B, S) bool: steps whose action the policy chose (a width fixed by training is not)
 
     def __len__(self) -> int:
         return self.obs.shape[0]
@@ -115,10 +116,10 @@ class Episodes:
         return Episodes(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Episodes)))
 
 
-def replay(policy: HaltingPolicy, obs: Tensor, pooled: Tensor) -> tuple[Tensor, Tensor]:
-    """Run the policy over every step of the episodes: obs (B, S, D), pooled (B, S, E) -> halt-head logits
-    (B, S, 2) (row 0: the width head's first two logits, padded) and values (B, S). Steps after a halt run
-    too; callers mask them."""
+def replay(policy: HaltingPolicy, obs: Tensor, pooled: Tensor) -> tuple[list[Tensor], Tensor]:
+    """Run the policy over every step of the episodes: obs (B, S, D), pooled (B, S, E) -> each step's action
+    logits (the width head's (B, |W|) at t = 0, the halt head's (B, 2) after) and values (B, S). Steps after
+    a halt run too; callers mask them."""
     state, logits, values = None, [], []
     for t in range(obs.shape[1]):
         out, value, state = policy.step(obs[:, t], None if t == 0 else pooled[:, t], state, first=t == 0)
@@ -137,18 +138,25 @@ def step_log_probs(logits: list[Tensor], actions: Tensor) -> tuple[Tensor, Tenso
 
 @torch.no_grad()
 def rollout(policy: HaltingPolicy, obs: Tensor, pooled: Tensor, generator: torch.Generator | None,
-            greedy: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            greedy: bool = False, first_action: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Actions for whole episodes whose every observation is known: obs (B, S, D), pooled (B, S, E).
-    Returns actions (B, S), their log-probabilities (B, S), values (B, S) and the halt depth (B,) in
-    1..S (the first t ≥ 1 whose action is HALT; S when none)."""
+    ``first_action`` (B,) gives step 0's action (the width) instead of choosing it. Returns actions (B, S),
+    their log-probabilities (B, S), values (B, S) and the halt depth (B,) in 1..S (the first t ≥ 1 whose
+    action is HALT; S when none)."""
     logits, values = replay(policy, obs, pooled)
     if greedy:
         actions = torch.stack([out.argmax(-1) for out in logits], 1)
     else:
-        actions = torch.stack([torch.multinomial(out.float().softmax(-1).cpu(), 1, generator=generator).squeeze(1)
-                               for out in logits], 1).to(obs.device)
+        actions = torch.stack([sample(out, generator).to(obs.device) for out in logits], 1)
+    if first_action is not None:
+        actions[:, 0] = first_action
     log_probs, _ = step_log_probs(logits, actions)
     return actions, log_probs, values, halt_depth(actions)
+
+
+def sample(logits: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One action per row of logits (B, A), drawn on the CPU with ``generator`` -> (B,) long."""
+    return torch.multinomial(logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(1)
 
 
 def halt_depth(actions: Tensor) -> Tensor:
@@ -215,25 +223,25 @@ def ppo_update(policy: HaltingPolicy, optimizer: torch.optim.Optimizer, episodes
     """Clipped PPO on whole episodes (recurrent: each minibatch replays its episodes from t = 0).
     Returns the last minibatch's losses and the number of minibatches run."""
     advantage, returns = advantages(episodes, settings)
-    valid = episodes.valid
-    mean, std = advantage[valid].mean(), advantage[valid].std().clamp_min(1e-8)
+    acted = episodes.actor
+    mean, std = advantage[acted].mean(), advantage[acted].std().clamp_min(1e-8)
     advantage = (advantage - mean) / std
     stats, minibatches = {}, 0
     for _ in range(settings.epochs):
-        order = torch.randperm(len(episodes), generator=generator).to(valid.device)
+        order = torch.randperm(len(episodes), generator=generator).to(acted.device)
         for start in range(0, len(episodes), settings.minibatch):
             rows = order[start:start + settings.minibatch]
             part = episodes.index(rows)
             logits, values = replay(policy, part.obs, part.pooled)
             log_probs, entropy = step_log_probs(logits, part.actions)
-            mask = part.valid.float()
-            count = mask.sum().clamp_min(1)
+            mask, actor = part.valid.float(), part.actor.float()
+            count, acted = mask.sum().clamp_min(1), actor.sum().clamp_min(1)
             ratio = (log_probs - part.log_probs).exp()
             gain = advantage[rows]
             surrogate = torch.minimum(ratio * gain, ratio.clamp(1 - settings.clip, 1 + settings.clip) * gain)
-            policy_loss = -(surrogate * mask).sum() / count
+            policy_loss = -(surrogate * actor).sum() / acted
             value_loss = ((values - returns[rows]) ** 2 * mask).sum() / count
-            entropy_mean = (entropy * mask).sum() / count
+            entropy_mean = (entropy * actor).sum() / acted
             loss = policy_loss + settings.value_coef * value_loss - entropy_coef * entropy_mean
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

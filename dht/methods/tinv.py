@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,6 @@ from dht.control.complexity import (
     token_kinds,
 )
 from dht.control.policy import (
-    HALT,
     Episodes,
     HaltingPolicy,
     episode_rewards,
@@ -47,14 +46,15 @@ from dht.control.policy import (
     observation_width,
     ppo_update,
     rollout,
+    sample,
 )
 from dht.data import Batch
-from dht.flops import classifier_flops, full_forward_flops, full_train_flops, layer_forward_flops, plan_forward_flops
-from dht.model import DynamicEncoder, ExecutionPlan
-from dht.model.folding import FoldedStack, folded_layer
-from dht.search.exits import normalised_entropy
+from dht.flops import classifier_flops, full_forward_flops, layer_forward_flops, plan_forward_flops
+from dht.methods.tinv_inference import TInvInference
+from dht.model import DynamicEncoder
+from dht.model.folding import head_importance
 from dht.training.config import RunConfig
-from dht.training.hooks import BenchRun, Knob, Method, Prediction, StepResult, register
+from dht.training.hooks import BenchRun, Knob, Method, StepResult, register
 from dht.training.options import MethodOptions, option
 
 PPO_EVERY = 8  # training steps per PPO update (256 episodes at batch 32)
@@ -63,14 +63,16 @@ COST_WEIGHTS = (1 / 8, 2.0)  # λ is drawn log-uniformly in this range per train
 ALPHA, TAU, MU, ETA = 0.5, 2.0, 1.0, 0.1  # dual-path distillation (§7) and reward shaping (§6)
 ENTROPY_COEF = (0.01, 0.001)  # PPO's entropy bonus, linearly from the first to the last update
 CONTROLLERS = ("policy", "predictor", "entropy")
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # spec §11: the running samples are padded up to one of these
-LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128)  # and their tokens up to one of these
+PRESETS = ("tinv", "tinv-w")  # depth only; depth x width (all heads, or the 2/3 most important)
+IMPORTANCE_ROWS = 512  # training rows head importance is measured on (spec §3)
 
 
 @dataclass(frozen=True)
 class TInvOptions(MethodOptions):
     """Transformer⁻¹'s settings (spec §13)."""
 
+    config: str = option("tinv", "Transformer⁻¹ preset: tinv (depth only) or tinv-w (depth x width: all heads or "
+                         "each layer's 2/3 most important)")
     predictor: str = option("lightgbm", "complexity predictor: lightgbm (pip install '.[tinv]') or logistic")
     controller: str = option("policy", "who halts at inference: policy, predictor or entropy", inference=True)
     cost_weight: float = option(0.5, "λ: the policy's price of compute (trained over 1/8..2; the --budget knob)",
@@ -85,6 +87,8 @@ class TInvOptions(MethodOptions):
                            inference=True)
 
     def __post_init__(self) -> None:
+        if self.config not in PRESETS:
+            raise ValueError(f"--config must be one of {', '.join(PRESETS)} for tinv, got {self.config!r}")
         if self.predictor not in ("lightgbm", "logistic"):
             raise ValueError(f"--predictor must be lightgbm or logistic, got {self.predictor!r}")
         if self.controller not in CONTROLLERS:
@@ -113,7 +117,7 @@ def dual_path_loss(exit_logits: Tensor, pooled: Tensor, labels: Tensor) -> Tenso
 
 
 @register
-class TInvMethod(Method):
+class TInvMethod(TInvInference, Method):
     """Transformer⁻¹ (module docstring)."""
 
     name = "tinv"
@@ -123,8 +127,9 @@ class TInvMethod(Method):
 
     @classmethod
     def bench_runs(cls, num_layers: int) -> list[BenchRun]:
-        """The depth-only preset, with LightGBM where it is installed (the row's options say which)."""
-        return [BenchRun("tinv", {"predictor": "lightgbm" if lightgbm_available() else "logistic"})]
+        """Both presets, with LightGBM where it is installed (the rows' options say which)."""
+        predictor = "lightgbm" if lightgbm_available() else "logistic"
+        return [BenchRun(preset, {"config": preset, "predictor": predictor}) for preset in PRESETS]
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         super().__init__(model, run)
@@ -132,8 +137,12 @@ class TInvMethod(Method):
         if self.options.predictor == "lightgbm" and not lightgbm_available():
             raise ValueError("--predictor lightgbm needs lightgbm (pip install -c constraints.txt '.[tinv]'), "
                              "or give --predictor logistic")
-        L, E = model.config.num_layers, model.config.hidden_size
-        self.policy = HaltingPolicy(observation_width(L), E, widths=1)
+        L, E, nh = model.config.num_layers, model.config.hidden_size, model.config.num_heads
+        # W (spec §3): all heads, and for tinv-w the 2/3 most important (8 of MiniLM's 12).
+        self.widths = (nh,) if self.options.config == "tinv" else (nh, max(1, round(2 * nh / 3)))
+        self.head_order: list[list[int]] | None = None  # per layer, heads by importance (tinv-w, from epoch 2)
+        self.train_labels: list[int] = []
+        self.policy = HaltingPolicy(observation_width(L), E, widths=len(self.widths))
         self.policy_optimizer = torch.optim.Adam(self.policy.parameters(), lr=3e-4)
         self.statistics_: TokenStatistics | None = None
         self.predictor = ComplexityPredictor(self.options.predictor, L)
@@ -164,73 +173,100 @@ class TInvMethod(Method):
     # --- training ------------------------------------------------------------------------
     def on_train_start(self, ids: list[list[int]], labels: list[int], pad_id: int, total_steps: int) -> None:
         self.policy.to(self.device)
+        self.train_labels = labels
         if self.statistics_ is None:
             self._fit_statistics(ids)
         self.total_updates = max(1, total_steps // PPO_EVERY)
 
     def on_epoch_start(self, epoch: int, train_ids: list[list[int]], pad_id: int) -> None:
-        """At epoch 2's start, fit the predictor on epoch 1's training-mode labels (spec §4)."""
+        """At epoch 2's start, fit the predictor on epoch 1's training-mode labels (spec §4) and, for tinv-w,
+        measure head importance (spec §3)."""
+        if epoch >= 1:
+            self._order_heads(train_ids, pad_id)
         if epoch >= 1 and self.predictor.model is None and self.epoch_labels:
             rows = sorted(self.epoch_labels)
             features = self._row_features([train_ids[i] for i in rows])
             self.predictor.fit(features, torch.tensor([self.epoch_labels[i] for i in rows]), self.run.train.seed)
             self.epoch_labels = {}
 
+    def _order_heads(self, ids: list[list[int]], pad_id: int) -> None:
+        """tinv-w: each layer's heads by Michel et al.'s importance on seeded training rows, once, frozen
+        (a moving head set would change the paths the policy learned)."""
+        if len(self.widths) == 1 or self.head_order is not None:
+            return
+        from dht.training.operating import seeded_rows
+
+        rows, labels = seeded_rows(ids, self.train_labels, self.run.train.seed, IMPORTANCE_ROWS)
+        size = self.run.train.eval_batch_size
+        batches = ((*_padded(rows[i:i + size], self.device, pad_id),
+                    torch.tensor(labels[i:i + size], device=self.device)) for i in range(0, len(rows), size))
+        importance = head_importance(self.model, batches)
+        self.head_order = [row.argsort(descending=True, stable=True).tolist() for row in importance]
+        self.model.train()
+
     def _row_features(self, ids: list[list[int]]) -> Tensor:
         with torch.no_grad():
             return torch.cat([self._features(*_padded(ids[i:i + 256], self.device)).cpu()
                               for i in range(0, len(ids), 256)])
 
-    def forward_exits(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """All N_L layers; the shared classifier at every depth: exit logits (B, N_L, C), pooled (B, N_L, E)."""
+    def forward_exits(self, batch: Batch, width: int) -> tuple[Tensor, Tensor]:
+        """All N_L layers at ``width`` heads; the shared classifier at every depth: exit logits (B, N_L, C),
+        pooled (B, N_L, E)."""
         model, mask = self.model, batch.attention_mask.bool()
-        everything = tuple(range(model.config.num_heads))
         h, exits, pooled = model.embed(batch.input_ids), [], []
-        for layer in model.layers:
-            h = layer(h, mask[:, None, None, :], everything)
+        for index, layer in enumerate(model.layers):
+            h = layer(h, mask[:, None, None, :], self.heads(index, width))
             pooled.append(model.pool(h, mask))
             exits.append(model.classifier(model.classifier_dropout(pooled[-1])))
         return torch.stack(exits, 1), torch.stack(pooled, 1)
 
     def episodes(self, exit_logits: Tensor, pooled: Tensor, features: Tensor, labels: Tensor, tokens: list[int],
-                 cost_weight: Tensor) -> tuple[Episodes, Tensor]:
-        """Whole counterfactual episodes from known exits (spec §7): sampled actions, §6's rewards.
-        Returns the episodes and each one's halt depth (B,)."""
+                 cost_weight: Tensor, width: Tensor, chosen: bool) -> tuple[Episodes, Tensor]:
+        """Whole counterfactual episodes from known exits (spec §7): sampled halts, §6's rewards. ``width``
+        (B,) is each episode's index into ``widths``, its step-0 action: the policy's own choice when
+        ``chosen`` (phase C), else fixed by the training batch and not trained (online). Returns the
+        episodes and each one's halt depth (B,)."""
         L, C = exit_logits.shape[1], exit_logits.shape[2]
         exit_logits, pooled = exit_logits.detach().float(), pooled.detach().float()
-        obs = self.observations(exit_logits, features, tokens, cost_weight)
+        heads = [self.widths[i] for i in width.tolist()]
+        obs = self.observations(exit_logits, features, tokens, cost_weight, heads)
         pooled_seq = torch.cat([torch.zeros_like(pooled[:, :1]), pooled[:, :-1]], 1)  # step t sees depth t
-        actions, log_probs, values, depth = rollout(self.policy, obs, pooled_seq, self.generator)
+        actions, log_probs, values, depth = rollout(self.policy, obs, pooled_seq, self.generator,
+                                                    first_action=width.to(obs.device))
         log_p = exit_logits.log_softmax(-1).gather(2, labels[:, None, None].expand(-1, L, 1)).squeeze(2)
         correct = exit_logits.argmax(-1) == labels[:, None]
-        layer_cost = self._layer_costs(tokens, exit_logits.device)
-        rewards, valid = episode_rewards(log_p, correct, layer_cost, depth, cost_weight, C, ETA)
-        return Episodes(obs, pooled_seq, actions, log_probs, values, rewards, valid), depth
+        spent = self._spent(tokens, heads, exit_logits.device)
+        rewards, valid = episode_rewards(log_p, correct, spent[:, 1:] - spent[:, :-1], depth, cost_weight, C, ETA)
+        actor = valid.clone()
+        actor[:, 0] = chosen and len(self.widths) > 1
+        return Episodes(obs, pooled_seq, actions, log_probs, values, rewards, valid, actor), depth
 
-    def observations(self, exit_logits: Tensor, features: Tensor, tokens: list[int], cost_weight: Tensor) -> Tensor:
-        """x_t for t = 0..N_L − 1 (without the pooled projection): (B, N_L, D)."""
-        L = exit_logits.shape[1]
+    def observations(self, exit_logits: Tensor, features: Tensor, tokens: list[int], cost_weight: Tensor,
+                     heads: list[int]) -> Tensor:
+        """x_t for t = 0..N_L − 1 (without the pooled projection) of episodes at ``heads`` heads each:
+        (B, N_L, D). The width input is 1 at t = 0, before the width is chosen."""
+        L, nh = exit_logits.shape[1], self.model.config.num_heads
         prior = self.predictor.predict(features)
         statistics = features[:, :10]
-        spent = self._spent(tokens, exit_logits.device)  # (B, N_L + 1): after 0..N_L layers
-        width = features.new_ones(len(tokens))
-        steps = [observation(prior, statistics, cost_weight, 0, L, spent[:, 0], width, None)]
+        spent = self._spent(tokens, heads, exit_logits.device)  # (B, N_L + 1): after 0..N_L layers
+        width = torch.tensor(heads, dtype=features.dtype, device=features.device) / nh
+        steps = [observation(prior, statistics, cost_weight, 0, L, spent[:, 0], torch.ones_like(width), None)]
         for t in range(1, L):
             stats = exit_statistics(exit_logits[:, t - 1], exit_logits[:, t - 2] if t >= 2 else None)
             steps.append(observation(prior, statistics, cost_weight, t, L, spent[:, t], width, stats))
         return torch.stack(steps, 1)
 
-    def _layer_costs(self, tokens: list[int], device: torch.device) -> Tensor:
-        """F_t / F for each layer t (all layers alike at full width): (B, N_L)."""
+    def _spent(self, tokens: list[int], heads: list[int], device: torch.device) -> Tensor:
+        """FLOPs spent after 0..N_L layers at each sample's width, each layer with its exit, over the full
+        model's: (B, N_L + 1). Consecutive differences are §6's F_{t,w} / F (plus the exit)."""
         config = self.model.config
-        share = [layer_forward_flops(config, t, config.num_heads) / full_forward_flops(config, t) for t in tokens]
-        return torch.tensor(share, device=device)[:, None].expand(-1, config.num_layers)
-
-    def _spent(self, tokens: list[int], device: torch.device) -> Tensor:
-        """FLOPs spent after 0..N_L layers (each with its exit) over the full model's: (B, N_L + 1)."""
-        config = self.model.config
-        rows = [[d * (layer_forward_flops(config, t, config.num_heads) + classifier_flops(config))
-                 / full_forward_flops(config, t) for d in range(config.num_layers + 1)] for t in tokens]
+        cache = self.__dict__.setdefault("_spent_cache", {})
+        rows = []
+        for t, w in zip(tokens, heads):
+            if (t, w) not in cache:
+                share = (layer_forward_flops(config, t, w) + classifier_flops(config)) / full_forward_flops(config, t)
+                cache[t, w] = [d * share for d in range(config.num_layers + 1)]
+            rows.append(cache[t, w])
         return torch.tensor(rows, device=device)
 
     def _cost_weights(self, n: int) -> Tensor:
@@ -238,23 +274,28 @@ class TInvMethod(Method):
         return torch.exp(low + (high - low) * torch.rand(n, generator=self.generator)).to(self.device)
 
     def training_step(self, batch: Batch) -> StepResult:
-        exit_logits, pooled = self.forward_exits(batch)
+        # tinv-w: once heads are ordered, each batch runs at a width drawn uniformly from W (spec §7).
+        choice = 0
+        if self.head_order is not None:
+            choice = int(torch.randint(len(self.widths), (1,), generator=self.generator))
+        exit_logits, pooled = self.forward_exits(batch, self.widths[choice])
         loss = dual_path_loss(exit_logits, pooled, batch.labels)
         tokens = batch.attention_mask.sum(1).tolist()
         config, L = self.model.config, self.model.config.num_layers
-        full = sum(full_train_flops(config, t) for t in tokens)
-        flops = full + 3 * (L - 1) * classifier_flops(config) * len(tokens)  # the shallow exits, trained
+        flops, full = self.train_cost(batch, self.plan(L, self.widths[choice]))
+        flops += 3 * (L - 1) * classifier_flops(config) * len(tokens)  # the shallow exits, trained
         with torch.no_grad():
             if self.predictor.model is None:
                 depth = first_correct_depth(exit_logits.detach(), batch.labels)
                 self.epoch_labels.update(zip(batch.index.tolist(), depth.tolist()))
             features = self._features(batch.input_ids, batch.attention_mask)
             episodes, halts = self.episodes(exit_logits, pooled, features, batch.labels, tokens,
-                                            self._cost_weights(len(tokens)))
+                                            self._cost_weights(len(tokens)),
+                                            torch.full((len(tokens),), choice), chosen=False)
         self.buffer.append(episodes)
         self.steps += 1
         overhead = self._control_flops(tokens, steps=L) + self._episode_flops(len(tokens), replays=1)
-        extra: dict[str, Any] = {"policy_depth": halts.float().mean().item()}
+        extra: dict[str, Any] = {"policy_depth": halts.float().mean().item(), "width": self.widths[choice]}
         if self.steps % PPO_EVERY == 0:
             extra |= self._ppo(Episodes.cat(self.buffer))
             overhead += self._episode_flops(sum(map(len, self.buffer)), replays=3 * 4)  # 4 epochs, forward + backward
@@ -284,192 +325,72 @@ class TInvMethod(Method):
         return replays * episodes * L * self.policy.flops_per_step(observation_width(L), E)
 
     def on_train_end(self, ids: list[list[int]], labels: list[int], pad_id: int) -> None:
+        self.train_labels = labels
+        self._order_heads(ids, pad_id)  # a one-epoch tinv-w run has not ordered them yet
         if not self.calibration:
             self.calibration = self.calibrate(ids, labels, pad_id)
 
     @torch.no_grad()
     def calibrate(self, ids: list[list[int]], labels: list[int], pad_id: int) -> dict[str, Any]:
-        """Phase C (spec §7): eval-mode exits of seeded training rows refit the predictor (their first
-        correct depths) and train the policy for ``CALIBRATION_ROUNDS`` PPO rounds on fresh rollouts of
-        those episodes (λ drawn per episode). Returns its FLOPs, seconds and what it found."""
+        """Phase C (spec §7): eval-mode exits of seeded training rows at every width refit the predictor
+        (first correct depths at full width) and train the policy for ``CALIBRATION_ROUNDS`` PPO rounds on
+        fresh rollouts of those episodes (λ drawn per episode; the width now the policy's choice). Returns
+        its FLOPs, seconds and what it found."""
         from dht.training.operating import seeded_rows
 
         start = time.perf_counter()
         rows, row_labels = seeded_rows(ids, labels, self.run.train.seed, CALIBRATION_ROWS)
         self.model.eval()
-        parts, flops = [], 0.0
-        config = self.model.config
-        for i in range(0, len(rows), self.run.train.eval_batch_size):
-            input_ids, mask = _padded(rows[i:i + self.run.train.eval_batch_size], self.device, pad_id)
-            y = torch.tensor(row_labels[i:i + len(input_ids)], device=self.device)
-            batch = Batch(input_ids, mask, y, torch.arange(len(input_ids), device=self.device))
-            exit_logits, pooled = self.forward_exits(batch)
-            tokens = mask.sum(1).tolist()
-            flops += sum(full_forward_flops(config, t) + (config.num_layers - 1) * classifier_flops(config)
-                         for t in tokens)
-            parts.append((exit_logits.cpu(), pooled.cpu(), self._features(input_ids, mask).cpu(), y.cpu(), tokens))
-        exit_logits, pooled, features, y = (torch.cat([p[k] for p in parts]) for k in range(4))
-        tokens = [t for p in parts for t in p[4]]
-        depth = first_correct_depth(exit_logits, y)
-        self.predictor.fit(features, depth, self.run.train.seed)
-        device = self.device
-        exit_logits, pooled, features, y = exit_logits.to(device), pooled.to(device), features.to(device), y.to(device)
+        config, size, flops = self.model.config, self.run.train.eval_batch_size, 0.0
+        per_width, features, y, tokens = [], [], [], []
+        for width in self.widths:
+            parts = []
+            for i in range(0, len(rows), size):
+                input_ids, mask = _padded(rows[i:i + size], self.device, pad_id)
+                batch = Batch(input_ids, mask, torch.zeros(len(input_ids), dtype=torch.long, device=self.device),
+                              torch.arange(len(input_ids), device=self.device))
+                exit_logits, pooled = self.forward_exits(batch, width)
+                parts.append((exit_logits, pooled))
+                lengths = mask.sum(1).tolist()
+                plan = self.plan(config.num_layers, width)
+                flops += sum(plan_forward_flops(config, plan, t) + (config.num_layers - 1) * classifier_flops(config)
+                             for t in lengths)
+                if width == self.widths[0]:
+                    features.append(self._features(input_ids, mask))
+                    tokens += lengths
+            per_width.append((torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
+        features = torch.cat(features)
+        y = torch.tensor(row_labels, device=self.device)
+        depth = first_correct_depth(per_width[0][0], y)  # at full width
+        self.predictor.fit(features.cpu(), depth.cpu(), self.run.train.seed)
+        exits = torch.stack([w[0] for w in per_width])  # (W, N, N_L, C)
+        pooled = torch.stack([w[1] for w in per_width])  # (W, N, N_L, E)
+        samples = torch.arange(len(y), device=self.device)
         for _ in range(CALIBRATION_ROUNDS):
-            episodes, _ = self.episodes(exit_logits, pooled, features, y, tokens, self._cost_weights(len(y)))
-            self._ppo(episodes, entropy_coef=ENTROPY_COEF[1])
+            cost_weight = self._cost_weights(len(y))
+            width = self._sample_widths(features, tokens, cost_weight)
+            index = width.to(self.device)
+            self._ppo(self.episodes(exits[index, samples], pooled[index, samples], features, y, tokens, cost_weight,
+                                    width, chosen=True)[0], entropy_coef=ENTROPY_COEF[1])
         flops += self._control_flops(tokens, steps=config.num_layers) * CALIBRATION_ROUNDS
         flops += self._episode_flops(len(y), replays=CALIBRATION_ROUNDS * (1 + 3 * 4))
         return {"train_rows": len(y), "rounds": CALIBRATION_ROUNDS, "flops": flops,
-                "seconds": time.perf_counter() - start,
+                "seconds": time.perf_counter() - start, "widths": list(self.widths),
                 "label_shares": torch.bincount(depth - 1, minlength=config.num_layers).div(len(y)).tolist()}
+
+    def _sample_widths(self, features: Tensor, tokens: list[int], cost_weight: Tensor) -> Tensor:
+        """Step 0's width for each episode, drawn from the policy (its observation does not depend on it)."""
+        if len(self.widths) == 1:
+            return torch.zeros(len(tokens), dtype=torch.long)
+        L = self.model.config.num_layers
+        prior = self.predictor.predict(features)
+        x = observation(prior, features[:, :10], cost_weight, 0, L, features.new_zeros(len(tokens)),
+                        features.new_ones(len(tokens)), None)
+        logits, _, _ = self.policy.step(x, None, None, first=True)
+        return sample(logits, self.generator)
 
     def extra_training_cost(self) -> tuple[float, float]:
         return self.calibration.get("flops", 0.0), self.calibration.get("seconds", 0.0)
-
-    # --- inference -----------------------------------------------------------------------
-    def predict_batches(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, Prediction]]:
-        self.model.eval()
-        self.policy.to(self.device)
-        folded = self.fold()
-        for batch in batches:
-            yield batch, self.halting_predict(batch, folded)
-
-    def fold(self) -> FoldedStack:
-        """The folded layers, rebuilt when the layers' weights changed (training updates them in place);
-        with ``--buckets``, every shape bucket is run once first (oneDNN builds its kernels per shape), and
-        the seconds that takes are kept in ``warm_up_seconds``."""
-        key = (tuple((p.data_ptr(), p._version) for p in self.model.layers.parameters()), self.options.buckets)
-        if getattr(self, "_folded", None) is not None and self._folded[0] == key:
-            return self._folded[1]
-        folded = FoldedStack(self.model)
-        self._folded = (key, folded)
-        self.warm_up_seconds = 0.0
-        if self.options.buckets:
-            start = time.perf_counter()
-            E, nh = self.model.config.hidden_size, self.model.config.num_heads
-            with torch.no_grad():
-                for B in BATCH_BUCKETS:
-                    for T in LENGTH_BUCKETS:
-                        h = torch.zeros(B, T, E, device=self.device)
-                        self._run_layer(folded, h, torch.ones(B, T, dtype=torch.bool, device=self.device), 0, nh)
-            self.warm_up_seconds = time.perf_counter() - start
-        return folded
-
-    def _run_layer(self, folded: FoldedStack, h: Tensor, mask: Tensor, layer: int, width: int) -> Tensor:
-        """One folded layer on the running samples, padded up to their shape bucket with ``--buckets``
-        (padded rows attend to their first token only; padded rows and tokens are cut off again)."""
-        n, T = h.shape[:2]
-        if self.options.buckets:
-            B_b, T_b = bucket(n, BATCH_BUCKETS), bucket(T, LENGTH_BUCKETS)
-            padded = h.new_zeros(B_b, T_b, h.shape[2])
-            padded[:n, :T] = h
-            padded_mask = mask.new_zeros(B_b, T_b)
-            padded_mask[:n, :T] = mask
-            padded_mask[n:, 0] = True
-            h, mask = padded, padded_mask
-        layer_fn = folded_layer
-        if self.options.compile:
-            if getattr(self, "_compiled", None) is None:
-                # One artefact per length (bucket), the batch dimension dynamic (spec §11); a batch of one is
-                # specialised apart by dynamo, hence two per length.
-                torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
-                                                           2 * len(LENGTH_BUCKETS) + 2)
-                self._compiled = torch.compile(folded_layer, dynamic=False)
-            layer_fn = self._compiled
-            if h.shape[0] > 1:
-                torch._dynamo.mark_dynamic(h, 0)
-                torch._dynamo.mark_dynamic(mask, 0)
-        out = layer_fn(h, mask[:, None, None, :], folded.weights(layer, width), folded.head_dim, folded.eps)
-        return out[:n, :T]
-
-    @torch.no_grad()
-    def predict(self, batch: Batch) -> Prediction:
-        return next(iter(self.predict_batches([batch])))[1]
-
-    @torch.no_grad()
-    def halting_predict(self, batch: Batch, folded: FoldedStack) -> Prediction:
-        """Spec §8: layer by layer, each sample halting when its controller says so; the samples still
-        running are compacted (and their padding trimmed) after every layer."""
-        model, o = self.model, self.options
-        config, L, nh = model.config, model.config.num_layers, model.config.num_heads
-        mask = batch.attention_mask.bool()
-        T = int(mask.sum(1).max())
-        input_ids, mask = batch.input_ids[:, :T], mask[:, :T]
-        B = len(input_ids)
-        tokens = mask.sum(1).tolist()
-        logits = torch.empty(B, config.num_classes, device=input_ids.device)
-        depth = torch.full((B,), L, dtype=torch.long)
-        features = self._features(input_ids, mask)
-        prior = self.predictor.predict(features)
-        cost_weight = features.new_full((B,), o.cost_weight)
-        spent = self._spent(tokens, input_ids.device)
-        width = features.new_ones(B)
-        state = None
-        if o.controller == "policy":
-            x = observation(prior, features[:, :10], cost_weight, 0, L, spent[:, 0], width, None)
-            _, _, state = self.policy.step(x, None, None, first=True)
-        needed = (prior.cumsum(1) >= o.predictor_quantile).float().argmax(1) + 1  # predictor: halt depth
-        active = torch.arange(B, device=input_ids.device)
-        h, previous = model.embed(input_ids), None
-        for t in range(L):
-            h = self._run_layer(folded, h, mask, t, nh)
-            exit_logits = model.classifier(model.pool(h, mask))
-            if t == L - 1:
-                logits[active] = exit_logits
-                break
-            if o.controller == "policy":
-                rows = active
-                x = observation(prior[rows], features[rows, :10], cost_weight[rows], t + 1, L, spent[rows, t + 1],
-                                width[rows], exit_statistics(exit_logits, previous))
-                out, _, state = self.policy.step(x, model.pool(h, mask), state, first=False)
-                halt = out.argmax(-1) == HALT
-            elif o.controller == "predictor":
-                halt = needed[active] <= t + 1
-            else:
-                halt = normalised_entropy(exit_logits) < o.entropy_threshold
-            logits[active[halt]] = exit_logits[halt]
-            depth[active[halt].cpu()] = t + 1
-            if halt.all():
-                break
-            keep = ~halt
-            active, h, mask, previous = active[keep], h[keep], mask[keep], exit_logits[keep]
-            state = None if state is None else (state[0][keep], state[1][keep])
-            width_T = int(mask.sum(1).max())
-            h, mask = h[:, :width_T], mask[:, :width_T]
-        return self._halting_prediction(logits, depth.tolist(), tokens)
-
-    def _halting_prediction(self, logits: Tensor, depth: list[int], tokens: list[int]) -> Prediction:
-        """Per sample: d layers and the exit read at each depth passed (paper-style); all-in adds the
-        controller's features, predictor and policy steps (d + 1, or N_L)."""
-        config, L, controller = self.model.config, self.model.config.num_layers, self.options.controller
-        flops = [plan_forward_flops(config, ExecutionPlan.first(d, config.num_heads), t, classify=False)
-                 + d * classifier_flops(config) for d, t in zip(depth, tokens)]
-        all_in = list(flops)
-        if controller != "entropy":
-            steps = [min(d + 1, L) if controller == "policy" else 0 for d in depth]
-            all_in = [f + self._control_flops([t], [n]) for f, t, n in zip(flops, tokens, steps)]
-        full = [full_forward_flops(config, t) for t in tokens]
-        as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)
-        return Prediction(logits, as_tensor(flops), as_tensor(full), as_tensor(all_in),
-                          routes=[f"{d}L{config.num_heads}H" for d in depth])
-
-    def fixed_routes(self) -> list[str]:
-        """Halting after 1, 2, ..., N_L layers."""
-        config = self.model.config
-        return [f"{d}L{config.num_heads}H" for d in range(1, config.num_layers + 1)]
-
-    @torch.no_grad()
-    def predict_route_batches(self, batches: Iterable[Batch], route: str) -> Iterator[tuple[Batch, Prediction]]:
-        """Every sample exits after the route's depth through the shared classifier."""
-        self.model.eval()
-        config, d = self.model.config, int(route.split("L")[0])
-        plan = ExecutionPlan.first(d, config.num_heads)
-        for batch in batches:
-            logits = self.model(batch.input_ids, batch.attention_mask, plan)
-            tokens = batch.attention_mask.sum(1).tolist()
-            flops = torch.tensor([plan_forward_flops(config, plan, t) for t in tokens], dtype=torch.float64)
-            full = torch.tensor([full_forward_flops(config, t) for t in tokens], dtype=torch.float64)
-            yield batch, Prediction(logits, flops, full, routes=[route] * len(tokens))
 
     # --- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -479,7 +400,7 @@ class TInvMethod(Method):
                 "predictor": self.predictor.state_dict(),
                 "epoch_labels": {str(k): v for k, v in self.epoch_labels.items()},
                 "updates": self.updates, "steps": self.steps, "generator": self.generator.get_state(),
-                "calibration": self.calibration}
+                "calibration": self.calibration, "head_order": self.head_order}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
@@ -493,17 +414,13 @@ class TInvMethod(Method):
         self.updates, self.steps = int(state["updates"]), int(state["steps"])
         self.generator.set_state(state["generator"])
         self.calibration = dict(state["calibration"])
+        self.head_order = state["head_order"]
         self.buffer = []
 
     def report(self, output) -> dict[str, Any]:
         return {"calibration": self.calibration, "predictor": {"backend": self.predictor.backend,
                                                                "flops_per_sample": self.predictor.flops()},
-                "ppo_updates": self.updates}
-
-
-def bucket(size: int, buckets: tuple[int, ...]) -> int:
-    """The smallest bucket that holds ``size``; ``size`` itself beyond the largest."""
-    return next((b for b in buckets if b >= size), size)
+                "ppo_updates": self.updates, "widths": list(self.widths), "head_order": self.head_order}
 
 
 def _padded(rows: list[list[int]], device: torch.device, pad_id: int = 0) -> tuple[Tensor, Tensor]:

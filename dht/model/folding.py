@@ -15,7 +15,7 @@ Dimension legend: B batch, T tokens, E hidden, N_L layers, nh heads, dh head wid
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,16 +80,43 @@ class FoldedStack:
         return folded_layer(h, attn_mask, self.weights(layer, width), self.head_dim, self.eps)
 
 
-def folded_layer(h: Tensor, attn_mask: Tensor, weights: tuple[Tensor, ...], head_dim: int, eps: float) -> Tensor:
+def folded_layer(h: Tensor, attn_mask: Tensor, weights: tuple[Tensor, ...], head_dim: int, eps: float,
+                 head_mask: Tensor | None = None) -> Tensor:
     """A post-LayerNorm BERT layer on given weights (``FoldedStack.weights``): the function one compiled
-    artefact per shape serves for every layer and width, since the weights are its inputs."""
+    artefact per shape serves for every layer and width, since the weights are its inputs. ``head_mask``
+    (B, w) scales each kept head's context (Michel et al.'s mask m, for ``head_importance``)."""
     w_qkv, b_qkv, w_o, b_o, g1, beta1, w_in, b_in, w_out, b_out, g2, beta2 = weights
     B, T, E = h.shape
     width = w_qkv.shape[0] // (3 * head_dim)
     qkv = F.linear(h, w_qkv, b_qkv)
     q, key, v = qkv.view(B, T, width, 3, head_dim).permute(3, 0, 2, 1, 4)  # each (B, w, T, dh)
     context = F.scaled_dot_product_attention(q, key, v, attn_mask=attn_mask)
+    if head_mask is not None:
+        context = context * head_mask[:, :, None, None]
     context = context.transpose(1, 2).reshape(B, T, width * head_dim)
     h = F.layer_norm(h + F.linear(context, w_o, b_o), (E,), g1, beta1, eps)
     ffn = F.linear(F.gelu(F.linear(h, w_in, b_in)), w_out, b_out)
     return F.layer_norm(h + ffn, (E,), g2, beta2, eps)
+
+
+def head_importance(model: DynamicEncoder, batches: Iterable[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """I_{l,h} = the mean over samples of |Σ_tokens ∂L/∂m_{l,h}| at m = 1, L the cross-entropy of the deepest
+    exit, m a mask on each head's context (Michel et al., 2019, eq. 2; spec §3). Eval mode (no dropout).
+
+    batches: (input_ids (B, T), mask (B, T) bool, labels (B,)). Returns (N_L, nh), larger = more important."""
+    model.eval()
+    folded = FoldedStack(model)
+    L, nh = model.config.num_layers, model.config.num_heads
+    total, count = torch.zeros(L, nh), 0
+    for input_ids, mask, labels in batches:
+        with torch.no_grad():
+            h = model.embed(input_ids)
+        m = torch.ones(L, len(input_ids), nh, device=h.device, requires_grad=True)
+        for layer in range(L):
+            h = folded_layer(h, mask[:, None, None, :], folded.weights(layer, nh), folded.head_dim, folded.eps,
+                             m[layer])
+        loss = F.cross_entropy(model.classifier(model.pool(h, mask)), labels, reduction="sum")  # per-sample gradients
+        (gradient,) = torch.autograd.grad(loss, m)
+        total += gradient.abs().sum(1).cpu()
+        count += len(input_ids)
+    return total / max(count, 1)

@@ -41,6 +41,14 @@ def tinv_run(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def tinv_w_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tinv-w") / "run"
+    train(RunConfig(method="tinv", backbone="tiny", train=SMALL, options={**TINV, "config": "tinv-w"}), path,
+          progress=False)
+    return path
+
+
 # --- §14.1 folding ------------------------------------------------------------------------
 @pytest.mark.parametrize("width", [4, 2])
 def test_the_folded_stack_equals_the_encoder_on_every_path(width):
@@ -109,7 +117,7 @@ def toy_episodes(policy, n, lam, generator, greedy=False):
     log_p = torch.stack([torch.where(easy, -0.05, -3.0), torch.full((n,), -0.05)], 1)
     correct = torch.stack([easy, torch.ones(n, dtype=torch.bool)], 1)
     rewards, valid = episode_rewards(log_p, correct, torch.full((n, 2), 0.5), depth, lam, classes=2)
-    return Episodes(obs, pooled, actions, log_probs, values, rewards, valid), depth
+    return Episodes(obs, pooled, actions, log_probs, values, rewards, valid, valid), depth
 
 
 def test_ppo_learns_to_halt_where_the_shallow_exit_is_right_and_earlier_as_compute_gets_dearer():
@@ -178,8 +186,9 @@ def test_dual_path_loss_by_hand():
 
 
 # --- §14.5-7 inference, oracles, FLOPs ----------------------------------------------------------
-def test_batched_halting_equals_one_sample_at_a_time(tinv_run):
-    saved = open_run(tinv_run)
+@pytest.mark.parametrize("preset", ["tinv", "tinv-w"])
+def test_batched_halting_equals_one_sample_at_a_time(preset, tinv_run, tinv_w_run):
+    saved = open_run(tinv_run if preset == "tinv" else tinv_w_run)
     method = saved.method
     ids = torch.randint(5, 100, (6, 11), generator=torch.Generator().manual_seed(3))
     mask = torch.ones(6, 11, dtype=torch.bool)
@@ -209,7 +218,7 @@ def test_halting_flops_are_the_layers_and_every_exit_passed_and_all_in_adds_the_
             model.classifier(model.pool(h, mask))
 
     for depth in (1, config.num_layers):
-        prediction = method._halting_prediction(torch.zeros(1, config.num_classes), [depth], [T])
+        prediction = method._halting_prediction(torch.zeros(1, config.num_classes), [depth], [config.num_heads], [T])
         assert float(prediction.flops[0]) == pytest.approx(counted(lambda d=depth: run_to(d)), rel=0.01)
         assert float(prediction.flops[0]) == plan_forward_flops(config, ExecutionPlan.first(depth, config.num_heads),
                                                                 T, classify=False) + depth * classifier_flops(config)
@@ -257,7 +266,7 @@ def test_invalid_options_stop_with_one_line(flag, message, tmp_path, capsys):
 
 # --- §14.8 buckets ------------------------------------------------------------------------------
 def test_buckets_pad_rows_and_tokens_without_changing_a_logit(tinv_run):
-    from dht.methods.tinv import bucket
+    from dht.methods.tinv_inference import bucket
 
     assert [bucket(n, (1, 2, 4)) for n in (1, 3, 4, 9)] == [1, 4, 4, 9]  # beyond the largest: as it is
     saved = open_run(tinv_run)
@@ -276,3 +285,32 @@ def test_buckets_pad_rows_and_tokens_without_changing_a_logit(tinv_run):
         assert torch.equal(padded.flops, eager.flops)  # padding is never counted
         assert method.warm_up_seconds > 0
 # --compile is not tested here: compiling the layer takes minutes on a 2-core CPU (`dht bench-paths --compile`).
+
+
+# --- tinv-w: widths and head importance ---------------------------------------------------------
+def test_head_importance_is_zero_for_a_head_that_writes_nothing():
+    from dht.model.folding import head_importance
+
+    torch.manual_seed(0)
+    model = DynamicEncoder(tiny_config())
+    dh = model.config.head_dim
+    with torch.no_grad():
+        model.layers[1].attention.out.weight[:, 2 * dh:3 * dh] = 0  # head 2 of layer 1 adds nothing
+    ids = torch.randint(5, 100, (6, 10))
+    mask = torch.ones(6, 10, dtype=torch.bool)
+    importance = head_importance(model, [(ids, mask, torch.arange(6) % 2)])
+    assert importance.shape == (model.config.num_layers, model.config.num_heads)
+    assert importance[1, 2] == 0 and (importance[1, [0, 1, 3]] > 0).all() and (importance[0] > 0).all()
+
+
+def test_tinv_w_orders_heads_and_routes_every_depth_and_width(tinv_w_run):
+    saved = open_run(tinv_w_run)
+    method, config = saved.method, saved.model.config
+    assert method.widths == (4, 3)
+    assert [sorted(order) for order in method.head_order] == [list(range(4))] * config.num_layers
+    assert method.fixed_routes() == [f"{d}L{w}H" for d in range(1, 5) for w in (3, 4)]
+    assert method.plan(2, 3).heads == tuple(tuple(sorted(method.head_order[layer][:3])) for layer in range(2))
+    metrics = json.loads((tinv_w_run / "metrics.json").read_text())
+    assert metrics["calibration"]["widths"] == [4, 3]
+    widths = {json.loads(line)["width"] for line in (tinv_w_run / "log.jsonl").read_text().splitlines()}
+    assert widths == {3, 4}  # epoch 2 trains at both widths
