@@ -34,10 +34,11 @@ import torch
 
 import dht.methods  # noqa: F401  (registers the built-in methods)
 from dht.benchmark.paths import switch_overhead
+from dht.methods.tinv_inference import parse_route
 from dht.provenance import repo_path, write_result
 from dht.training.evaluation import predict_split
 from dht.training.loop import evaluate, load_run
-from dht.training.operating import oracle_scores, route_predictions
+from dht.training.operating import cheapest_good_route, oracle_scores, route_predictions
 from dht.training.setup import Prepared
 
 COLUMNS = ("| run | controller | knob | macro-F1 | accuracy | inference FLOPs paper-style / all-in "
@@ -46,8 +47,10 @@ COLUMNS = ("| run | controller | knob | macro-F1 | accuracy | inference FLOPs pa
 
 
 def paths(routes: dict[str, Any]) -> str:
-    return " ".join(f"{name.split('L')[0]}:{value['share']:.2f}" for name, value in
-                    sorted(routes.items(), key=lambda item: int(item[0].split("L")[0])))
+    """'1:0.63 2:0.09 ...' by depth (one width), or '1L8H:0.40 1L12H:0.23 ...' when widths differ."""
+    parsed = sorted(((*parse_route(name), value["share"]) for name, value in routes.items()))
+    one_width = len({w for _, w, _ in parsed}) == 1
+    return " ".join(f"{d}:{share:.2f}" if one_width else f"{d}L{w}H:{share:.2f}" for d, w, share in parsed)
 
 
 def timed_rows(bl1: Prepared, prepared: Prepared, settings: list[dict[str, Any]],
@@ -66,24 +69,24 @@ def timed_rows(bl1: Prepared, prepared: Prepared, settings: list[dict[str, Any]]
 
 
 def fidelity_gap(prepared: Prepared) -> dict[str, Any]:
-    """Spec §9 at the method's current options: its fidelity f (agreement with depth N_L), the FLOPs of
-    oracle-fidelity(f) (each sample at d_f(x), the (1 − f)·n largest d_f given up at depth 1) and the gap."""
+    """Spec §9 at the method's current options: its fidelity f (agreement with the full model), the FLOPs of
+    oracle-fidelity(f) (each sample on its cheapest path that agrees with the full model, the (1 − f)·n
+    samples whose such path is dearest given up on the cheapest path) and the gap between the two."""
     method, split = prepared.method, prepared.test
-    routes = method.fixed_routes()
-    per_depth = [route_predictions(prepared, route) for route in routes]
-    predictions = torch.stack([r.predictions for r in per_depth])  # (N_L, N)
-    flops = torch.stack([r.flops for r in per_depth])
-    full = per_depth[0].full_flops
-    agrees = predictions == predictions[-1]
-    d_f = agrees.float().argmax(0)  # first depth agreeing with the deepest (index)
+    per_route = [route_predictions(prepared, route) for route in method.fixed_routes()]
+    predictions = torch.stack([r.predictions for r in per_route])  # (R, N); the last route is the full model
+    flops = torch.stack([r.flops for r in per_route])
+    full = per_route[0].full_flops
+    agreeing = cheapest_good_route(flops, predictions == predictions[-1])  # (N,)
+    cost = flops.gather(0, agreeing[None]).squeeze(0)
     ours = predict_split(method, split.ids, split.labels, prepared.run.train.eval_batch_size, prepared.pad_id)
     f = float((ours.predictions == predictions[-1]).float().mean())
-    given_up = d_f.argsort(descending=True, stable=True)[: round((1 - f) * len(d_f))]
-    chosen = d_f.clone()
-    chosen[given_up] = 0
+    given_up = cost.argsort(descending=True, stable=True)[: round((1 - f) * len(cost))]
+    chosen = agreeing.clone()
+    chosen[given_up] = flops.argmin(0)[given_up]
     oracle = float(flops.gather(0, chosen[None]).sum() / full.sum())
-    return {"fidelity": f, "oracle_fidelity_f_flop_ratio": oracle, "flop_ratio": float(ours.flops.sum() / full.sum()),
-            "gap": float(ours.flops.sum() / full.sum()) / oracle}
+    ratio = float(ours.flops.sum() / full.sum())
+    return {"fidelity": f, "oracle_fidelity_f_flop_ratio": oracle, "flop_ratio": ratio, "gap": ratio / oracle}
 
 
 MEMORY_PROBE = """

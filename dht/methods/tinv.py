@@ -414,7 +414,7 @@ class TInvMethod(TInvInference, Method):
         self.updates, self.steps = int(state["updates"]), int(state["steps"])
         self.generator.set_state(state["generator"])
         self.calibration = dict(state["calibration"])
-        self.head_order = state["head_order"]
+        self.head_order = state.get("head_order")  # runs saved before tinv-w existed: depth only
         self.buffer = []
 
     def report(self, output) -> dict[str, Any]:
