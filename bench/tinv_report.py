@@ -81,7 +81,10 @@ def fidelity_gap(prepared: Prepared) -> dict[str, Any]:
     cost = flops.gather(0, agreeing[None]).squeeze(0)
     ours = predict_split(method, split.ids, split.labels, prepared.run.train.eval_batch_size, prepared.pad_id)
     f = float((ours.predictions == predictions[-1]).float().mean())
-    given_up = cost.argsort(descending=True, stable=True)[: round((1 - f) * len(cost))]
+    # Given up: the samples whose agreeing path is deepest (spec §9's largest d_f(x)), dearest first among equals.
+    depth = torch.tensor([parse_route(route)[0] for route in method.fixed_routes()])[agreeing]
+    order = torch.argsort(depth.double() * (cost.max() + 1) + cost, descending=True, stable=True)
+    given_up = order[: round((1 - f) * len(cost))]
     chosen = agreeing.clone()
     chosen[given_up] = flops.argmin(0)[given_up]
     oracle = float(flops.gather(0, chosen[None]).sum() / full.sum())
@@ -120,7 +123,8 @@ def report(args: argparse.Namespace) -> list[dict[str, Any]]:
         base = {"run": name, "folder": str(folder), "train_flop_ratio": metrics["train"]["flop_ratio"],
                 "train_flop_ratio_all_in": metrics["train"]["flop_ratio_all_in"],
                 "train_seconds_all_in": metrics["train"].get("seconds_all_in", metrics["train"]["seconds"])}
-        settings = ([("policy", {"cost_weight": w}) for w in args.cost_weights]
+        weights = sorted(set(args.cost_weights) | {own.cost_weight})  # the run's own λ gets the extra measurements
+        settings = ([("policy", {"cost_weight": w}) for w in weights]
                     + [("predictor", {"predictor_quantile": q}) for q in args.quantiles]
                     + [("entropy", {"entropy_threshold": t}) for t in args.thresholds])
         timed = timed_rows(bl1, prepared, [{"controller": c, **knob} for c, knob in settings], args.bl1_every)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from dht.data.batching import iterate_batches
+from dht.methods.tinv_inference import parse_route
 from dht.provenance import write_result
 from dht.training.evaluation import predict_split
 from dht.training.loop import evaluate, load_run
@@ -29,13 +30,14 @@ def switch_overhead(prepared: Prepared) -> dict[str, float]:
     """The halting loop against the same layer calls without the controller, batch by batch on the test
     split, with the method's current options: seconds, and μs per layer boundary the batches crossed.
 
-    The baseline replays each batch's schedule: layer t runs on the samples whose halting depth is above
-    t, compacted and trimmed as the loop does, through the same layer function; what it lacks is the
-    switching itself (pooling and the exit at each depth, the controller's step, the halting bookkeeping)."""
+    The baseline replays each batch's schedule, width group by width group: layer t runs at the group's
+    width on its samples whose halting depth is above t, compacted and trimmed as the loop does, through the
+    same layer function; what it lacks is the switching itself (pooling and the exit at each depth, the
+    controller's step, the halting bookkeeping). The per-sample FLOP bookkeeping after the loop
+    (``_halting_prediction``) is timed apart and left out."""
     method, split = prepared.method, prepared.test
     method.model.eval()
     folded = method.fold()
-    nh = method.model.config.num_heads
     halting, fixed, boundaries = 0.0, 0.0, 0
     for batch in iterate_batches(split.ids, split.labels, prepared.run.train.eval_batch_size, prepared.pad_id,
                                  shuffle=False, sort_by_length=True):
@@ -43,23 +45,31 @@ def switch_overhead(prepared: Prepared) -> dict[str, float]:
         start = time.perf_counter()
         prediction = method.halting_predict(batch, folded)
         halting += time.perf_counter() - start
-        depth = torch.tensor([int(route.split("L")[0]) for route in prediction.routes], device=method.device)
-        deepest = int(depth.max())
+        paths = [parse_route(route) for route in prediction.routes]
+        tokens = batch.attention_mask.sum(1).tolist()
         start = time.perf_counter()
-        mask = batch.attention_mask.bool()
-        T = int(mask.sum(1).max())
-        h, mask = method.model.embed(batch.input_ids[:, :T]), mask[:, :T]
-        for layer in range(deepest):
-            h = method._run_layer(folded, h, mask, layer, nh)
-            keep = depth > layer + 1
-            if not keep.all():
-                h, mask, depth = h[keep], mask[keep], depth[keep]
-                if not len(mask):
-                    break
-                T = int(mask.sum(1).max())
-                h, mask = h[:, :T], mask[:, :T]
+        method._halting_prediction(prediction.logits, [d for d, _ in paths], [w for _, w in paths], tokens)
+        halting -= time.perf_counter() - start
+        depth_all = torch.tensor([d for d, _ in paths], device=method.device)
+        width_all = torch.tensor([w for _, w in paths], device=method.device)
+        start = time.perf_counter()
+        for width in width_all.unique().tolist():
+            rows = (width_all == width).nonzero().squeeze(1)
+            depth, deepest = depth_all[rows], int(depth_all[rows].max())
+            mask = batch.attention_mask[rows].bool()
+            T = int(mask.sum(1).max())
+            h, mask = method.model.embed(batch.input_ids[rows, :T]), mask[:, :T]
+            for layer in range(deepest):
+                h = method._run_layer(folded, h, mask, layer, width)
+                keep = depth > layer + 1
+                if not keep.all():
+                    h, mask, depth = h[keep], mask[keep], depth[keep]
+                    if not len(mask):
+                        break
+                    T = int(mask.sum(1).max())
+                    h, mask = h[:, :T], mask[:, :T]
+            boundaries += deepest - 1
         fixed += time.perf_counter() - start
-        boundaries += deepest - 1
     return {"halting_seconds": halting, "fixed_plan_seconds": fixed, "layer_boundaries": boundaries,
             "switch_overhead_us_per_layer": (halting - fixed) / boundaries * 1e6 if boundaries else None}
 

@@ -189,7 +189,7 @@ class ComplexityPredictor:
             booster = lgb.train(params, train, TREES, valid_sets=[valid],
                                 callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)])
             self.model = booster.model_to_string(num_iteration=booster.best_iteration or None)
-            self._booster = booster
+            self._booster = lgb.Booster(model_str=self.model)  # as a reloaded run has it: early stopping's trees
         else:
             from sklearn.linear_model import LogisticRegression
 

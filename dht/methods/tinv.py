@@ -1,21 +1,18 @@
-"""Transformer⁻¹ (Ji et al., 2025; ``../shared/spec/transformer_inverse.md``, preset ``tinv``: depth only):
-a complexity predictor and a recurrent PPO policy choose, per sample, after each layer, whether to halt.
+"""Transformer⁻¹ (Ji et al., 2025; ``../shared/spec/transformer_inverse.md``): a complexity predictor and a
+recurrent PPO policy choose each sample's path: its width before layer 0 (preset ``tinv-w``: all heads or each
+layer's 2/3 most important; ``tinv``: all heads) and, after each layer, whether to halt.
 
-- Phase A (§7): every step runs all N_L layers; the shared classifier reads every depth, and the deep
-  exit teaches the shallow ones through logits and pooled features (``dual_path_loss``). On the same
-  forward each sample yields a whole counterfactual episode for the policy (``episodes``); PPO updates
-  every ``PPO_EVERY`` steps. At the start of epoch 2 the predictor is fitted on epoch 1's labels.
-- Phase C (§7, ``calibrate``): after the last step, eval-mode exits of 4,096 training rows refit the
-  predictor and train the policy for 20 more PPO rounds; counted in the all-in training cost.
-- Inference (§8, ``halting_predict``): layer by layer on the folded stack, the samples still running
-  compacted after each halt. Controllers (``--controller``): ``policy`` (``--cost-weight λ``, the
-  ``--budget`` knob), ``predictor`` alone (halt once P(c(x) ≤ d) ≥ ``--predictor-quantile``) and
-  ``entropy`` (BL3's exit rule on the same exits, ``--entropy-threshold``). The oracles of §9 are
-  ``dht evaluate --oracle`` over the fixed depths.
-
-``--buckets`` pads the running samples up to fixed shapes (warmed up at load) and ``--compile`` compiles the
-folded layer (spec §11). Not built yet (docs/tinv.md): the width preset ``tinv-w`` and head importance, and
-CUDA graphs.
+- Phase A (§7): every step runs all N_L layers (tinv-w: at a width drawn per batch, once heads are ordered by
+  importance at epoch 2's start); the shared classifier reads every depth, and the deep exit teaches the
+  shallow ones through logits and pooled features (``dual_path_loss``). On the same forward each sample
+  yields a whole counterfactual episode for the policy (``episodes``); PPO updates every ``PPO_EVERY``
+  steps. At the start of epoch 2 the predictor is fitted on epoch 1's labels.
+- Phase C (§7, ``calibrate``): after the last step, eval-mode exits of 4,096 training rows at every width
+  refit the predictor and train the policy for 20 more PPO rounds; counted in the all-in training cost.
+- Inference (§8, §11; ``dht/methods/tinv_inference.py``): layer by layer on the folded stack. Controllers
+  (``--controller``): ``policy`` (``--cost-weight λ``, the ``--budget`` knob), ``predictor`` alone (halt once
+  P(c(x) ≤ d) ≥ ``--predictor-quantile``) and ``entropy`` (BL3's exit rule on the same exits,
+  ``--entropy-threshold``). The oracles of §9 are ``dht evaluate --oracle`` over the fixed paths.
 """
 
 from __future__ import annotations
@@ -83,8 +80,8 @@ class TInvOptions(MethodOptions):
                                       inference=True)
     buckets: bool = option(False, "pad the running samples and their lengths up to fixed shape buckets, warmed "
                            "up at load (spec §11)", inference=True)
-    compile: bool = option(False, "torch.compile the folded layer, once per length (slow to compile on a CPU)",
-                           inference=True)
+    compile: bool = option(False, "torch.compile the folded layer once per length bucket (implies --buckets; "
+                           "minutes to compile on a CPU)", inference=True)
 
     def __post_init__(self) -> None:
         if self.config not in PRESETS:
@@ -151,6 +148,7 @@ class TInvMethod(TInvInference, Method):
         self.epoch_labels: dict[int, int] = {}  # training row -> first correct depth, epoch 1
         self.updates, self.total_updates, self.steps = 0, 1, 0
         self.calibration: dict[str, Any] = {}
+        self.importance: dict[str, Any] = {}  # tinv-w's head-importance pass: rows, seconds, FLOPs
         self.warm_up_seconds = 0.0  # of the last fold with --buckets
 
     # --- features ------------------------------------------------------------------------
@@ -200,9 +198,13 @@ class TInvMethod(TInvInference, Method):
         size = self.run.train.eval_batch_size
         batches = ((*_padded(rows[i:i + size], self.device, pad_id),
                     torch.tensor(labels[i:i + size], device=self.device)) for i in range(0, len(rows), size))
+        start = time.perf_counter()
         importance = head_importance(self.model, batches)
         self.head_order = [row.argsort(descending=True, stable=True).tolist() for row in importance]
         self.model.train()
+        config = self.model.config  # a forward and a backward (≈ 2 forwards) per row
+        self.importance = {"rows": len(rows), "seconds": time.perf_counter() - start,
+                           "flops": 3.0 * sum(full_forward_flops(config, len(r)) for r in rows)}
 
     def _row_features(self, ids: list[list[int]]) -> Tensor:
         with torch.no_grad():
@@ -294,7 +296,7 @@ class TInvMethod(TInvInference, Method):
                                             torch.full((len(tokens),), choice), chosen=False)
         self.buffer.append(episodes)
         self.steps += 1
-        overhead = self._control_flops(tokens, steps=L) + self._episode_flops(len(tokens), replays=1)
+        overhead = self._control_flops(tokens, steps=0) + self._episode_flops(len(tokens), replays=1)  # the rollout
         extra: dict[str, Any] = {"policy_depth": halts.float().mean().item(), "width": self.widths[choice]}
         if self.steps % PPO_EVERY == 0:
             extra |= self._ppo(Episodes.cat(self.buffer))
@@ -372,8 +374,9 @@ class TInvMethod(TInvInference, Method):
             index = width.to(self.device)
             self._ppo(self.episodes(exits[index, samples], pooled[index, samples], features, y, tokens, cost_weight,
                                     width, chosen=True)[0], entropy_coef=ENTROPY_COEF[1])
-        flops += self._control_flops(tokens, steps=config.num_layers) * CALIBRATION_ROUNDS
-        flops += self._episode_flops(len(y), replays=CALIBRATION_ROUNDS * (1 + 3 * 4))
+        flops += self._control_flops(tokens, steps=0)  # features and predictor, once
+        flops += self._episode_flops(len(y), replays=CALIBRATION_ROUNDS * (1 + 3 * 4))  # rollouts and PPO
+        flops += self.importance.get("flops", 0.0)
         return {"train_rows": len(y), "rounds": CALIBRATION_ROUNDS, "flops": flops,
                 "seconds": time.perf_counter() - start, "widths": list(self.widths),
                 "label_shares": torch.bincount(depth - 1, minlength=config.num_layers).div(len(y)).tolist()}
@@ -390,7 +393,9 @@ class TInvMethod(TInvInference, Method):
         return sample(logits, self.generator)
 
     def extra_training_cost(self) -> tuple[float, float]:
-        return self.calibration.get("flops", 0.0), self.calibration.get("seconds", 0.0)
+        """Phase C's FLOPs and seconds, with tinv-w's head-importance pass (its FLOPs are counted in phase C's)."""
+        seconds = self.calibration.get("seconds", 0.0) + self.importance.get("seconds", 0.0)
+        return self.calibration.get("flops", 0.0), seconds
 
     # --- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -400,7 +405,7 @@ class TInvMethod(TInvInference, Method):
                 "predictor": self.predictor.state_dict(),
                 "epoch_labels": {str(k): v for k, v in self.epoch_labels.items()},
                 "updates": self.updates, "steps": self.steps, "generator": self.generator.get_state(),
-                "calibration": self.calibration, "head_order": self.head_order}
+                "calibration": self.calibration, "head_order": self.head_order, "importance": self.importance}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
@@ -415,12 +420,14 @@ class TInvMethod(TInvInference, Method):
         self.generator.set_state(state["generator"])
         self.calibration = dict(state["calibration"])
         self.head_order = state.get("head_order")  # runs saved before tinv-w existed: depth only
+        self.importance = dict(state.get("importance", {}))
         self.buffer = []
 
     def report(self, output) -> dict[str, Any]:
         return {"calibration": self.calibration, "predictor": {"backend": self.predictor.backend,
                                                                "flops_per_sample": self.predictor.flops()},
-                "ppo_updates": self.updates, "widths": list(self.widths), "head_order": self.head_order}
+                "ppo_updates": self.updates, "widths": list(self.widths), "head_order": self.head_order,
+                "importance": self.importance}
 
 
 def _padded(rows: list[list[int]], device: torch.device, pad_id: int = 0) -> tuple[Tensor, Tensor]:

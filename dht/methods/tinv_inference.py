@@ -4,7 +4,7 @@ A batch's features and the predictor's prior are computed once; with the policy,
 sample's width; the samples of one width then run layer by layer, and after each layer the controller
 (the policy's HALT, the predictor's depth, or the entropy exit) halts some of them. The rest are compacted
 and their padding trimmed; with ``--buckets`` each layer call is padded up to a fixed shape bucket, warmed
-up once (``fold``), and with ``--compile`` the folded layer is compiled once per length.
+up once (``fold``), and with ``--compile`` (on buckets) the folded layer is compiled once per length bucket.
 
 ``TInvInference`` is a mixin of ``TInvMethod`` (``dht/methods/tinv.py``), which owns training and state.
 """
@@ -73,16 +73,17 @@ class TInvInference:
 
     def fold(self) -> FoldedStack:
         """The folded layers, rebuilt when the layers' weights or head order changed (training updates the
-        weights in place); with ``--buckets``, every shape bucket is run once first (oneDNN builds its
-        kernels per shape), and the seconds that takes are kept in ``warm_up_seconds``."""
+        weights in place); with ``--buckets`` (or ``--compile``, which implies them), every shape bucket is
+        run once first (oneDNN builds its kernels per shape; the compiler compiles), and the seconds that takes
+        are kept in ``warm_up_seconds``."""
         weights = tuple((p.data_ptr(), p._version) for p in self.model.layers.parameters())
-        key = (weights, str(self.head_order), self.options.buckets)
+        key = (weights, str(self.head_order), self.options.buckets, self.options.compile)
         if getattr(self, "_folded", None) is not None and self._folded[0] == key:
             return self._folded[1]
         folded = FoldedStack(self.model, self.head_order)
         self._folded = (key, folded)
         self.warm_up_seconds = 0.0
-        if self.options.buckets:
+        if self.options.buckets or self.options.compile:
             start = time.perf_counter()
             E = self.model.config.hidden_size
             with torch.no_grad():
@@ -98,7 +99,7 @@ class TInvInference:
         """One folded layer on the running samples, padded up to their shape bucket with ``--buckets``
         (padded rows attend to their first token only; padded rows and tokens are cut off again)."""
         n, T = h.shape[:2]
-        if self.options.buckets:
+        if self.options.buckets or self.options.compile:  # compiled code is specialised per length
             B_b, T_b = bucket(n, BATCH_BUCKETS), bucket(T, LENGTH_BUCKETS)
             padded = h.new_zeros(B_b, T_b, h.shape[2])
             padded[:n, :T] = h
@@ -135,8 +136,11 @@ class TInvInference:
         logits = torch.empty(B, config.num_classes, device=input_ids.device)
         depth = torch.full((B,), L, dtype=torch.long)
         width = torch.full((B,), self.widths[0], dtype=torch.long)
-        features = self._features(input_ids, mask)
-        prior = self.predictor.predict(features)
+        if o.controller == "entropy":  # reads neither the token statistics nor the predictor
+            features, prior = input_ids.new_zeros((B, 26), dtype=torch.float32), None
+        else:
+            features = self._features(input_ids, mask)
+            prior = self.predictor.predict(features)
         cost_weight = features.new_full((B,), o.cost_weight)
         state = None
         if o.controller == "policy":
@@ -149,7 +153,8 @@ class TInvInference:
             rows = (width == w).nonzero().squeeze(1).to(input_ids.device)
             group_state = None if state is None else (state[0][rows], state[1][rows])
             group_logits, group_depth = self._halt_group(folded, input_ids[rows], mask[rows], w,
-                                                         [c[rows] for c in context], group_state)
+                                                         [None if c is None else c[rows] for c in context],
+                                                         group_state)
             logits[rows] = group_logits
             depth[rows.cpu()] = group_depth
         return self._halting_prediction(logits, depth.tolist(), width.tolist(), tokens)
@@ -164,7 +169,10 @@ class TInvInference:
         T = int(mask.sum(1).max())
         input_ids, mask = input_ids[:, :T], mask[:, :T]
         spent = self._spent(mask.sum(1).tolist(), [width] * n, input_ids.device)
-        needed = (prior.cumsum(1) >= o.predictor_quantile).float().argmax(1) + 1  # the predictor's depth
+        if o.controller == "predictor":  # the first depth whose cumulative p̂ reaches q (the last one at worst)
+            reached = prior.cumsum(1) >= o.predictor_quantile - 1e-6
+            reached[:, -1] = True
+            needed = reached.float().argmax(1) + 1
         logits = torch.empty(n, model.config.num_classes, device=input_ids.device)
         depth = torch.full((n,), L, dtype=torch.long)
         active = torch.arange(n, device=input_ids.device)
