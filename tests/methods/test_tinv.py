@@ -349,3 +349,30 @@ def test_inference_builds_the_observations_training_episodes_are_built_from(tinv
     assert torch.allclose(seen[0], expected[:, 0], atol=1e-5)  # step 0: every sample
     for t, x in enumerate(seen[1:], start=1):  # step t: the samples still running, in batch order
         assert torch.allclose(x, expected[depth >= t, t], atol=1e-4), t
+
+
+def test_budget_bisection_reaches_the_target_within_a_hundredth(tinv_run):
+    """Spec §14.6 on a policy set by hand so that it halts later the cheaper compute is and the less sure
+    the exit: the halt logit follows 2·log₂ λ − 8·(1 − max probability), through one LSTM unit."""
+    from dht.control.policy import observation_width
+    from dht.training.loop import load_run
+    from dht.training.operating import budget_search
+
+    prepared = load_run(tinv_run)
+    method, L = prepared.method, prepared.model.config.num_layers
+    policy = method.policy
+    lam, max_p = L + 10, L + 14  # positions of log₂ λ and the exit's max probability in x_t
+    assert observation_width(L) > max_p
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.zero_()
+        policy.input.weight[0, lam], policy.input.weight[0, max_p], policy.input.bias[0] = 0.2, 0.8, -0.8
+        hidden = policy.cell.hidden_size  # gates i, f, g, o: input and output open, forget shut, g follows unit 0
+        policy.cell.bias_ih[0], policy.cell.bias_ih[hidden], policy.cell.bias_ih[3 * hidden] = 10, -10, 10
+        policy.cell.weight_ih[2 * hidden, 0] = 3.0
+        policy.halt_head.weight[1, 0] = 10.0
+    method.set_inference_options(controller="policy")
+    found = budget_search(prepared, 0.45, rows=64, tolerance=0.01)
+    assert abs(found["train_flop_ratio_all_in"] - 0.45) <= 0.01, found
+    low, high = found["reachable"]
+    assert low < 0.45 < high
