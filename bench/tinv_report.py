@@ -205,9 +205,26 @@ def pareto(rows: list[dict[str, Any]], fastbert: Path | None, dht: list[Path], p
     figure.savefig(path, dpi=120)
 
 
+def paths_table(paths_file: Path) -> str:
+    """A ``dht bench-paths`` file as a table."""
+    result = json.loads(paths_file.read_text(encoding="utf-8"))["result"]
+    lines = ["| mode | warm-up s | first pass s | steady s | wall ratio to BL1 | FLOPs all-in | switching μs/layer "
+             "(halting − replay s, boundaries) | max log-prob difference to eager | same paths |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in result["modes"]:
+        switching = m["switch_overhead_us_per_layer"]
+        lines.append(f"| {m['mode']} | {m['warm_up_seconds']:.1f} | {m['first_pass_seconds']:.1f} "
+                     f"| {m['steady_seconds']:.1f} | {m.get('wall_ratio_to_bl1', float('nan')):.3f} "
+                     f"| {m['flop_ratio_all_in']:.3f} | {'' if switching is None else f'{switching:.0f}'} "
+                     f"({m['halting_seconds']:.1f} − {m['fixed_plan_seconds']:.1f}, {m['layer_boundaries']}) "
+                     f"| {m['max_log_probability_difference_to_eager']:.1e} | {m['same_paths_as_eager']} |")
+    return "\n".join(lines) + "\n"
+
+
 def merge_paths(folder: Path, paths_file: Path) -> None:
     """Replace the switching overhead of the policy row measured in the report by ``dht bench-paths``' eager
-    one (same run), keeping both provenances; rewrite table.md."""
+    one (same run), and measure its fidelity gap again (``fidelity_gap``, as this code has it), keeping both
+    provenances; rewrite table.md."""
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     paths = json.loads(paths_file.read_text(encoding="utf-8"))
     eager = next(mode for mode in paths["result"]["modes"] if mode["mode"] == "eager")
@@ -216,6 +233,9 @@ def merge_paths(folder: Path, paths_file: Path) -> None:
             row.update({key: eager[key] for key in ("halting_seconds", "fixed_plan_seconds", "layer_boundaries",
                                                     "switch_overhead_us_per_layer")})
             row["switch_overhead_from"] = str(paths_file)
+            prepared = load_run(Path(row["folder"]))
+            prepared.method.set_inference_options(controller="policy", cost_weight=row["cost_weight"])
+            row.update(fidelity_gap(prepared))
     summary.setdefault("merged", []).append({"file": str(paths_file), "provenance": paths["provenance"]})
     partial = folder / "summary.json.partial"
     partial.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
@@ -237,11 +257,15 @@ def main() -> None:
     parser.add_argument("--dht", type=Path, nargs="*", default=[], help="DHT metrics.json files for the plot")
     parser.add_argument("--output", type=Path, default=repo_path("bench/results/ag_news/tinv"))
     parser.add_argument("--table", nargs="?", const=repo_path("bench/results/ag_news/tinv"), type=Path)
+    parser.add_argument("--paths-table", type=Path, help="print a `dht bench-paths` JSON as a table")
     parser.add_argument("--merge-paths", type=Path, help="put a `dht bench-paths` JSON's eager switching overhead "
                         "into the --output folder's summary.json (its run's policy row at the run's own λ)")
     args = parser.parse_args()
     if args.merge_paths is not None:
         merge_paths(args.output, args.merge_paths)
+        return
+    if args.paths_table is not None:
+        print(paths_table(args.paths_table), end="")
         return
     if args.table is not None:
         print(table(json.loads((args.table / "summary.json").read_text(encoding="utf-8"))["result"]), end="")

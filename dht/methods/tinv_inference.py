@@ -116,9 +116,9 @@ class TInvInference:
                 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
                 self._compiled = torch.compile(folded_layer, dynamic=False)
             layer_fn = self._compiled
-            if h.shape[0] > 1:
-                torch._dynamo.mark_dynamic(h, 0)
-                torch._dynamo.mark_dynamic(mask, 0)
+            if h.shape[0] > 1:  # maybe: on the CPU, attention's kernel may specialise the batch size anyway
+                torch._dynamo.maybe_mark_dynamic(h, 0)
+                torch._dynamo.maybe_mark_dynamic(mask, 0)
         out = layer_fn(h, mask[:, None, None, :], folded.weights(layer, width), folded.head_dim, folded.eps)
         return out[:n, :T]
 
