@@ -235,13 +235,13 @@ def ppo_update(policy: HaltingPolicy, optimizer: torch.optim.Optimizer, episodes
             logits, values = replay(policy, part.obs, part.pooled)
             log_probs, entropy = step_log_probs(logits, part.actions)
             mask, actor = part.valid.float(), part.actor.float()
-            count, acted = mask.sum().clamp_min(1), actor.sum().clamp_min(1)
+            count, actions_taken = mask.sum().clamp_min(1), actor.sum().clamp_min(1)
             ratio = (log_probs - part.log_probs).exp()
             gain = advantage[rows]
             surrogate = torch.minimum(ratio * gain, ratio.clamp(1 - settings.clip, 1 + settings.clip) * gain)
-            policy_loss = -(surrogate * actor).sum() / acted
+            policy_loss = -(surrogate * actor).sum() / actions_taken
             value_loss = ((values - returns[rows]) ** 2 * mask).sum() / count
-            entropy_mean = (entropy * actor).sum() / acted
+            entropy_mean = (entropy * actor).sum() / actions_taken
             loss = policy_loss + settings.value_coef * value_loss - entropy_coef * entropy_mean
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
