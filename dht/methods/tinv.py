@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from dht.control.policy import (
     sample,
 )
 from dht.data import Batch
+from dht.data.batching import collate
 from dht.flops import classifier_flops, full_forward_flops, layer_forward_flops, plan_forward_flops
 from dht.methods.tinv_inference import TInvInference
 from dht.model import DynamicEncoder
@@ -165,7 +166,7 @@ class TInvMethod(TInvInference, Method):
 
         kinds = token_kinds(resolve_backbone(self.run.backbone).tokenizer_json)
         with torch.no_grad():
-            means = [self._mean_embedding(*_padded(ids[i:i + 256], self.device)).cpu() for i in range(0, len(ids), 256)]
+            means = [self._mean_embedding(b.input_ids, b.attention_mask).cpu() for b in self._chunks(ids, 256)]
         self.statistics_ = TokenStatistics.fit(kinds, ids, torch.cat(means), self.run.train.seed)
 
     # --- training ------------------------------------------------------------------------
@@ -196,8 +197,7 @@ class TInvMethod(TInvInference, Method):
 
         rows, labels = seeded_rows(ids, self.train_labels, self.run.train.seed, IMPORTANCE_ROWS)
         size = self.run.train.eval_batch_size
-        batches = ((*_padded(rows[i:i + size], self.device, pad_id),
-                    torch.tensor(labels[i:i + size], device=self.device)) for i in range(0, len(rows), size))
+        batches = ((b.input_ids, b.attention_mask, b.labels) for b in self._chunks(rows, size, pad_id, labels))
         start = time.perf_counter()
         importance = head_importance(self.model, batches)
         self.head_order = [row.argsort(descending=True, stable=True).tolist() for row in importance]
@@ -208,8 +208,15 @@ class TInvMethod(TInvInference, Method):
 
     def _row_features(self, ids: list[list[int]]) -> Tensor:
         with torch.no_grad():
-            return torch.cat([self._features(*_padded(ids[i:i + 256], self.device)).cpu()
-                              for i in range(0, len(ids), 256)])
+            return torch.cat([self._features(b.input_ids, b.attention_mask).cpu() for b in self._chunks(ids, 256)])
+
+    def _chunks(self, ids: list[list[int]], size: int, pad_id: int = 0,
+                labels: list[int] | None = None) -> Iterator[Batch]:
+        """``ids`` in their order, ``size`` rows a batch, padded (``collate``) and on the model's device."""
+        for i in range(0, len(ids), size):
+            rows = ids[i:i + size]
+            row_labels = labels[i:i + size] if labels is not None else [0] * len(rows)
+            yield collate(rows, row_labels, range(len(rows)), pad_id).to(self.device)
 
     def forward_exits(self, batch: Batch, width: int) -> tuple[Tensor, Tensor]:
         """All N_L layers at ``width`` heads; the shared classifier at every depth: exit logits (B, N_L, C),
@@ -347,10 +354,8 @@ class TInvMethod(TInvInference, Method):
         per_width, features, y, tokens = [], [], [], []
         for width in self.widths:
             parts = []
-            for i in range(0, len(rows), size):
-                input_ids, mask = _padded(rows[i:i + size], self.device, pad_id)
-                batch = Batch(input_ids, mask, torch.zeros(len(input_ids), dtype=torch.long, device=self.device),
-                              torch.arange(len(input_ids), device=self.device))
+            for batch in self._chunks(rows, size, pad_id):
+                input_ids, mask = batch.input_ids, batch.attention_mask
                 exit_logits, pooled = self.forward_exits(batch, width)
                 parts.append((exit_logits, pooled))
                 lengths = mask.sum(1).tolist()
@@ -428,11 +433,3 @@ class TInvMethod(TInvInference, Method):
                                                                "flops_per_sample": self.predictor.flops()},
                 "ppo_updates": self.updates, "widths": list(self.widths), "head_order": self.head_order,
                 "importance": self.importance}
-
-
-def _padded(rows: list[list[int]], device: torch.device, pad_id: int = 0) -> tuple[Tensor, Tensor]:
-    """Token id rows -> ids (B, T) padded with ``pad_id`` and the bool mask (B, T), on ``device``."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
-    mask = torch.tensor([[True] * len(r) + [False] * (width - len(r)) for r in rows], device=device)
-    return ids, mask
