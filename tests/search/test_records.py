@@ -1,0 +1,85 @@
+"""What the bandits chose (dht/search/records.py), against hand-counted decision records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dht.search.records import (
+    head_count,
+    plot_heads,
+    plot_selection,
+    read_decisions,
+    selection_summary,
+    shares,
+    windows,
+    write_selection_report,
+)
+
+
+def record(epoch, step, depth, heads, arm=None):
+    return {"epoch": epoch, "step": step, "depth": depth, "heads": heads, "arm": arm or f"{depth}L"}
+
+
+def test_head_count_averages_the_groups_and_rounds():
+    assert head_count(record(0, 0, 6, [[0, 1, 2], [0, 1, 2, 3, 4]]), 12) == 4  # (3 + 5) / 2
+    assert head_count(record(0, 0, 6, [[0], [0, 1], [0, 1]]), 12) == 2  # 5 / 3 = 1.67 → 2
+    assert head_count(record(0, 0, 2, []), 12) == 12  # no dynamic group: every head
+
+
+def test_shares_are_fractions_sorted_by_their_text():
+    assert shares([4, 2, 2, 6]) == {"2": 0.5, "4": 0.25, "6": 0.25}
+    assert shares(["b", "a", "a"]) == {"a": 0.6667, "b": 0.3333}
+
+
+def test_the_summary_counts_each_epoch_apart():
+    records = [record(0, 0, 2, []), record(0, 1, 4, [[0, 1]]), record(0, 2, 4, [[0, 1]]),
+               record(1, 3, 6, [[0, 1, 2], [0, 1, 2]])]
+    summary = selection_summary(records, 12)
+    assert summary == {"arms": [{"2L": 0.3333, "4L": 0.6667}, {"6L": 1.0}],
+                       "depth": [{"2": 0.3333, "4": 0.6667}, {"6": 1.0}],
+                       "heads": [{"12": 0.3333, "2": 0.6667}, {"3": 1.0}]}
+
+
+def test_windows_give_each_values_share_per_window_of_steps():
+    # 40 steps, one record each: depth 2 on even steps, 4 on odd ones, but 6 throughout the last ten.
+    records = [record(0, s, 6 if s >= 30 else (2 if s % 2 == 0 else 4), []) for s in range(40)]
+    xs, series = windows(records, lambda r: r["depth"], max_windows=4, min_steps=10)
+    assert xs == [9, 19, 29, 39]
+    assert series == {2: [0.5, 0.5, 0.5, 0.0], 4: [0.5, 0.5, 0.5, 0.0], 6: [0.0, 0.0, 0.0, 1.0]}
+    xs, series = windows(records, lambda r: r["depth"], max_windows=30, min_steps=20)
+    assert xs == [19, 39] and series[6] == [0.0, 0.5]
+    xs, series = windows(records[:5], lambda r: r["depth"])  # fewer steps than a window: one window
+    assert xs == [4] and series == {2: [0.6], 4: [0.4]}
+
+
+def test_windows_of_several_records_per_step_keep_each_step_whole():
+    records = [record(0, s, d, []) for s in range(20) for d in (2, 4, 4)]
+    xs, series = windows(records, lambda r: r["depth"], max_windows=2, min_steps=10)
+    assert xs == [9, 19] and series == {2: pytest.approx([1 / 3, 1 / 3]), 4: pytest.approx([2 / 3, 2 / 3])}
+
+
+def test_the_report_reads_decisions_writes_both_plots_and_returns_the_summary(tmp_path):
+    records = [record(e, s, d, [[0, 1, 2]] if d > 2 else []) for e in (0, 1) for s in range(12) for d in (2, 4)]
+    (tmp_path / "decisions.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    assert read_decisions(tmp_path / "decisions.jsonl") == records
+    block = write_selection_report(tmp_path, 4)
+    assert block == {"selection": selection_summary(records, 4)}
+    assert block["selection"]["heads"] == [{"3": 0.5, "4": 0.5}] * 2
+    for name in ("selection.png", "heads.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_run_without_decisions_reports_nothing_and_draws_nothing(tmp_path):
+    (tmp_path / "decisions.jsonl").write_text("")
+    assert write_selection_report(tmp_path, 12) == {}
+    assert not (tmp_path / "selection.png").exists()
+
+
+def test_each_plot_draws_a_picture_on_its_own(tmp_path):
+    records = [record(0, s, 4, [[0, 2], [1]]) for s in range(3)]
+    plot_selection(records, 4, tmp_path / "s.png")
+    plot_heads(records, 4, tmp_path / "h.png")
+    plot_heads([record(0, 0, 2, [])], 4, tmp_path / "none.png")  # no group ran: an empty matrix
+    assert all((tmp_path / n).stat().st_size > 1000 for n in ("s.png", "h.png", "none.png"))
