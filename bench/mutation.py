@@ -22,6 +22,7 @@ import argparse
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -36,6 +37,8 @@ ROOT = repo_path(".")
 MUTMUT = Path(sys.executable).with_name("mutmut")
 REASONS = repo_path("bench/mutation_survivors.json")
 MESSAGE_ONLY = "changes only the text of a message (a string literal, or None in its place)"
+DEVICE_ONLY = ("changes only where a tensor is put (a device argument dropped or None, .to(x.device) made .to(None)): "
+               "the tests run on a CPU-only machine, where every tensor is on the CPU either way")
 # A changed string is a message's text only on a line that builds a message (a string elsewhere may be a key).
 MESSAGE_WORDS = ("raise ", "Error(", "warn", "check_", "print(", "f\"", "message")
 # mutmut's exit-code meanings (mutmut.stats.status_by_exit_code), kept here so a reader sees them.
@@ -90,6 +93,21 @@ def message_only(change: str) -> bool:
                                  for a, b in changed)
 
 
+def device_only(change: str) -> bool:
+    """Whether a mutant changes nothing but a device argument: ``device=x.device`` made ``device=None`` or
+    dropped, or ``.to(x.device)`` made ``.to(None)`` (a ``.to(dtype)`` made ``.to(None)`` does not count)."""
+    def normal(lines: list[str]) -> str:
+        text = " ".join(line.strip() for line in lines)
+        text = re.sub(r"\.to\((?:self|[a-z_]+)\.device\)", ".to(D)", text)
+        text = re.sub(r",?\s*device=[\w.]+", "", text)
+        return re.sub(r",\s*\)", ")", text)
+    before = [line[1:] for line in change.splitlines() if line.startswith("-") and not line.startswith("---")]
+    after = [line[1:] for line in change.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    if not before or not any("device" in line for line in before):
+        return False
+    return normal(before) == normal(after).replace(".to(None)", ".to(D)")
+
+
 def collect() -> dict:
     """Every mutant's status from mutmut's ``mutants/**/*.py.meta`` files, grouped by module."""
     outcomes: dict[str, str] = {}
@@ -102,13 +120,15 @@ def collect() -> dict:
     survivors = []
     for name in sorted(n for n, outcome in outcomes.items() if outcome == "survived"):
         change = diff(name)
-        reason = reasons.get(name) or (MESSAGE_ONLY if message_only(change) else None)
+        reason = reasons.get(name) or (MESSAGE_ONLY if message_only(change) else None) or (
+            DEVICE_ONLY if device_only(change) else None)
         survivors.append({"mutant": name, "diff": change, "reason": reason})
     counts = Counter(outcomes.values())
     decided = counts["killed"] + counts["survived"]
     messages = sum(s["reason"] == MESSAGE_ONLY for s in survivors)
     return {"mutants": len(outcomes), "counts": dict(counts),
             "kill_rate": counts["killed"] / decided if decided else None,
+            "kill_rate_of_all": counts["killed"] / len(outcomes) if outcomes else None,  # untested ones count as alive
             "survived_message_text_only": messages,
             "kill_rate_without_message_text": counts["killed"] / (decided - messages) if decided > messages else None,
             "per_module": {module: {**dict(c), "kill_rate": c["killed"] / max(1, c["killed"] + c["survived"])}
@@ -118,22 +138,49 @@ def collect() -> dict:
             "survivors": survivors}
 
 
+def table(result: dict) -> str:
+    """Markdown: per module, the mutants and what became of them; then how many survivors each reason covers."""
+    survivors: dict[str, Counter] = defaultdict(Counter)
+    for survivor in result["survivors"]:
+        survivors[module_of(survivor["mutant"])]["explained" if survivor["reason"] else "unexplained"] += 1
+    lines = ["| module | mutants | killed | survived, explained | survived, unexplained | no test reaches it "
+             "| killed of killed + survived |", "|---|---|---|---|---|---|---|"]
+    for module, c in result["per_module"].items():
+        total = sum(v for k, v in c.items() if k != "kill_rate")
+        lines.append(f"| `{module}` | {total} | {c.get('killed', 0)} | {survivors[module]['explained']} | "
+                     f"{survivors[module]['unexplained']} | {c.get('no tests', 0)} | {c['kill_rate']:.3f} |")
+    counts = result["counts"]
+    lines.append(f"| all | {result['mutants']} | {counts.get('killed', 0)} | {result['survivors_explained']} | "
+                 f"{result['survivors_unexplained']} | {counts.get('no tests', 0)} | {result['kill_rate']:.3f} |")
+    reasons = Counter(s["reason"] for s in result["survivors"] if s["reason"])
+    lines += ["", "| why a survivor is left alive | mutants |", "|---|---|"]
+    lines += [f"| {reason} | {n} |" for reason, n in reasons.most_common()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-run", action="store_true", help="only collect the results of an earlier run")
+    parser.add_argument("--table", action="store_true", help="print the markdown tables of --output and stop")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--output", type=Path, default=repo_path("bench/results/mutation.json"))
     args = parser.parse_args()
-    seconds = None
+    if args.table:
+        print(table(json.loads(args.output.read_text())["result"]))
+        return
+    seconds, children = None, args.max_children
     if not args.skip_run:
         start = time.perf_counter()
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children)], cwd=ROOT, env=env, check=True)
+        subprocess.run([str(MUTMUT), "run", "--max-children", str(children)], cwd=ROOT, env=env, check=True)
         seconds = time.perf_counter() - start
-    result = {**collect(), "seconds": seconds, "max_children": args.max_children}
+    elif args.output.is_file():  # collecting again (new reasons): the run's own seconds and children stay
+        earlier = json.loads(args.output.read_text())["result"]
+        seconds, children = earlier.get("seconds"), earlier.get("max_children", children)
+    result = {**collect(), "seconds": seconds, "max_children": children}
     write_result(args.output, result)
     print(f"{result['counts'].get('killed', 0)} of {result['mutants']} mutants killed "
-          f"(kill rate {result['kill_rate']:.3f} of killed + survived); "
+          f"(kill rate {result['kill_rate']:.3f} of killed + survived, {result['kill_rate_of_all']:.3f} of all); "
           f"{result['survivors_unexplained']} survivors without a reason → {args.output}")
 
 

@@ -99,22 +99,30 @@ def test_s1_charges_the_arm_features_the_probe_and_the_choice():
     assert method.overhead == pytest.approx(method.features.flops + expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("config", ["f-dht", "t-dht"])
+@pytest.mark.parametrize("config", ["f-dht", "t-dht", "p-dht"])
 def test_a_steps_all_in_flops_are_the_network_plus_each_overhead(config):
-    _, method, batches = started(config)
-    deeper = next(a for a, arm in enumerate(method.arms) if arm.depth > 2)  # 4L3H (F-DHT) or 4L (T-DHT): groups run
+    prepared, method, batches = started(config)
+    if config == "p-dht":  # after the switch: the bottom frozen, arms with a top part
+        method.on_epoch_start(2, prepared.train.ids, prepared.pad_id)
+    N_h = method.N_h
+    # 4L3H (F-DHT), 4L (T-DHT) or 2L3H+2L4H (P-DHT after its switch): groups run, not every head
+    deeper = next(a for a, arm in enumerate(method.arms) if arm.depth > 2 and (arm.heads or 0) < N_h)
     method.ucb_top.select = lambda W: torch.full((len(W),), deeper, dtype=torch.long)
     batch = next(method.training_batches(iter(batches)))
     method.overhead = 1234.0  # what S1 left to charge
     result = method.training_step(batch)
     arms = [method.arms[a] for a in batch.arms.tolist()]
-    config_, B, N_h = method.model.config, len(batch), method.N_h
-    layout = arm_layout(method.search, arms[0], False)
+    assert [r["arm"] for r in result.records] == [a.label(N_h) for a in arms]
+    assert config != "p-dht" or result.records[0]["arm"] == "2L3H+2L4H"
+    config_, B = method.model.config, len(batch)
+    layout = arm_layout(method.search, arms[0], method.phase_two)
     G = len(layout.groups)
     lengths = batch.attention_mask.sum(1).tolist()
     plans = [sample_plan(layout, [tuple(g) for g in r["heads"]], N_h) for r in result.records]
     frozen = method.model.frozen_layers()
-    network = sum(plan_train_flops(config_, p, t, frozen, True) for p, t in zip(plans, lengths))
+    assert bool(frozen) == (config == "p-dht")
+    embeddings = any(p.requires_grad for p in method.model.embeddings.parameters())
+    network = sum(plan_train_flops(config_, p, t, frozen, embeddings) for p, t in zip(plans, lengths))
     assert result.flops == pytest.approx(network, rel=1e-12)
     assert result.full_flops == sum(full_train_flops(config_, t) for t in lengths)
     assert result.full_flops > result.flops or config == "t-dht"  # UCB_H may keep every head

@@ -125,3 +125,54 @@ def test_every_bandit_takes_the_searchs_exploration_and_ridge():
     search = SearchConfig.from_dict({**search.to_dict(), "explore": 0.7, "lam": 3.0})
     ucb_h = search_strategy(search).ucb_h
     assert (ucb_h.config.alpha, ucb_h.config.lam) == (0.7, 3.0)
+
+
+def test_a_missing_config_file_is_named_with_the_flag_that_gave_it(tmp_path):
+    from dht.search.arms import load_search, read_search_file
+    missing = str(tmp_path / "nope.json")
+    with pytest.raises(ValueError, match=r"^config '.*nope.json': not one of t-dht"):
+        read_search_file(missing)
+    with pytest.raises(ValueError, match=r"^unknown DHT config 'x-dht'"):
+        load_search("x-dht", 6, 12)
+    with pytest.raises(ValueError, match=r"^--config '.*nope.json'"):
+        DHTOptions(config=missing).check_training_inputs()
+
+
+@pytest.mark.parametrize("arm, fits", [
+    (Arm(1, 12), False),  # shallower than b = 2 (c = 1, so only b refuses it)
+    (Arm(5, 12), True), (Arm(8, 1), True),  # b + c, and a single head
+    (Arm(9, 12), False), (Arm(4, 12), False), (Arm(5, 13), False),
+])
+def test_an_arm_must_fit_b_c_and_the_heads(arm, fits):
+    search = shape(num_layers=8, b=2, c=3, arms=(Arm(2, 12),))
+    if fits:
+        search.check_arm(arm)
+    else:
+        with pytest.raises(ValueError):
+            search.check_arm(arm)
+    if arm == Arm(1, 12):
+        with pytest.raises(ValueError, match="arm depth 1"):
+            shape(c=1, arms=(arm,))
+
+
+@pytest.mark.parametrize("arm, fits", [
+    (Arm(6, 8, top=2), True), (Arm(2, 12, top=2), True),
+    (Arm(1, 8, top=2), False),  # fewer layers than its own top part
+    (Arm(4, 8, top=1), False),  # another top than the search's
+    (Arm(8, 8, top=2), False),  # deeper than the model
+])
+def test_a_p_dht_arm_must_fit_the_top_part(arm, fits):
+    search = preset("p-dht", 6, 12)
+    if fits:
+        search.check_arm(arm)
+    else:
+        with pytest.raises(ValueError, match="does not fit P-DHT"):
+            search.check_arm(arm)
+
+
+def test_thompson_sampling_uses_the_generator_it_is_given():
+    import torch
+
+    from dht.bandits import LogisticTS, LogisticTSConfig
+    generator = torch.Generator().manual_seed(3)
+    assert LogisticTS(LogisticTSConfig(2, 2), generator=generator).generator is generator

@@ -119,7 +119,7 @@ def test_the_head_counts_and_passes_of_the_arm_features():
 
 def test_the_arm_list_rules_at_their_edges():
     assert default_head_options(1) == (1,) and default_head_options(3) == (2, 3)
-    assert depths(6, 2, 2) == [2, 4, 6] and depths(7, 1, 3) == [1, 4, 7]
+    assert depths(6, 2, 2) == [2, 4, 6] and depths(6, 1, 2) == [1, 3, 5]
     assert (preset("t-dht", 9, 12).b, preset("t-dht", 6, 12).b, preset("t-dht", 3, 12).b) == (3, 2, 1)
     assert (preset("t-dht", 8, 12).b, preset("t-dht", 5, 12).b, preset("t-dht", 12, 12).b) == (2, 1, 3)
     arms = partial_arms(6, 12, 1, 1, (8, 12), 2)
