@@ -1,7 +1,8 @@
 """One trained run, many operating points: `dht evaluate RUN --budget R` for several R, and the oracles.
 
 For each target R the run's knob (DHT's cost weight, FastBERT's speed) is set by bisection on 512
-seeded training rows, then the test split is evaluated; the row records the knob's value and where
+seeded training rows (on its held-out rows for a run trained with ``--holdout``), then the test split is
+evaluated; the row records the knob's value and where
 the test ratio landed. ``--oracle`` adds the run's two oracle routers (every route on every test sample).
 
 Usage: python bench/budget_curve.py RUN [--budgets 0.3 0.4 0.5 0.6 0.8] [--oracle] [--device D]
@@ -36,7 +37,7 @@ def main() -> None:
         found = budget_search(prepared, target)
         test = evaluate(prepared)
         rows.append({"target": target, "option": found["option"], "value": found["value"],
-                     "train_flop_ratio_all_in": found["train_flop_ratio_all_in"],
+                     "train_flop_ratio_all_in": found["train_flop_ratio_all_in"], "rows": found["rows"],
                      "reachable_on_train": found["reachable"], "f1_macro": test["f1_macro"],
                      "accuracy": test["accuracy"], "test_flop_ratio": test["flop_ratio"],
                      "test_flop_ratio_all_in": test["flop_ratio_all_in"],

@@ -67,8 +67,9 @@ def sweep_table(paths: list[Path]) -> str:
 
 def budget_table(path: Path) -> str:
     _, result = load(path)
+    rows = "held-out rows" if any(r.get("rows") == "holdout" for r in result["budgets"]) else "training rows"
     lines = [f"Run: {result['run']} (method {result['method']}, seed {result['seed']})", "",
-             "| target R | knob value | training rows' ratio | reachable on training rows | test FLOPs all-in "
+             f"| target R | knob value | {rows}' ratio | reachable on {rows} | test FLOPs all-in "
              "| within ±0.02 | macro-F1 |", "|---|---|---|---|---|---|---|"]
     for r in result["budgets"]:
         low, high = r["reachable_on_train"]

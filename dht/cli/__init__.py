@@ -45,6 +45,9 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
     train.add_argument("--max-length", type=int, default=defaults.max_length)
     train.add_argument("--max-train", type=int, default=None, help="train on a seeded subset of N rows")
     train.add_argument("--max-test", type=int, default=None, help="evaluate on a seeded subset of N rows")
+    train.add_argument("--holdout", type=int, default=defaults.holdout,
+                       help="keep N seeded training rows out of training: dht evaluate --budget sets its knob on "
+                            "them (default 0: on training rows)")
     train.add_argument("--seed", type=int, default=defaults.seed)
     train.add_argument("--pooling", default=defaults.pooling, choices=("mean", "cls"))
     train.add_argument("--train-word-embeddings", action="store_true",
@@ -65,7 +68,8 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
                      inference_only=True)
     evaluate.add_argument("--budget", type=float, default=None,
                           help="target inference FLOP ratio (all-in): set the method's knob (DHT's cost weight, "
-                               "FastBERT's speed) to meet it on training rows, then evaluate")
+                               "FastBERT's speed) to meet it on training rows (the held-out ones of a run "
+                               "trained with --holdout), then evaluate")
     evaluate.add_argument("--oracle", action="store_true",
                           help="also score the oracle routers (cheapest correct route, cheapest agreeing with the "
                                "full model), trying every route on every test sample")
@@ -144,7 +148,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
     options = method_options(args, method_type(args.method).Options)
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
-                        max_train=args.max_train, max_test=args.max_test, seed=args.seed, pooling=args.pooling,
+                        max_train=args.max_train, max_test=args.max_test, holdout=args.holdout, seed=args.seed,
+                        pooling=args.pooling,
                         freeze_word_embeddings=not args.train_word_embeddings, checkpoint_every=args.save_every)
     return RunConfig(method=args.method, data=args.data, backbone=args.backbone, train=train, options=options)
 
@@ -276,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                 found = result["budget"]
                 low, high = found["reachable"]
                 print(f"budget {found['target']}: {found['option']} = {found['value']:.4g} "
-                      f"({found['train_flop_ratio_all_in']:.3f} on {found['train_rows']} training rows; "
+                      f"({found['train_flop_ratio_all_in']:.3f} on {found['train_rows']} "
+                      f"{'held-out' if found['rows'] == 'holdout' else 'training'} rows; "
                       f"this run reaches {low:.3f}-{high:.3f})")
             print(f"{args.run_dir} on {result['dataset']}: accuracy {test['accuracy']:.4f}, "
                   f"macro-F1 {test['f1_macro']:.4f}, FLOP ratio {test['flop_ratio']:.3f} "

@@ -64,6 +64,17 @@ class TextSplit:
         """Return the number of samples."""
         return len(self.texts)
 
+    def split_off(self, n: int, seed: int) -> tuple[TextSplit, TextSplit]:
+        """(the rest, n samples drawn by a seeded permutation), both in file order; a ValueError if n leaves
+        no sample in the rest."""
+        if n >= len(self):
+            raise ValueError(f"--holdout {n} keeps every one of the {len(self)} training rows out of training")
+        generator = torch.Generator().manual_seed(seed)
+        held = set(torch.randperm(len(self), generator=generator)[:n].tolist())
+        parts = ([i for i in range(len(self)) if i not in held], sorted(held))
+        return tuple(TextSplit(texts=tuple(self.texts[i] for i in rows), labels=tuple(self.labels[i] for i in rows),
+                               path=self.path) for rows in parts)
+
     def subset(self, n: int | None, seed: int) -> TextSplit:
         """Return n samples drawn by a seeded permutation, kept in file order; None or n >= len gives self."""
         if n is not None and (type(n) is not int or n < 1):

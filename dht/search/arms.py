@@ -74,8 +74,8 @@ class SearchConfig:
         for arm in self.arms + self.phase_two_arms:
             self.check_arm(arm)
         for name in ("alpha", "beta_h", "beta_cp", "lam", "r_max", "explore"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+            if not _finite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {str(getattr(self, name))[:40]}")
         for name in ("alpha", "beta_h", "beta_cp", "lam", "r_max"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -83,6 +83,8 @@ class SearchConfig:
             raise ValueError("explore must be >= 0, q >= 1 and feature_samples >= 1")
         if (self.freeze_after is None) != (not self.phase_two_arms):
             raise ValueError("freeze_after and phase_two_arms go together (P-DHT)")
+        if self.top < 0 or (self.freeze_after is not None and self.freeze_after < 1):
+            raise ValueError(f"top must be >= 0 and freeze_after >= 1 (epochs), got {self.top} and {self.freeze_after}")
 
     def check_arm(self, arm: Arm) -> None:
         """Raise ValueError if an arm does not fit this search's shape."""
@@ -94,6 +96,9 @@ class SearchConfig:
             raise ValueError(f"arm depth {arm.depth} must be b + a multiple of c, at most {self.num_layers}")
         if arm.heads is not None and not 1 <= arm.heads <= self.num_heads:
             raise ValueError(f"arm {arm} keeps {arm.heads} heads of {self.num_heads}")
+        if (arm.heads is None) != (self.mode == "tree"):  # who chooses H: UCB_H per group, or the arm itself
+            raise ValueError(f"arm {arm}: in {self.mode} search heads must be "
+                             + ("null (UCB_H chooses them per group)" if self.mode == "tree" else "an integer"))
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -133,6 +138,14 @@ class SearchConfig:
             if name in data and not (_is_int(data[name]) or isinstance(data[name], float)):
                 raise ValueError(f"{name} must be a number, got {data[name]!r}")
         return cls(**data)
+
+
+def _finite(value: float) -> bool:
+    """math.isfinite, with an integer too large for a float counted as infinite (not an OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _is_int(value: Any) -> bool:

@@ -87,8 +87,8 @@ def plot_selection(records: list[dict[str, Any]], num_heads: int, out: Path) -> 
     plt.close(fig)
 
 
-def plot_heads(records: list[dict[str, Any]], num_heads: int, out: Path) -> None:
-    """How often each head is kept, per group of layers (when the group ran)."""
+def kept_shares(records: list[dict[str, Any]], num_heads: int) -> tuple[list[int], list[list[float]]]:
+    """The groups that ran, and per group the share of its samples that kept each head (groups × N_h)."""
     kept: dict[int, Counter] = defaultdict(Counter)
     ran: Counter = Counter()
     for record in records:
@@ -96,8 +96,14 @@ def plot_heads(records: list[dict[str, Any]], num_heads: int, out: Path) -> None
             ran[group] += 1
             kept[group].update(heads)
     groups = sorted(ran)
+    return groups, [[kept[g][h] / ran[g] for h in range(num_heads)] for g in groups]
+
+
+def plot_heads(records: list[dict[str, Any]], num_heads: int, out: Path) -> None:
+    """How often each head is kept, per group of layers (when the group ran)."""
+    groups, matrix = kept_shares(records, num_heads)
+    matrix = matrix or [[0.0] * num_heads]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * max(1, len(groups))))
-    matrix = [[kept[g][h] / ran[g] for h in range(num_heads)] for g in groups] or [[0.0] * num_heads]
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_xticks(range(num_heads))
     ax.set_yticks(range(len(matrix)), [f"group {g}" for g in groups] or ["none"])

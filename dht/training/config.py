@@ -31,6 +31,9 @@ class TrainConfig:
     max_length: int = 128  # tokens per sample after truncation, [CLS] and [SEP] included
     max_train: int | None = None  # use a seeded random subset of this many training rows
     max_test: int | None = None  # likewise for the test split
+    # Training rows kept out of training (seeded, after --max-train): `dht evaluate --budget` sets its knob
+    # on them, rows the network has not fitted, as the test rows it will meet (docs/front.md).
+    holdout: int = 0
     seed: int = 0
     pooling: str = "mean"  # "mean" (spec §2) or "cls"
     # The 30k-row word-embedding table is half of MiniLM's weights; on CPU its AdamW update costs as
@@ -54,6 +57,8 @@ class TrainConfig:
             raise ValueError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_length < 2:
             raise ValueError(f"max-length must be >= 2, got {self.max_length}")
+        if self.holdout < 0:
+            raise ValueError(f"--holdout must be >= 0, got {self.holdout}")
         for name in ("max_train", "max_test"):
             value = getattr(self, name)
             if value is not None and value < 1:

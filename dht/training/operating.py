@@ -3,7 +3,9 @@
 ``budget_search`` finds the value of a method's knob (``Method.knob``: DHT's cost weight, FastBERT's
 speed) at which its inference FLOP ratio (all-in) on a seeded sample of *training* rows meets a target,
 by bisection: the ratio falls weakly as the knob moves from its dearest to its cheapest end, so each
-step halves the interval that holds the target. The test split is not looked at while searching.
+step halves the interval that holds the target. The test split is not looked at while searching. A run
+trained with ``--holdout N`` is searched on those N held-out rows instead: on rows it has fitted a network
+is surer than on new ones, so its routes there are cheaper than on the test split (docs/front.md).
 
 ``oracle_scores`` asks what any router could do with a run's network: every sample tries every fixed
 route (DHT's arms with greedy heads, FastBERT's exits), and the oracle takes, per sample, the cheapest
@@ -77,12 +79,13 @@ def seeded_rows(ids: list[list[int]], labels: list[int], seed: int,
 
 def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, tolerance: float = 0.005,
                   steps: int = 20) -> dict[str, Any]:
-    """Set the method's knob so its all-in inference FLOP ratio on ``rows`` seeded training rows is
-    ``target``; return what was found. Raises ValueError for a method without a knob or a target
-    outside (0, 1.5]."""
+    """Set the method's knob so its all-in inference FLOP ratio on ``rows`` seeded training rows (held-out
+    rows when the run kept some) is ``target``; return what was found. Raises ValueError for a method
+    without a knob or a target outside (0, 1.5]."""
     method = prepared.method
     check_operating(type(method), None, target, oracle=False)
-    train = prepared.train
+    held = prepared.holdout is not None and len(prepared.holdout) > 0
+    train = prepared.holdout if held else prepared.train  # rows the network has not fitted, when the run kept some
     if not len(train):
         raise ValueError(f"--budget sets the knob on training rows, and {prepared.dataset.train.path} is missing")
     ids, labels = seeded_rows(train.ids, train.labels, prepared.run.train.seed, rows)
@@ -96,6 +99,7 @@ def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, to
     value, ratio, tried = bisect_knob(ratio_at, target, method.knob.dearest, method.knob.cheapest, tolerance, steps)
     method.set_inference_options(**{method.knob.option: value})
     return {"target": target, "option": method.knob.option, "value": value, "train_rows": len(ids),
+            "rows": "holdout" if held else "train",
             "train_flop_ratio_all_in": ratio, "evaluations": len(tried),
             "reachable": [tried[1][1], tried[0][1]]}  # the ratios at the cheapest and the dearest end
 

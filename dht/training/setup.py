@@ -41,6 +41,7 @@ class Prepared:
     train: EncodedSplit
     test: EncodedSplit
     pad_id: int
+    holdout: EncodedSplit | None = None  # training rows kept out of training (--holdout), None without
 
 
 def dataset_dir(run: RunConfig) -> Path:
@@ -173,15 +174,21 @@ def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None
                          f"{list(saved.classes)} (same names, same order)")
     # Another dataset is scored on all of its test rows: the run's --max-test subset was of its own data.
     subsets = saved.run if data is None else replace(saved.run, train=replace(saved.run.train, max_test=None))
-    train, test = encode_splits(subsets, dataset, saved.tokenizer)
+    train, test, holdout = encode_splits(subsets, dataset, saved.tokenizer)
     return Prepared(saved.run, dataset, saved.tokenizer_json, saved.model, saved.method, train, test,
-                    saved.tokenizer.pad_id)
+                    saved.tokenizer.pad_id, holdout)
 
 
-def encode_splits(run: RunConfig, dataset: Dataset, tokenizer: TextTokenizer) -> tuple[EncodedSplit, EncodedSplit]:
-    """The run's training and test subsets (``--max-train``, ``--max-test``, seeded), tokenised."""
-    return (encode_split(tokenizer, dataset.train.subset(run.train.max_train, seed=run.train.seed)),
-            encode_split(tokenizer, dataset.test.subset(run.train.max_test, seed=run.train.seed)))
+def encode_splits(run: RunConfig, dataset: Dataset,
+                  tokenizer: TextTokenizer) -> tuple[EncodedSplit, EncodedSplit, EncodedSplit | None]:
+    """The run's training and test subsets (``--max-train``, ``--max-test``, seeded) and the training rows
+    kept out (``--holdout``, seeded; None without), tokenised."""
+    train, held = dataset.train.subset(run.train.max_train, seed=run.train.seed), None
+    if run.train.holdout and len(train):  # a dataset read for evaluation alone has no training rows
+        train, held = train.split_off(run.train.holdout, seed=run.train.seed)
+    return (encode_split(tokenizer, train), encode_split(tokenizer, dataset.test.subset(run.train.max_test,
+                                                                                         seed=run.train.seed)),
+            None if held is None else encode_split(tokenizer, held))
 
 
 def _assemble(run: RunConfig, dataset: Dataset, tokenizer_json: Path, model: DynamicEncoder) -> Prepared:
@@ -192,5 +199,6 @@ def _assemble(run: RunConfig, dataset: Dataset, tokenizer_json: Path, model: Dyn
     if tokenizer.vocab_size > model.config.vocab_size:  # a token id past the table would fail mid-run
         raise ValueError(f"{tokenizer_json}: the tokenizer has {tokenizer.vocab_size} tokens but the backbone's "
                          f"embedding table has {model.config.vocab_size} rows")
-    train, test = encode_splits(run, dataset, tokenizer)
-    return Prepared(run, dataset, tokenizer_json, model, make_method(model, run), train, test, tokenizer.pad_id)
+    train, test, holdout = encode_splits(run, dataset, tokenizer)
+    return Prepared(run, dataset, tokenizer_json, model, make_method(model, run), train, test, tokenizer.pad_id,
+                    holdout)

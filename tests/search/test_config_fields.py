@@ -176,3 +176,20 @@ def test_thompson_sampling_uses_the_generator_it_is_given():
     from dht.bandits import LogisticTS, LogisticTSConfig
     generator = torch.Generator().manual_seed(3)
     assert LogisticTS(LogisticTSConfig(2, 2), generator=generator).generator is generator
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"arms": (Arm(2, None),)}, r"in integrated search heads must be an integer"),
+    ({"mode": "tree", "arms": (Arm(2, 12),)}, r"in tree search heads must be null"),
+    ({"alpha": 10 ** 400}, r"^alpha must be finite, got 1000000"),
+    ({"top": -1}, r"top must be >= 0"),
+])
+def test_who_chooses_the_heads_and_the_numbers_range_are_checked(changes, message):
+    with pytest.raises(ValueError, match=message):
+        shape(**changes)
+
+
+def test_p_dht_switches_after_at_least_one_epoch():
+    data = base()
+    with pytest.raises(ValueError, match=r"freeze_after >= 1"):
+        SearchConfig.from_dict({**data, "freeze_after": 0})

@@ -8,6 +8,7 @@ import pytest
 
 from dht.search.records import (
     head_count,
+    kept_shares,
     plot_heads,
     plot_selection,
     read_decisions,
@@ -83,3 +84,11 @@ def test_each_plot_draws_a_picture_on_its_own(tmp_path):
     plot_heads(records, 4, tmp_path / "h.png")
     plot_heads([record(0, 0, 2, [])], 4, tmp_path / "none.png")  # no group ran: an empty matrix
     assert all((tmp_path / n).stat().st_size > 1000 for n in ("s.png", "h.png", "none.png"))
+
+
+def test_each_groups_kept_heads_are_shares_of_the_samples_that_ran_it():
+    records = [record(0, 0, 6, [[0, 1], [2]]), record(0, 1, 4, [[0, 3]]), record(0, 2, 2, [])]
+    groups, matrix = kept_shares(records, 4)
+    assert groups == [0, 1]
+    assert matrix == [[1.0, 0.5, 0.0, 0.5], [0.0, 0.0, 1.0, 0.0]]  # group 1 ran for one sample only
+    assert kept_shares([record(0, 0, 2, [])], 4) == ([], [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,42 @@ def test_fastbert_oracle_exits_and_the_cli(runs, capsys):
     assert "has one route" in capsys.readouterr().err
     assert main(["evaluate", str(runs / "bl1"), "--budget", "0.5", "--quiet"]) == 2
     assert "has no knob" in capsys.readouterr().err
+
+
+def test_held_out_rows_are_a_seeded_part_of_the_training_split_in_file_order():
+    from dht.data import TextSplit
+    split = TextSplit(texts=tuple(f"t{i}" for i in range(10)), labels=tuple(i % 3 for i in range(10)), path=Path("train.csv"))
+    rest, held = split.split_off(3, seed=4)
+    again = split.split_off(3, seed=4)
+    assert (rest, held) == again and len(held) == 3 and len(rest) == 7
+    assert sorted(rest.texts + held.texts, key=lambda t: int(t[1:])) == list(split.texts)
+    assert list(held.texts) == sorted(held.texts, key=lambda t: int(t[1:]))  # file order kept
+    assert [split.labels[split.texts.index(t)] for t in held.texts] == list(held.labels)
+    assert split.split_off(3, seed=5)[1] != held
+    with pytest.raises(ValueError, match="--holdout 10 keeps every one of the 10 training rows"):
+        split.split_off(10, seed=0)
+
+
+def test_a_run_with_held_out_rows_trains_without_them_and_sets_its_knob_on_them(tmp_path):
+    settings = TrainConfig(epochs=1, batch_size=8, max_train=48, max_test=16, seed=2, holdout=12)
+    run = RunConfig(method="dht", backbone="tiny", train=settings, options={"config": "f-dht"})
+    metrics = train(run, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "decisions.jsonl").read_text().splitlines()]
+    assert len({r["index"] for r in records}) == 36 and metrics["train"]["samples"] == 36
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["run"]["train"]["holdout"] == 12
+    prepared = load_run(tmp_path / "run")
+    assert len(prepared.train) == 36 and len(prepared.holdout) == 12
+    assert not set(map(tuple, prepared.holdout.ids)) & set(map(tuple, prepared.train.ids))
+    found = budget_search(prepared, 0.5)
+    assert (found["rows"], found["train_rows"]) == ("holdout", 12)
+
+
+def test_without_held_out_rows_the_knob_is_set_on_training_rows(runs):
+    found = budget_search(load_run(runs / "dht"), 0.5)
+    assert (found["rows"], found["train_rows"]) == ("train", 160)
+
+
+def test_a_negative_holdout_is_one_line(tmp_path, capsys):
+    assert main(["train", "--backbone", "tiny", "--holdout", "-1", "--output", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == "dht: error: --holdout must be >= 0, got -1"
+    assert not (tmp_path / "r").exists()
