@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 import dht.methods  # noqa: F401  (registers the built-in methods)
 from dht.model.backbones import hf_config, hf_state_dict
-from dht.provenance import device_name
+from dht.provenance import device_name, umask
 from dht.training.config import read_run_dataset, run_file
 from dht.training.evaluation import SplitPrediction, predict_split
 from dht.training.setup import SavedRun, open_run
@@ -135,7 +135,7 @@ def export_run(run_dir: Path, directory: Path) -> list[str]:
                          "no place for; use the run folder itself (dht.load, dht predict, dht serve)")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))  # same file system
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; an export is an ordinary folder
+    os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes it private; an export is an ordinary folder
     try:
         (staging / "config.json").write_text(json.dumps(hf_config(model.config), indent=1), encoding="utf-8")
         save_file(hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
@@ -148,7 +148,7 @@ def export_run(run_dir: Path, directory: Path) -> list[str]:
             if (Path(run_dir) / name).is_file():
                 shutil.copy(Path(run_dir) / name, staging / name)
         for path in staging.iterdir():
-            os.chmod(path, 0o666 & ~_umask())
+            os.chmod(path, 0o666 & ~umask())
         if directory.exists():
             directory.rmdir()
         os.replace(staging, directory)
@@ -183,24 +183,4 @@ def format_predictions(texts: Sequence[str], rows: Sequence[TextPrediction], cla
     return out.getvalue()
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, so that an interrupted or
-    failed write leaves either the old file or none, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; the output is an ordinary file
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -172,8 +172,9 @@ def routes_line(test: dict) -> str:
 def predict_command(args: argparse.Namespace) -> None:
     """``dht predict``: read every text first (a bad input stops before the model loads), predict, then
     write the whole output at once."""
-    from dht.classifier import Classifier, format_predictions, run_classes, write_atomically
+    from dht.classifier import Classifier, format_predictions, run_classes
     from dht.data import read_texts
+    from dht.provenance import write_atomically
 
     classes = run_classes(args.run_dir)
     if args.text is not None and not all(text.strip() for text in args.text):
@@ -200,7 +201,8 @@ def check_train_flags(args: argparse.Namespace, argv: list[str], methods: Method
         raise ValueError("--resume needs the --output folder of the run to continue")
     if args.resume:
         typed = dict.fromkeys(arg.split("=", 1)[0] for arg in argv if arg.startswith("--"))
-        changes = [flag for flag in typed if flag not in RESUME_FLAGS]
+        stopped = (args.output / "stopped.json").is_file()  # a run a non-finite value stopped: --lr may change
+        changes = [flag for flag in typed if flag not in RESUME_FLAGS + (("--lr",) if stopped else ())]
         if changes:
             raise ValueError(f"--resume continues the saved run with its own settings; drop {', '.join(changes)} "
                              f"(only {', '.join(RESUME_FLAGS[2:])} may change)")
@@ -232,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             run = run_config(args)  # option values checked before any data is read
             output = args.output or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-            metrics = train(run, output, resume=args.resume, progress=not args.quiet, device=args.device)
+            new_lr = args.lr if args.resume and any(a.split("=", 1)[0] == "--lr" for a in argv) else None
+            metrics = train(run, output, resume=args.resume, progress=not args.quiet, device=args.device, lr=new_lr)
             print(summary(metrics))
             if "routes" in metrics["test"]:
                 print(routes_line(metrics["test"]))

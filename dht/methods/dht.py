@@ -52,7 +52,7 @@ from dht.search.queues import DepthQueues, length_chunks
 from dht.search.rewards import PreviousBatch, ratio_reward
 from dht.search.strategies import GroupDecision, search_strategy
 from dht.training.config import RunConfig
-from dht.training.hooks import BenchRun, Knob, Method, StepResult, register
+from dht.training.hooks import BenchRun, Knob, Method, NonFiniteError, StepResult, register
 from dht.training.options import MethodOptions, option
 
 
@@ -233,6 +233,8 @@ class DHTMethod(DHTInference, Method):
         h = self.model.run_plan(self.model.embed(batch.input_ids), mask,
                                 ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h))
         self.model.train(was_training)
+        if not torch.isfinite(h).all():  # diverged weights: say so, not that a context holds a NaN
+            raise NonFiniteError("the probe's hidden states are not finite (the weights have diverged)")
         x = self.contexts.x_top(h, mask)
         return h, x
 

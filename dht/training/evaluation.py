@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dht.data import Batch, iterate_batches
-from dht.training.hooks import Method, Prediction
+from dht.training.hooks import Method, NonFiniteError, Prediction
 from dht.training.metrics import accuracy, confusion, f1_macro, route_scores
 
 PredictBatches = Callable[[Iterable[Batch]], Iterator[tuple[Batch, Prediction]]]
@@ -56,6 +56,8 @@ def predict_split(method: Method, ids: list[list[int]], labels: list[int], batch
               dynamic_ncols=True) as bar:
         for batch, result in predict_batches(batches):
             bar.update(len(batch))
+            if not torch.isfinite(result.logits).all():  # a diverged model: its scores would mean nothing
+                raise NonFiniteError("the model's outputs are not finite (its weights have diverged)")
             index = batch.index.cpu()
             predictions[index] = result.logits.argmax(-1).cpu()
             probabilities[index] = result.logits.float().softmax(-1).cpu()

@@ -25,6 +25,11 @@ from dht.training.config import RunConfig, TrainConfig
 from dht.training.options import MethodOptions
 
 
+class NonFiniteError(ValueError):
+    """A training step met a value that is not finite (a loss, a gradient, the weights, a method's
+    states); the loop stops the run before anything of that step is saved."""
+
+
 @dataclass
 class StepResult:
     """What one training step computed and cost."""

@@ -10,16 +10,19 @@ import json
 import math
 import shutil
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm import tqdm
 
 from dht.data import iterate_batches
 from dht.model.tying import trainable_elements
-from dht.provenance import device_name
+from dht.provenance import device_name, write_atomically
 from dht.training.checkpoint import (
+    damaged,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -28,17 +31,15 @@ from dht.training.checkpoint import (
 )
 from dht.training.config import RUN_FILE, RunConfig, read_run_settings, run_file
 from dht.training.evaluation import predict_split, split_scores
-from dht.training.hooks import Method, method_type
+from dht.training.hooks import Method, NonFiniteError, method_type
 from dht.training.lock import run_lock
 from dht.training.memory import MemoryMeter
-from dht.training.setup import Prepared, dataset_dir, prepare, prepare_saved
+from dht.training.setup import Prepared, check_options, dataset_dir, prepare, prepare_saved
 
 # What a run writes before its first checkpoint (removed when such a run is started again).
-STARTED_FILES = ("tokenizer.json", "log.jsonl", "decisions.jsonl", "checkpoint.tmp")
-
-
-class NonFiniteError(ValueError):
-    """A training step's loss or gradient norm is not finite; nothing of that step was applied."""
+STARTED_FILES = ("tokenizer.json", "log.jsonl", "decisions.jsonl", "checkpoint.tmp", "stopped.json")
+# Written when a non-finite value stopped the run: its last checkpoint may then be resumed with a lower --lr.
+STOPPED_FILE = "stopped.json"
 
 
 class RunExistsError(ValueError):
@@ -75,12 +76,34 @@ def is_run_settings(path: Path) -> bool:
         return False
 
 
-def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = None) -> Prepared:
+def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = None,
+              lr: float | None = None) -> Prepared:
     """Prepare a new run (or the saved one when resuming) on ``device`` and lay out its folder.
 
-    A folder whose run stopped before its first checkpoint holds nothing to resume: it is started again.
-    A finished run is neither resumed nor overwritten (ValueError)."""
+    A folder whose run stopped before its first checkpoint, or on a value that was not finite
+    (``stopped.json``), is started again; the latter may instead be resumed with a new peak learning rate
+    ``lr``, which its run.json then records. A finished run is neither resumed nor overwritten (ValueError)."""
     finished = (output / "metrics.json").is_file()
+    stopped = (output / STOPPED_FILE).is_file()
+    if stopped:
+        with damaged(output / STOPPED_FILE):
+            resumable = bool(json.loads((output / STOPPED_FILE).read_text(encoding="utf-8"))["resumable"])
+        if resume and not resumable:
+            raise ValueError(f"{output}: a value that was not finite stopped it with no checkpoint to go back to; "
+                             "run it again without --resume (a lower --lr)")
+    if lr is not None and not (resume and stopped):
+        raise ValueError(f"{output}: --lr comes with --resume only for a run that a value that was not finite "
+                         "stopped after a checkpoint it can go back to")
+    if resume and lr is not None:
+        settings = read_run_settings(output)
+        settings = replace(settings, train=replace(settings.train, lr=lr))  # validated by TrainConfig
+        if latest_checkpoint(output) is None:
+            raise ValueError(f"{output}: no checkpoint to resume from; run it again without --resume")
+        config = json.loads(run_file(output).read_text(encoding="utf-8"))
+        config["run"]["train"]["lr"] = lr
+        write_atomically(run_file(output), json.dumps(config, indent=1))
+        (output / STOPPED_FILE).unlink()
+        return prepare(settings, device=device)
     if resume:
         if finished:
             raise ValueError(f"{output}: the run is finished (metrics.json); there is nothing to resume "
@@ -89,17 +112,22 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
             again = "; it stopped before its first checkpoint: run it again without --resume" \
                 if run_file(output).exists() else ""
             raise ValueError(f"{output}: no checkpoint to resume from{again}")
-        return prepare(read_run_settings(output), device=device)
+        settings = read_run_settings(output)
+        try:
+            check_options(settings)
+        except ValueError as error:
+            raise ValueError(f"{run_file(output)}: {error}") from None
+        return prepare(settings, device=device)
     if finished:
         raise RunExistsError(f"{output} already holds a finished run; choose another --output")
-    if latest_checkpoint(output) is not None:
+    if latest_checkpoint(output) is not None and not stopped:
         raise RunExistsError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
     if run_file(output).is_file() and not is_run_settings(run_file(output)):
         raise RunExistsError(f"{run_file(output)} is not a dht run's settings; choose another --output")
     prepared = prepare(run, device=device)  # validates everything before anything is written
-    if run_file(output).is_file():  # a run that stopped before its first checkpoint: start it again
+    if run_file(output).is_file():  # a run that stopped before its first checkpoint or diverged: again
         run_file(output).unlink()
-        for name in STARTED_FILES:
+        for name in STARTED_FILES + ("checkpoint", "checkpoint.old"):
             path = output / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -110,29 +138,58 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
     config = {"run": prepared.run.to_dict(), "encoder": prepared.model.config.to_dict(),
               "dataset": {"name": prepared.dataset.name, "path": str(dataset_dir(prepared.run)),
                           "classes": list(prepared.dataset.classes)}}
-    (output / RUN_FILE).write_text(json.dumps(config, indent=1), encoding="utf-8")
+    write_atomically(output / RUN_FILE, json.dumps(config, indent=1))  # a kill leaves all of it or none
     for records in ("log.jsonl", "decisions.jsonl"):
         (output / records).write_text("", encoding="utf-8")
     return prepared
 
 
 def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: int | None = None,
-          progress: bool = True, device: str | None = None) -> dict[str, Any] | None:
+          progress: bool = True, device: str | None = None, lr: float | None = None) -> dict[str, Any] | None:
     """Train, evaluate and write the run folder; return the metrics (None if stopped early).
 
     stop_after_steps: stop (after checkpointing) once this many optimizer steps have run in this
     call, as an interruption would; ``resume=True`` continues from there. device: ``--device``
     (auto: the GPU when there is one); a run may be resumed on another device. The folder is locked
-    while the run writes it (``run_lock``): a second run on it raises RunInUseError.
+    while the run writes it (``run_lock``): a second run on it raises RunInUseError. A value that is not
+    finite stops the run (NonFiniteError naming the step); lr: its new peak learning rate when resuming it.
     """
     output = Path(output)
     with run_lock(output):
-        return _train(run, output, resume, stop_after_steps, progress, device)
+        return _train(run, output, resume, stop_after_steps, progress, device, lr)
+
+
+@contextmanager
+def stop_on_non_finite(output: Path, step: Callable[[], int | None], saved: list[int]) -> Iterator[None]:
+    """Turn a NonFiniteError at ``step()`` (None: after the last step) into one line naming the run, the
+    step and what the user can do; record the stop (``stopped.json``) so that the folder may be resumed
+    with a lower --lr or started again.
+
+    The last checkpoint is offered for resuming only if a step after it had a finite loss: the weights
+    of the step just before a non-finite loss may themselves be what made it so."""
+    try:
+        yield
+    except NonFiniteError as error:
+        failed = step()
+        resumable = failed is not None and 0 < saved[0] < failed - 1
+        where = f"step {failed}" if failed is not None else "after its last step"
+        write_atomically(output / STOPPED_FILE, json.dumps({"where": where, "checkpoint_step": saved[0],
+                                                            "resumable": resumable, "error": str(error)}))
+        options = (f"resume the checkpoint of step {saved[0]} with a lower peak learning rate (dht train "
+                   f"--resume --lr LR --output {output}) or " if resumable else "")
+        raise NonFiniteError(f"{output}: {where}: {error}; {options}run it again with a lower --lr "
+                             "(the same command starts it afresh)") from None
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter is finite: the largest magnitude of all (inf, or NaN, when one is not)."""
+    largest = torch.nn.utils.get_total_norm([p.detach() for p in model.parameters()], norm_type=math.inf)
+    return bool(torch.isfinite(largest))
 
 
 def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | None, progress: bool,
-           device: str | None) -> dict[str, Any] | None:
-    prepared = start_run(run, output, resume, device)
+           device: str | None, lr: float | None = None) -> dict[str, Any] | None:
+    prepared = start_run(run, output, resume, device, lr)
     run, model, method = prepared.run, prepared.model, prepared.method
     where = method.device
     optimizer = make_optimizer(prepared)
@@ -175,59 +232,59 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
             done = min(max(counters["samples"] - epoch * len(prepared.train), 0), len(prepared.train))
             bar = tqdm(total=len(prepared.train), initial=done, unit="sample", disable=not progress,
                        desc=f"epoch {epoch + 1}/{run.train.epochs}", mininterval=1.0, dynamic_ncols=True)
-            for batch in method.training_batches(batches):
-                position = (counters["samples"] * total_steps / total_samples if method.schedule_by_samples
-                            else counters["step"])
-                lr = learning_rate(position, total_steps, method.peak_lr(), run.train.warmup_ratio)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                result = method.training_step(batch)  # on ``where``: moved above, or collated there by DHT
-                optimizer.zero_grad(set_to_none=True)
-                result.loss.backward()
-                method.after_backward()
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
-                loss = result.loss.item()  # on a GPU this waits for the step, so the clock sees all of it
-                if not (math.isfinite(loss) and math.isfinite(norm.item())):
-                    raise NonFiniteError(
-                        f"{output}: step {counters['step'] + 1}: the loss ({loss}) or the gradient norm "
-                        f"({norm.item()}) is not finite, so training stopped before applying it; "
-                        + (f"the checkpoint of step {saved[0]} is kept (dht train --resume), or start again with a "
-                           "lower --lr into another --output" if saved[0] else
-                           "no checkpoint was written: run it again (a lower --lr, --save-every N)"))
-                optimizer.step()
-                now = time.perf_counter()
-                seconds, mark = now - mark, now
-                counters.update(batch=counters["batch"] + 1, step=counters["step"] + 1,
-                                seconds=counters["seconds"] + seconds, flops=counters["flops"] + result.flops,
-                                full_flops=counters["full_flops"] + result.full_flops,
-                                flops_all_in=counters["flops_all_in"] + result.all_in,
-                                samples=counters["samples"] + len(batch))
-                record = {"epoch": epoch, "step": counters["step"], "loss": loss, "lr": lr,
-                          "samples": len(batch), "seconds": seconds, "flop_ratio": result.flops / result.full_flops,
-                          **result.extra}
-                log.write(json.dumps(record) + "\n")
-                for decision in result.records:
-                    decisions.write(json.dumps({"epoch": epoch, "step": counters["step"], **decision}) + "\n")
-                bar.update(len(batch))
-                bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{len(batch) / seconds:.1f}")
-                steps_this_call += 1
-                stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
-                if stop or counters["step"] % run.train.checkpoint_every == 0:
-                    log.flush()
-                    decisions.flush()
-                    checkpoint()
-                    mark = time.perf_counter()
-                if stop:
-                    bar.close()
-                    return None
+            with stop_on_non_finite(output, lambda: counters["step"] + 1, saved):
+                for batch in method.training_batches(batches):
+                    position = (counters["samples"] * total_steps / total_samples if method.schedule_by_samples
+                                else counters["step"])
+                    lr = learning_rate(position, total_steps, method.peak_lr(), run.train.warmup_ratio)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    result = method.training_step(batch)  # on ``where``: moved above, or collated there by DHT
+                    optimizer.zero_grad(set_to_none=True)
+                    result.loss.backward()
+                    method.after_backward()
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
+                    loss = result.loss.item()  # on a GPU this waits for the step, so the clock sees all of it
+                    if not (math.isfinite(loss) and math.isfinite(norm.item())):
+                        raise NonFiniteError(f"the loss ({loss}) or the gradient norm ({norm.item()}) is not "
+                                             "finite, so training stopped before applying it")
+                    optimizer.step()
+                    if not weights_finite(model):  # what the next step would read; nothing of it is saved
+                        raise NonFiniteError("the weights are not finite after this step's update")
+                    now = time.perf_counter()
+                    seconds, mark = now - mark, now
+                    counters.update(batch=counters["batch"] + 1, step=counters["step"] + 1,
+                                    seconds=counters["seconds"] + seconds, flops=counters["flops"] + result.flops,
+                                    full_flops=counters["full_flops"] + result.full_flops,
+                                    flops_all_in=counters["flops_all_in"] + result.all_in,
+                                    samples=counters["samples"] + len(batch))
+                    record = {"epoch": epoch, "step": counters["step"], "loss": loss, "lr": lr,
+                              "samples": len(batch), "seconds": seconds, "flop_ratio": result.flops / result.full_flops,
+                              **result.extra}
+                    log.write(json.dumps(record) + "\n")
+                    for decision in result.records:
+                        decisions.write(json.dumps({"epoch": epoch, "step": counters["step"], **decision}) + "\n")
+                    bar.update(len(batch))
+                    bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{len(batch) / seconds:.1f}")
+                    steps_this_call += 1
+                    stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
+                    if stop or counters["step"] % run.train.checkpoint_every == 0:
+                        log.flush()
+                        decisions.flush()
+                        checkpoint()
+                        mark = time.perf_counter()
+                    if stop:
+                        bar.close()
+                        return None
             bar.close()
             counters.update(epoch=epoch + 1, batch=0)
             log.flush()
             decisions.flush()
             checkpoint()
-    method.on_train_end(prepared.train.ids, prepared.train.labels, prepared.pad_id)
-    counters["memory"] = memory.report()
-    return finish(prepared, output, counters, progress)
+    with stop_on_non_finite(output, lambda: None, saved):
+        method.on_train_end(prepared.train.ids, prepared.train.labels, prepared.pad_id)
+        counters["memory"] = memory.report()
+        return finish(prepared, output, counters, progress)
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -258,7 +315,7 @@ def finish(prepared: Prepared, output: Path, counters: dict[str, Any], progress:
     metrics.update(prepared.method.report(output))
     save_model(output / "model.safetensors", prepared.model)
     save_method_state(output, prepared.method)
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    write_atomically(output / "metrics.json", json.dumps(metrics, indent=1))  # it marks the run finished
     plot_loss(output / "log.jsonl", output / "loss.png")
     if not (output / "decisions.jsonl").stat().st_size:
         (output / "decisions.jsonl").unlink()  # methods without per-sample decisions
@@ -308,6 +365,11 @@ def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True,
 
     if run_file(run_dir).is_file():
         check_operating(method_type(read_run_settings(run_dir).method), overrides, budget, oracle)
+    metrics_file = run_dir / "metrics.json"
+    keep_oracle = oracle and data is None and budget is None and not overrides
+    if keep_oracle:  # read before the work: a damaged file is named at once, not after the oracles ran
+        with damaged(metrics_file):
+            metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
     prepared = load_run(run_dir, data, overrides, device)
     found = budget_search(prepared, budget) if budget is not None else None
     result: dict[str, Any] = {"run": str(run_dir), "dataset": prepared.dataset.name,
@@ -316,9 +378,8 @@ def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True,
         result["budget"] = found
     if oracle:
         result["test"]["oracle"] = oracle_scores(prepared)
-        if data is None and budget is None and not overrides:
-            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        if keep_oracle:
             metrics["test"]["oracle"] = result["test"]["oracle"]
-            (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+            write_atomically(metrics_file, json.dumps(metrics, indent=1))
     (output or run_dir / "evaluation.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result

@@ -140,6 +140,10 @@ def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = 
         if key not in changeable:
             raise ValueError(f"{run_dir}: a {run.method} run has no inference option --{key.replace('_', '-')} "
                              f"to change")
+    try:  # the saved options alone first: a bad one is the file's fault, not the command line's
+        kind.Options.from_dict(run.options, kind.name)
+    except ValueError as error:
+        raise ValueError(f"{run_file(run_dir)}: {error}") from None
     run = replace(run, options={**run.options, **(overrides or {})})
     kind.Options.from_dict(run.options, kind.name)  # values checked before the weights are read
     config = saved.encoder

@@ -105,7 +105,8 @@ def test_fastbert_oracle_exits_and_the_cli(runs, capsys):
 
 def test_held_out_rows_are_a_seeded_part_of_the_training_split_in_file_order():
     from dht.data import TextSplit
-    split = TextSplit(texts=tuple(f"t{i}" for i in range(10)), labels=tuple(i % 3 for i in range(10)), path=Path("train.csv"))
+    split = TextSplit(texts=tuple(f"t{i}" for i in range(10)), labels=tuple(i % 3 for i in range(10)),
+                      path=Path("train.csv"))
     rest, held = split.split_off(3, seed=4)
     again = split.split_off(3, seed=4)
     assert (rest, held) == again and len(held) == 3 and len(rest) == 7

@@ -82,19 +82,119 @@ def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
     assert "no checkpoint to resume from" in capsys.readouterr().err
 
 
-def test_a_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_path, capsys):
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_it_starts_again(tmp_path, capsys):
     argv = ["train", "--backbone", "tiny", "--max-train", "64", "--max-test", "16", "--batch-size", "8",
             "--lr", "1e30", "--save-every", "1", "--quiet", "--output", str(tmp_path / "run")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     step = int(err.split("step ")[1].split(":")[0])
-    assert "is not finite, so training stopped before applying it" in err and step >= 2
-    assert f"the checkpoint of step {step - 1} is kept" in err and err.count("\n") == 1
-    state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
-    assert state["counters"]["step"] == step - 1
-    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert "is not finite" in err and err.count("\n") == 1
+    assert "run it again with a lower --lr (the same command starts it afresh)" in err
+    stopped = json.loads((tmp_path / "run" / "stopped.json").read_text())
+    assert stopped["where"] == f"step {step}" and not (tmp_path / "run" / "metrics.json").exists()
+    if latest_checkpoint(tmp_path / "run") is not None:  # its weights may be what diverged: not offered
+        state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
+        assert state["counters"]["step"] == step - 1 and not stopped["resumable"]
+        assert main(["train", "--resume", "--lr", "1e-4", "--output", str(tmp_path / "run")]) == 2
+        assert "no checkpoint to go back to" in capsys.readouterr().err
+    argv[argv.index("1e30")] = "1e-4"
+    assert main(argv) == 0  # the same folder, started afresh
+    assert not (tmp_path / "run" / "stopped.json").exists() and (tmp_path / "run" / "metrics.json").is_file()
     assert main(["train", "--backbone", "tiny", "--lr", "inf", "--output", str(tmp_path / "x")]) == 2
     assert "--lr must be finite and > 0" in capsys.readouterr().err
+
+
+def test_a_run_stopped_after_good_steps_resumes_its_checkpoint_with_a_lower_learning_rate(tmp_path, capsys,
+                                                                                           monkeypatch):
+    from dht.methods.full import FullMethod
+    step = FullMethod.training_step
+    calls = []
+
+    def diverging(self, batch):  # the eighth step's loss is not finite
+        calls.append(1)
+        result = step(self, batch)
+        if len(calls) == 8:
+            result.loss = result.loss * float("nan")
+        return result
+    monkeypatch.setattr(FullMethod, "training_step", diverging)
+    output = tmp_path / "run"
+    with pytest.raises(loop.NonFiniteError, match=r"step 8: .*resume the checkpoint of step 6 with a lower peak"):
+        train(RUN, output, progress=False)
+    monkeypatch.undo()
+    assert json.loads((output / "stopped.json").read_text())["resumable"]
+    base = ["train", "--resume", "--output", str(output), "--quiet"]
+    assert main(base + ["--epochs", "3"]) == 2  # only --lr may come with it
+    assert "drop --epochs" in capsys.readouterr().err
+    assert main(base + ["--lr", "2e-5"]) == 0
+    assert json.loads((output / "run.json").read_text())["run"]["train"]["lr"] == 2e-5
+    assert not (output / "stopped.json").exists()
+    log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, len(log) + 1))  # steps 7 and 8 were redone
+    assert main(["train", "--resume", "--lr", "1e-5", "--output", str(tmp_path / "other")]) == 2
+
+
+def test_weights_that_stop_being_finite_stop_the_step_that_made_them(tmp_path):
+    from dht.methods.full import FullMethod
+    with pytest.raises(loop.NonFiniteError, match=r"step 1: the weights are not finite after this step's update"):
+        train(RunConfig(backbone="tiny", train=TrainConfig(epochs=1, batch_size=64, max_train=64, max_test=8,
+                                                           lr=1e308)), tmp_path / "run", progress=False)
+    assert latest_checkpoint(tmp_path / "run") is None  # nothing of the step was saved
+    assert FullMethod  # the default method
+
+
+def test_a_model_whose_outputs_diverge_at_the_end_stops_without_metrics(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "weights_finite", lambda model: True)  # huge weights slip through: outputs overflow
+    with pytest.raises(loop.NonFiniteError, match=r"after its last step: the model's outputs are not finite"):
+        train(RunConfig(backbone="tiny", train=TrainConfig(epochs=1, batch_size=64, max_train=64, max_test=8,
+                                                           lr=1e20)), tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    train(RunConfig(backbone="tiny", train=TrainConfig(epochs=1, batch_size=64, max_train=64, max_test=8)),
+          tmp_path / "run", progress=False)  # started afresh in the same folder
+    assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_dht_with_diverged_weights_stops_naming_the_step(tmp_path):
+    run = RunConfig(method="dht", backbone="tiny", options={"config": "s-dht"},
+                    train=TrainConfig(epochs=2, batch_size=8, max_train=48, max_test=8, lr=1e4))
+    with pytest.raises(loop.NonFiniteError, match=r"step \d+: .*not finite"):
+        train(run, tmp_path / "run", progress=False)
+
+
+def test_run_json_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import dht.provenance as provenance
+    real = provenance.os.replace
+
+    def killed(source, target):
+        raise KeyboardInterrupt  # the kill comes before the rename
+    monkeypatch.setattr(provenance.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(RUN, tmp_path / "run", progress=False)
+    monkeypatch.setattr(provenance.os, "replace", real)
+    assert not (tmp_path / "run" / "run.json").exists()
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".run.json")]
+    assert main(["train", "--backbone", "tiny", "--max-train", "32", "--max-test", "8", "--epochs", "1", "--quiet",
+                 "--output", str(tmp_path / "run")]) == 0
+
+
+def test_a_bad_option_in_run_json_names_the_file(tmp_path, capsys):
+    train(RUN, tmp_path / "run", stop_after_steps=2, progress=False)
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())
+    settings["run"]["options"]["colour"] = 1
+    (tmp_path / "run" / "run.json").write_text(json.dumps(settings))
+    assert main(["train", "--resume", "--output", str(tmp_path / "run"), "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith(f"dht: error: {tmp_path / 'run' / 'run.json'}: method full takes no")
+
+
+def test_a_damaged_metrics_file_is_named_before_the_oracles_run(tmp_path, capsys):
+    run = RunConfig(method="dht", backbone="tiny", options={"config": "f-dht"},
+                    train=TrainConfig(epochs=1, batch_size=8, max_train=32, max_test=8))
+    train(run, tmp_path / "run", progress=False)
+    text = (tmp_path / "run" / "metrics.json").read_text()
+    (tmp_path / "run" / "metrics.json").write_text(text[: len(text) // 2])
+    assert main(["evaluate", str(tmp_path / "run"), "--oracle", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dht: error: {tmp_path / 'run' / 'metrics.json'}: damaged") and err.count("\n") == 1
 
 
 def test_the_data_folder_is_recorded_absolute(tmp_path, monkeypatch):
