@@ -95,15 +95,7 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
         raise ValueError(f"{output}: --lr comes with --resume only for a run that a value that was not finite "
                          "stopped after a checkpoint it can go back to")
     if resume and lr is not None:
-        settings = read_run_settings(output)
-        settings = replace(settings, train=replace(settings.train, lr=lr))  # validated by TrainConfig
-        if latest_checkpoint(output) is None:
-            raise ValueError(f"{output}: no checkpoint to resume from; run it again without --resume")
-        config = json.loads(run_file(output).read_text(encoding="utf-8"))
-        config["run"]["train"]["lr"] = lr
-        write_atomically(run_file(output), json.dumps(config, indent=1))
-        (output / STOPPED_FILE).unlink()
-        return prepare(settings, device=device)
+        return _resume_with_new_lr(output, lr, device)
     if resume:
         if finished:
             raise ValueError(f"{output}: the run is finished (metrics.json); there is nothing to resume "
@@ -141,6 +133,21 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
     write_atomically(output / RUN_FILE, json.dumps(config, indent=1))  # a kill leaves all of it or none
     for records in ("log.jsonl", "decisions.jsonl"):
         (output / records).write_text("", encoding="utf-8")
+    return prepared
+
+
+def _resume_with_new_lr(output: Path, lr: float, device: str | None) -> Prepared:
+    """A run a non-finite value stopped, prepared to continue from its checkpoint with peak learning rate
+    ``lr``; its run.json records the new rate and the stop is cleared."""
+    if latest_checkpoint(output) is None:
+        raise ValueError(f"{output}: no checkpoint to resume from; run it again without --resume")
+    settings = read_run_settings(output)
+    settings = replace(settings, train=replace(settings.train, lr=lr))  # validated by TrainConfig
+    prepared = prepare(settings, device=device)
+    config = json.loads(run_file(output).read_text(encoding="utf-8"))
+    config["run"]["train"]["lr"] = lr
+    write_atomically(run_file(output), json.dumps(config, indent=1))
+    (output / STOPPED_FILE).unlink()
     return prepared
 
 
