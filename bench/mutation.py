@@ -99,7 +99,7 @@ def device_only(change: str) -> bool:
     def normal(lines: list[str]) -> str:
         text = " ".join(line.strip() for line in lines)
         text = re.sub(r"\.to\((?:self|[a-z_]+)\.device\)", ".to(D)", text)
-        text = re.sub(r",?\s*device=[\w.]+", "", text)
+        text = re.sub(r",?\s*\bdevice=[\w.]+", "", text)
         return re.sub(r",\s*\)", ")", text)
     before = [line[1:] for line in change.splitlines() if line.startswith("-") and not line.startswith("---")]
     after = [line[1:] for line in change.splitlines() if line.startswith("+") and not line.startswith("+++")]

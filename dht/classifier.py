@@ -181,6 +181,3 @@ def format_predictions(texts: Sequence[str], rows: Sequence[TextPrediction], cla
         writer.writerow([text, row.label, *(row.probabilities[name] for name in classes), row.route,
                          f"{row.flop_ratio:.6f}", f"{row.flop_ratio_all_in:.6f}"])
     return out.getvalue()
-
-
-

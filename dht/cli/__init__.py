@@ -201,11 +201,12 @@ def check_train_flags(args: argparse.Namespace, argv: list[str], methods: Method
         raise ValueError("--resume needs the --output folder of the run to continue")
     if args.resume:
         typed = dict.fromkeys(arg.split("=", 1)[0] for arg in argv if arg.startswith("--"))
-        stopped = (args.output / "stopped.json").is_file()  # a run a non-finite value stopped: --lr may change
-        changes = [flag for flag in typed if flag not in RESUME_FLAGS + (("--lr",) if stopped else ())]
+        # A run a value that was not finite stopped (dht.training.loop.STOPPED_FILE) may resume at a new --lr.
+        allowed = RESUME_FLAGS + (("--lr",) if (args.output / "stopped.json").is_file() else ())
+        changes = [flag for flag in typed if flag not in allowed]
         if changes:
             raise ValueError(f"--resume continues the saved run with its own settings; drop {', '.join(changes)} "
-                             f"(only {', '.join(RESUME_FLAGS[2:])} may change)")
+                             f"(only {', '.join(allowed[2:])} may change)")
     else:
         check_method_flags(args, methods[args.method], args.method)
 

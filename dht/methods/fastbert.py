@@ -104,6 +104,8 @@ class FastBERTMethod(Method):
         load_teacher_weights(self.model, teacher_dir(self.options.teacher))
         self.model.branches_from_classifier()
 
+    lr_flag = "--branch-lr"
+
     def peak_lr(self) -> float:
         return self.branch_lr
 

@@ -149,6 +149,8 @@ class Method:
     # for a method whose number of steps per epoch is not known in advance (DHT's queues).
     schedule_by_samples: bool = False
 
+    lr_flag: ClassVar[str] = "--lr"  # the flag of the learning rate ``peak_lr`` returns
+
     def peak_lr(self) -> float:
         """The peak of the learning-rate schedule: the run's --lr (FastBERT's new heads use their own)."""
         return self.run.train.lr

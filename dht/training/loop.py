@@ -11,7 +11,7 @@ import math
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -84,7 +84,7 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
     (``stopped.json``), is started again; the latter may instead be resumed with a new peak learning rate
     ``lr``, which its run.json then records. A finished run is neither resumed nor overwritten (ValueError)."""
     finished = (output / "metrics.json").is_file()
-    stopped = (output / STOPPED_FILE).is_file()
+    stopped = (output / STOPPED_FILE).is_file() and not finished
     if stopped:
         with damaged(output / STOPPED_FILE):
             resumable = bool(json.loads((output / STOPPED_FILE).read_text(encoding="utf-8"))["resumable"])
@@ -94,22 +94,18 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
     if lr is not None and not (resume and stopped):
         raise ValueError(f"{output}: --lr comes with --resume only for a run that a value that was not finite "
                          "stopped after a checkpoint it can go back to")
+    if resume and finished:
+        raise ValueError(f"{output}: the run is finished (metrics.json); there is nothing to resume "
+                         "(dht evaluate re-scores it)")
     if resume and lr is not None:
         return _resume_with_new_lr(output, lr, device)
     if resume:
-        if finished:
-            raise ValueError(f"{output}: the run is finished (metrics.json); there is nothing to resume "
-                             "(dht evaluate re-scores it)")
         if latest_checkpoint(output) is None:
             again = "; it stopped before its first checkpoint: run it again without --resume" \
                 if run_file(output).exists() else ""
             raise ValueError(f"{output}: no checkpoint to resume from{again}")
-        settings = read_run_settings(output)
-        try:
-            check_options(settings)
-        except ValueError as error:
-            raise ValueError(f"{run_file(output)}: {error}") from None
-        return prepare(settings, device=device)
+        (output / STOPPED_FILE).unlink(missing_ok=True)  # resumed as it was: the stop is behind it
+        return prepare(saved_settings(output), device=device)
     if finished:
         raise RunExistsError(f"{output} already holds a finished run; choose another --output")
     if latest_checkpoint(output) is not None and not stopped:
@@ -136,12 +132,22 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
     return prepared
 
 
+def saved_settings(output: Path) -> RunConfig:
+    """A run folder's settings, its method options checked (a ValueError naming run.json)."""
+    settings = read_run_settings(output)
+    try:
+        check_options(settings)
+    except ValueError as error:
+        raise ValueError(f"{run_file(output)}: {error}") from None
+    return settings
+
+
 def _resume_with_new_lr(output: Path, lr: float, device: str | None) -> Prepared:
     """A run a non-finite value stopped, prepared to continue from its checkpoint with peak learning rate
     ``lr``; its run.json records the new rate and the stop is cleared."""
     if latest_checkpoint(output) is None:
         raise ValueError(f"{output}: no checkpoint to resume from; run it again without --resume")
-    settings = read_run_settings(output)
+    settings = saved_settings(output)
     settings = replace(settings, train=replace(settings.train, lr=lr))  # validated by TrainConfig
     prepared = prepare(settings, device=device)
     config = json.loads(run_file(output).read_text(encoding="utf-8"))
@@ -166,32 +172,41 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
         return _train(run, output, resume, stop_after_steps, progress, device, lr)
 
 
+@dataclass
+class Marks:
+    """The steps that decide what a non-finite value leaves resumable."""
+
+    saved: int = 0  # the step of the last checkpoint written
+    good: int = 0  # the last step whose weights then gave a finite loss (the step before one with a finite loss)
+
+
 @contextmanager
-def stop_on_non_finite(output: Path, step: Callable[[], int | None], saved: list[int]) -> Iterator[None]:
+def stop_on_non_finite(output: Path, step: Callable[[], int | None], marks: Marks, lr_flag: str) -> Iterator[None]:
     """Turn a NonFiniteError at ``step()`` (None: after the last step) into one line naming the run, the
     step and what the user can do; record the stop (``stopped.json``) so that the folder may be resumed
-    with a lower --lr or started again.
+    with a lower --lr or started again. ``lr_flag``: the flag of the learning rate the method trains at.
 
-    The last checkpoint is offered for resuming only if a step after it had a finite loss: the weights
+    The last checkpoint is offered for resuming only if its weights then gave a finite loss: the weights
     of the step just before a non-finite loss may themselves be what made it so."""
     try:
         yield
     except NonFiniteError as error:
         failed = step()
-        resumable = failed is not None and 0 < saved[0] < failed - 1
+        resumable = failed is not None and 0 < marks.saved <= marks.good and lr_flag == "--lr"
         where = f"step {failed}" if failed is not None else "after its last step"
-        write_atomically(output / STOPPED_FILE, json.dumps({"where": where, "checkpoint_step": saved[0],
+        write_atomically(output / STOPPED_FILE, json.dumps({"where": where, "checkpoint_step": marks.saved,
                                                             "resumable": resumable, "error": str(error)}))
-        options = (f"resume the checkpoint of step {saved[0]} with a lower peak learning rate (dht train "
+        options = (f"resume the checkpoint of step {marks.saved} with a lower peak learning rate (dht train "
                    f"--resume --lr LR --output {output}) or " if resumable else "")
-        raise NonFiniteError(f"{output}: {where}: {error}; {options}run it again with a lower --lr "
+        raise NonFiniteError(f"{output}: {where}: {error}; {options}run it again with a lower {lr_flag} "
                              "(the same command starts it afresh)") from None
 
 
-def weights_finite(model: torch.nn.Module) -> bool:
-    """Whether every parameter is finite: the largest magnitude of all (inf, or NaN, when one is not)."""
-    largest = torch.nn.utils.get_total_norm([p.detach() for p in model.parameters()], norm_type=math.inf)
-    return bool(torch.isfinite(largest))
+def weights_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every parameter the optimizer updates is finite: their largest magnitude (inf, or NaN, when
+    one is not). Frozen weights are left out: a step cannot have made them so."""
+    params = [p.detach() for group in optimizer.param_groups for p in group["params"]]
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(params, norm_type=math.inf)))
 
 
 def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | None, progress: bool,
@@ -214,11 +229,11 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
     method.on_train_start(prepared.train.ids, prepared.train.labels, prepared.pad_id, total_steps)
     steps_this_call = 0
 
-    saved = [counters["step"] if resume else 0]  # the step of the last checkpoint written
+    marks = Marks(saved=counters["step"] if resume else 0)
 
     def checkpoint() -> None:
         save_checkpoint(output / "checkpoint", model, optimizer, counters, method.state_dict())
-        saved[0] = counters["step"]
+        marks.saved = counters["step"]
 
     with open(output / "log.jsonl", "a", encoding="utf-8") as log, \
             open(output / "decisions.jsonl", "a", encoding="utf-8") as decisions:
@@ -239,7 +254,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
             done = min(max(counters["samples"] - epoch * len(prepared.train), 0), len(prepared.train))
             bar = tqdm(total=len(prepared.train), initial=done, unit="sample", disable=not progress,
                        desc=f"epoch {epoch + 1}/{run.train.epochs}", mininterval=1.0, dynamic_ncols=True)
-            with stop_on_non_finite(output, lambda: counters["step"] + 1, saved):
+            with stop_on_non_finite(output, lambda: counters["step"] + 1, marks, method.lr_flag):
                 for batch in method.training_batches(batches):
                     position = (counters["samples"] * total_steps / total_samples if method.schedule_by_samples
                                 else counters["step"])
@@ -255,8 +270,9 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                     if not (math.isfinite(loss) and math.isfinite(norm.item())):
                         raise NonFiniteError(f"the loss ({loss}) or the gradient norm ({norm.item()}) is not "
                                              "finite, so training stopped before applying it")
+                    marks.good = counters["step"]  # the weights this step started from gave a finite loss
                     optimizer.step()
-                    if not weights_finite(model):  # what the next step would read; nothing of it is saved
+                    if not weights_finite(optimizer):  # what the next step would read; nothing of it is saved
                         raise NonFiniteError("the weights are not finite after this step's update")
                     now = time.perf_counter()
                     seconds, mark = now - mark, now
@@ -288,7 +304,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
             log.flush()
             decisions.flush()
             checkpoint()
-    with stop_on_non_finite(output, lambda: None, saved):
+    with stop_on_non_finite(output, lambda: None, marks, method.lr_flag):
         method.on_train_end(prepared.train.ids, prepared.train.labels, prepared.pad_id)
         counters["memory"] = memory.report()
         return finish(prepared, output, counters, progress)

@@ -176,8 +176,10 @@ def prepare_saved(run_dir: Path, data: str | None = None, overrides: dict | None
         where = (Path(data) if data is not None else dataset_dir(saved.run)) / "classes.txt"
         raise ValueError(f"{where}: names {list(dataset.classes)}, but {run_dir} was trained for "
                          f"{list(saved.classes)} (same names, same order)")
-    # Another dataset is scored on all of its test rows: the run's --max-test subset was of its own data.
-    subsets = saved.run if data is None else replace(saved.run, train=replace(saved.run.train, max_test=None))
+    # Another dataset is scored on all of its test rows, and has no held-out rows: the run's --max-test
+    # subset and --holdout rows were of its own data.
+    subsets = saved.run if data is None else replace(saved.run, train=replace(saved.run.train, max_test=None,
+                                                                                holdout=0))
     train, test, holdout = encode_splits(subsets, dataset, saved.tokenizer)
     return Prepared(saved.run, dataset, saved.tokenizer_json, saved.model, saved.method, train, test,
                     saved.tokenizer.pad_id, holdout)

@@ -251,8 +251,7 @@ def test_a_restored_state_is_the_saved_one_and_takes_the_same_next_step(config, 
     copy.model.load_state_dict(method.model.state_dict())
     copy.load_state_dict(state)
     same(copy.state_dict(), method.state_dict())
-    assert copy.phase_two == method.phase_two and len(copy.ucb_top.config.__dict__) and \
-        copy.ucb_top.config.n_arms == len(method.arms)
+    assert copy.phase_two == method.phase_two and copy.ucb_top.config.n_arms == len(method.arms)
     assert copy.model.frozen_layers() == method.model.frozen_layers()
     results = []
     for m in (method, copy):
@@ -352,6 +351,16 @@ def test_a_fixed_route_costs_its_plan_and_never_continues():
     assert sum(reads) > 0
     read_flops = 2 * config.hidden_size * config.num_classes
     fixed = {r: in_batch_order(test, list(method.predict_route_batches([test], r))).flops for r in ("4L4H",)}
+    assert "2L4H>4L4H" in continued.routes
     for i, route in enumerate(continued.routes):
         if route == "2L4H>4L4H":  # the deeper route's FLOPs plus the 2-layer exit it read on the way
             assert float(continued.flops[i]) == pytest.approx(float(fixed["4L4H"][i]) + read_flops)
+
+
+def test_a_probe_on_diverged_weights_says_so():
+    from dht.training.hooks import NonFiniteError
+    _, method, batches = started("f-dht")
+    with torch.no_grad():
+        method.model.embeddings.word.weight.fill_(float("inf"))
+    with pytest.raises(NonFiniteError, match="the probe's hidden states are not finite"):
+        method._probe(batches[0])

@@ -28,6 +28,6 @@ def test_the_state_round_trips_through_plain_numbers():
     state = weight.state_dict()
     assert state == {"target": 0.3, "value": pytest.approx(1.0), "step": 2.0}
     copy = CostWeight(0.9)
-    copy.load_state_dict({k: str(v) if k == "step" else v for k, v in state.items()})  # read back as floats
+    copy.load_state_dict({k: str(v) if k == "step" else v for k, v in state.items()})  # a string comes back a float
     assert (copy.target, copy.value, copy.step) == (0.3, pytest.approx(1.0), 2.0)
     assert isinstance(copy.step, float)

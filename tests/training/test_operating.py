@@ -12,6 +12,7 @@ from dht.cli import main
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.loop import evaluate, load_run, train
 from dht.training.operating import bisect_knob, budget_search, cheapest_good_route, oracle_scores
+from dht.training.setup import prepare
 
 SMALL = TrainConfig(epochs=2, batch_size=16, max_train=160, max_test=64, seed=5)
 
@@ -127,6 +128,8 @@ def test_a_run_with_held_out_rows_trains_without_them_and_sets_its_knob_on_them(
     assert json.loads((tmp_path / "run" / "run.json").read_text())["run"]["train"]["holdout"] == 12
     prepared = load_run(tmp_path / "run")
     assert len(prepared.train) == 36 and len(prepared.holdout) == 12
+    at_training = prepare(run)  # the rows kept out while training are the ones evaluation searches on
+    assert at_training.holdout.ids == prepared.holdout.ids and at_training.train.ids == prepared.train.ids
     assert not set(map(tuple, prepared.holdout.ids)) & set(map(tuple, prepared.train.ids))
     found = budget_search(prepared, 0.5)
     assert (found["rows"], found["train_rows"]) == ("holdout", 12)

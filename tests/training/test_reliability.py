@@ -57,7 +57,7 @@ def test_a_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tmp
 def test_a_finished_run_is_neither_resumed_nor_overwritten(tmp_path, capsys):
     train(RUN, tmp_path / "run", progress=False)
     assert main(["train", "--resume", "--output", str(tmp_path / "run")]) == 2
-    assert "the run is finished" in capsys.readouterr().err
+    assert "drop --lr" in capsys.readouterr().err
     assert main(["train", "--backbone", "tiny", "--output", str(tmp_path / "run")]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
 
@@ -92,11 +92,12 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_it_starts_again(tmp
     assert "run it again with a lower --lr (the same command starts it afresh)" in err
     stopped = json.loads((tmp_path / "run" / "stopped.json").read_text())
     assert stopped["where"] == f"step {step}" and not (tmp_path / "run" / "metrics.json").exists()
-    if latest_checkpoint(tmp_path / "run") is not None:  # its weights may be what diverged: not offered
-        state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
-        assert state["counters"]["step"] == step - 1 and not stopped["resumable"]
-        assert main(["train", "--resume", "--lr", "1e-4", "--output", str(tmp_path / "run")]) == 2
-        assert "no checkpoint to go back to" in capsys.readouterr().err
+    # step 1's update made the weights huge but finite; step 2's loss overflowed: the checkpoint of step 1
+    # holds the weights that did it, so it is not offered
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "state.json").read_text())
+    assert step == 2 and state["counters"]["step"] == 1 and not stopped["resumable"]
+    assert main(["train", "--resume", "--lr", "1e-4", "--output", str(tmp_path / "run")]) == 2
+    assert "no checkpoint to go back to" in capsys.readouterr().err
     argv[argv.index("1e30")] = "1e-4"
     assert main(argv) == 0  # the same folder, started afresh
     assert not (tmp_path / "run" / "stopped.json").exists() and (tmp_path / "run" / "metrics.json").is_file()
@@ -130,16 +131,16 @@ def test_a_run_stopped_after_good_steps_resumes_its_checkpoint_with_a_lower_lear
     assert not (output / "stopped.json").exists()
     log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, len(log) + 1))  # steps 7 and 8 were redone
-    assert main(["train", "--resume", "--lr", "1e-5", "--output", str(tmp_path / "other")]) == 2
+    assert all(r["lr"] <= 2e-5 for r in log[6:]) and any(r["lr"] > 2e-5 for r in log[:6])
+    assert main(["train", "--resume", "--lr", "1e-5", "--output", str(output)]) == 2  # finished: no stop to resume
+    assert "drop --lr" in capsys.readouterr().err
 
 
 def test_weights_that_stop_being_finite_stop_the_step_that_made_them(tmp_path):
-    from dht.methods.full import FullMethod
     with pytest.raises(loop.NonFiniteError, match=r"step 1: the weights are not finite after this step's update"):
         train(RunConfig(backbone="tiny", train=TrainConfig(epochs=1, batch_size=64, max_train=64, max_test=8,
                                                            lr=1e308)), tmp_path / "run", progress=False)
     assert latest_checkpoint(tmp_path / "run") is None  # nothing of the step was saved
-    assert FullMethod  # the default method
 
 
 def test_a_model_whose_outputs_diverge_at_the_end_stops_without_metrics(tmp_path, monkeypatch):
@@ -158,6 +159,15 @@ def test_dht_with_diverged_weights_stops_naming_the_step(tmp_path):
     run = RunConfig(method="dht", backbone="tiny", options={"config": "s-dht"},
                     train=TrainConfig(epochs=2, batch_size=8, max_train=48, max_test=8, lr=1e4))
     with pytest.raises(loop.NonFiniteError, match=r"step \d+: .*not finite"):
+        train(run, tmp_path / "run", progress=False)
+    assert json.loads((tmp_path / "run" / "stopped.json").read_text())["where"].startswith("step ")
+
+
+def test_fastberts_stop_names_its_own_learning_rate_flag(tmp_path):
+    train(RUN, tmp_path / "bl1", progress=False)
+    run = RunConfig(method="fastbert", backbone="tiny", train=SMALL,
+                    options={"teacher": str(tmp_path / "bl1"), "branch_lr": 1e30})
+    with pytest.raises(loop.NonFiniteError, match=r"run it again with a lower --branch-lr"):
         train(run, tmp_path / "run", progress=False)
 
 
