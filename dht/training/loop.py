@@ -311,9 +311,20 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
 
 
 def truncate_log(path: Path, step: int) -> None:
-    """Drop log records written after the checkpoint being resumed from (they will be redone)."""
+    """Drop log records written after the checkpoint being resumed from (they will be redone), and a last
+    line a kill cut short; rewritten whole or not at all."""
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    path.write_text("".join(line for line in lines if json.loads(line)["step"] <= step), encoding="utf-8")
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the line being appended when the run was killed
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON record") from None
+        if record["step"] <= step:
+            kept.append(line)
+    write_atomically(path, "".join(kept))
 
 
 def finish(prepared: Prepared, output: Path, counters: dict[str, Any], progress: bool) -> dict[str, Any]:

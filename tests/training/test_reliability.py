@@ -351,3 +351,18 @@ def test_a_checkpoint_whose_state_has_a_wrong_field_is_named(tmp_path, capsys):
     assert main(["train", "--resume", "--output", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}: damaged or not the file it should be (field counters.step:" in err
+
+
+def test_a_log_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    train(RUN, tmp_path / "run", stop_after_steps=4, progress=False)
+    with open(tmp_path / "run" / "log.jsonl", "a", encoding="utf-8") as log:
+        log.write('{"epoch": 1, "step": 5, "lo')  # the kill came mid-line
+    metrics = train(RUN, tmp_path / "run", resume=True, progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert metrics is not None and steps == list(range(1, steps[-1] + 1))
+    (tmp_path / "run" / "metrics.json").unlink()  # a damaged line in the middle is named, not skipped
+    shutil.copytree(tmp_path / "run", tmp_path / "bad")
+    text = (tmp_path / "bad" / "log.jsonl").read_text().splitlines()
+    (tmp_path / "bad" / "log.jsonl").write_text("\n".join(text[:2] + ["{oops"] + text[2:]) + "\n")
+    with pytest.raises(ValueError, match=r"log.jsonl, line 3: not a JSON record"):
+        train(RUN, tmp_path / "bad", resume=True, progress=False)
