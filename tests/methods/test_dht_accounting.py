@@ -24,9 +24,9 @@ from dht.flops import (
 )
 from dht.methods.dht import DHTMethod
 from dht.model import ExecutionPlan
-from dht.search.arms import preset
+from dht.search.arms import Arm, preset
 from dht.search.features import HEAD_DIM, TOP_DIM, with_arm_features
-from dht.search.layout import arm_layout, probe_layers, sample_plan
+from dht.search.layout import arm_flop_shares, arm_layout, probe_layers, sample_plan
 from dht.training import setup
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.hooks import in_batch_order
@@ -273,6 +273,12 @@ def test_batched_inference_equals_each_sample_alone_and_charges_its_overheads():
         assert torch.allclose(alone.logits[0], together.logits[i], atol=1e-5)
         assert alone.routes == [together.routes[i]]
         assert float(alone.flops[0]) == float(together.flops[i]) and float(alone.all_in[0]) == float(together.all_in[i])
+    method.options = dataclasses.replace(method.options, cost_weight=-1000.0)  # the deepest arm: a group runs
+    deepest = method.predict(test)
+    assert set(deepest.routes) == {method.arms[-1].label(method.N_h)}
+    overhead = linucb_flops(1, len(method.arms), 2 * TOP_DIM, update=False) + thompson_flops(
+        1, method.N_h, 2 * HEAD_DIM, False)
+    assert (deepest.all_in - deepest.flops).tolist() == pytest.approx([overhead] * len(test), rel=1e-12)
     labels = [arm.label(method.N_h) for arm in method.arms]
     for i, route in enumerate(together.routes):
         arm = method.arms[labels.index(route)]
@@ -364,3 +370,39 @@ def test_a_probe_on_diverged_weights_says_so():
         method.model.embeddings.word.weight.fill_(float("inf"))
     with pytest.raises(NonFiniteError, match="the probe's hidden states are not finite"):
         method._probe(batches[0])
+
+
+def test_p_dht_after_its_switch_costs_its_own_layouts(tmp_path):
+    """A P-DHT shape whose top k (1) differs from b (2), so that a phase-two arm's layout (bottom d layers
+    with H heads, then the top k with all) costs otherwise than the phase-one layout of the same depth."""
+    from dht.search.arms import SearchConfig, full_arms, partial_arms
+    search = SearchConfig(mode="integrated", num_layers=4, num_heads=4, b=2, c=1, head_options=(3, 4),
+                          arms=full_arms(4, 4, 2, 1, (3, 4)), freeze_after=1, top=1,
+                          phase_two_arms=partial_arms(4, 4, 2, 1, (3, 4), 1))
+    path = tmp_path / "p-dht.json"
+    path.write_text(json.dumps(search.to_dict()))
+    prepared, method, batches = make(str(path))
+    method.on_epoch_start(1, prepared.train.ids, prepared.pad_id)
+    assert method.phase_two and method.arms == search.phase_two_arms
+    config = method.model.config
+    shares = method.arm_shares()
+    assert torch.equal(shares, arm_flop_shares(config, search, search.phase_two_arms, True))
+    assert not torch.equal(shares, arm_flop_shares(config, search, search.phase_two_arms, False))
+    before = method.overhead
+    method._enqueue(batches[0])  # after the switch the probe is the first layer alone
+    lengths = batches[0].attention_mask.sum(1).tolist()
+    probe = sum(plan_forward_flops(config, ExecutionPlan.first(1, 4), t, classify=False) for t in lengths)
+    assert method.overhead - before == pytest.approx(
+        probe + linucb_flops(8, len(method.arms), 2 * TOP_DIM, update=False), rel=1e-12)
+    test = next(iterate_batches(prepared.test.ids, prepared.test.labels, 8, prepared.pad_id, shuffle=False))
+    arm = Arm(3, 3, top=1)  # layers 0-1 with 3 heads, then layer 3 with all 4
+    route = arm.label(4)
+    layout = arm_layout(search, arm, True)
+    plan = sample_plan(layout, [(0, 1, 2)] * len(layout.groups), 4)
+    prediction = in_batch_order(test, list(method.predict_route_batches([test], route)))
+    lengths = test.attention_mask.sum(1).tolist()
+    assert prediction.flops.tolist() == [plan_forward_flops(config, plan, t) for t in lengths]
+    overhead = [linucb_flops(1, len(method.arms), 2 * TOP_DIM, update=False) + len(layout.groups) * thompson_flops(
+        1, 4, 2 * HEAD_DIM, False) + plan_forward_flops(config, ExecutionPlan.first(1, 4), t, classify=False)
+        for t in lengths]
+    assert (prediction.all_in - prediction.flops).tolist() == pytest.approx(overhead, rel=1e-12)

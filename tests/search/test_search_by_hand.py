@@ -153,3 +153,11 @@ def test_tree_search_step_charges_ucb_h_per_group():
     dim = strategy.ucb_h.config.dim
     per_group = linucb_flops(5, 3, dim, False) + linucb_flops(5, 1, dim, True)
     assert strategy.bandit_flops(5, 2) == pytest.approx(2 * per_group) and strategy.bandit_flops(5, 0) == 0
+
+
+def test_next_arms_take_the_most_heads_whatever_the_order_and_skip_depths_with_only_top_arms():
+    search = preset("f-dht", 6, 12)
+    for arms, expected in (((Arm(2, 12), Arm(4, 10), Arm(4, 8)), [1, None, None]),
+                           ((Arm(2, 12), Arm(4, 8), Arm(4, 10)), [2, None, None]),
+                           ((Arm(2, 12), Arm(6, 8, top=2), Arm(2, 8)), [None, None, None])):
+        assert next_arms(search, arms) == expected
