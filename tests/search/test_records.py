@@ -92,3 +92,34 @@ def test_each_groups_kept_heads_are_shares_of_the_samples_that_ran_it():
     assert groups == [0, 1]
     assert matrix == [[1.0, 0.5, 0.0, 0.5], [0.0, 0.0, 1.0, 0.0]]  # group 1 ran for one sample only
     assert kept_shares([record(0, 0, 2, [])], 4) == ([], [])
+
+
+def test_the_plots_draw_the_tested_data(tmp_path, monkeypatch):
+    """What reaches matplotlib: the stacked shares per window (depth, then heads) with their labels, and the
+    kept-head matrix on a 0-1 scale."""
+    import matplotlib.axes
+    drawn = []
+    stackplot, imshow = matplotlib.axes.Axes.stackplot, matplotlib.axes.Axes.imshow
+
+    def record_stack(ax, xs, *series, **kwargs):
+        drawn.append(("stack", ax.get_subplotspec().colspan.start, list(xs), [list(s) for s in series],
+                      kwargs.get("labels")))
+        return stackplot(ax, xs, *series, **kwargs)
+
+    def record_image(ax, matrix, **kwargs):
+        drawn.append(("image", matrix, kwargs.get("vmin"), kwargs.get("vmax")))
+        return imshow(ax, matrix, **kwargs)
+    monkeypatch.setattr(matplotlib.axes.Axes, "stackplot", record_stack)
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", record_image)
+    records = [record(0, s, 2 if s % 2 else 4, [] if s % 2 else [[0, 1, 2]]) for s in range(30)]
+    plot_selection(records, 4, tmp_path / "s.png")
+    depth_x, depth = windows(records, lambda r: r["depth"])
+    heads_x, heads = windows(records, lambda r: head_count(r, 4))
+    assert drawn == [("stack", 0, depth_x, list(depth.values()), ["2", "4"]),  # depth left, heads right
+                     ("stack", 1, heads_x, list(heads.values()), ["3", "4"])]
+    drawn.clear()
+    plot_heads(records, 4, tmp_path / "h.png")
+    assert drawn == [("image", [[1.0, 1.0, 1.0, 0.0]], 0, 1)]
+    drawn.clear()
+    plot_heads([record(0, 0, 2, [])], 4, tmp_path / "none.png")
+    assert drawn == [("image", [[0.0, 0.0, 0.0, 0.0]], 0, 1)]
