@@ -57,7 +57,7 @@ def test_a_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tmp
 def test_a_finished_run_is_neither_resumed_nor_overwritten(tmp_path, capsys):
     train(RUN, tmp_path / "run", progress=False)
     assert main(["train", "--resume", "--output", str(tmp_path / "run")]) == 2
-    assert "drop --lr" in capsys.readouterr().err
+    assert "the run is finished" in capsys.readouterr().err
     assert main(["train", "--backbone", "tiny", "--output", str(tmp_path / "run")]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
 
