@@ -35,7 +35,7 @@ import torch
 import dht.methods  # noqa: F401  (registers the built-in methods)
 from dht.benchmark.paths import switch_overhead
 from dht.methods.tinv_inference import parse_route
-from dht.provenance import repo_path, write_result
+from dht.provenance import repo_path, write_atomically, write_result
 from dht.training.evaluation import predict_split
 from dht.training.loop import evaluate, load_run
 from dht.training.operating import cheapest_good_route, oracle_scores, route_predictions
@@ -237,9 +237,7 @@ def merge_paths(folder: Path, paths_file: Path) -> None:
             prepared.method.set_inference_options(controller="policy", cost_weight=row["cost_weight"])
             row.update(fidelity_gap(prepared))
     summary.setdefault("merged", []).append({"file": str(paths_file), "provenance": paths["provenance"]})
-    partial = folder / "summary.json.partial"
-    partial.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    partial.replace(folder / "summary.json")
+    write_atomically(folder / "summary.json", json.dumps(summary, indent=1) + "\n")
     (folder / "table.md").write_text(table(summary["result"]), encoding="utf-8")
 
 

@@ -74,10 +74,7 @@ def write_result(path: Path, result: dict[str, Any] | list, device: str | torch.
     """Write ``{"provenance": ..., "result": result}`` as JSON to ``path`` (folders made as needed), by a
     temporary file and a rename so a reader never sees half a file; return what was written."""
     document = {"provenance": provenance(device, argv), "result": result}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    partial.replace(path)
+    write_atomically(path, json.dumps(document, indent=1) + "\n")
     return document
 
 

@@ -69,11 +69,9 @@ class TextSplit:
         no sample in the rest."""
         if n >= len(self):
             raise ValueError(f"--holdout {n} keeps every one of the {len(self)} training rows out of training")
-        generator = torch.Generator().manual_seed(seed)
-        held = set(torch.randperm(len(self), generator=generator)[:n].tolist())
-        parts = ([i for i in range(len(self)) if i not in held], sorted(held))
-        return tuple(TextSplit(texts=tuple(self.texts[i] for i in rows), labels=tuple(self.labels[i] for i in rows),
-                               path=self.path) for rows in parts)
+        held = self._drawn(n, seed)
+        chosen = set(held)
+        return self._rows([i for i in range(len(self)) if i not in chosen]), self._rows(held)
 
     def subset(self, n: int | None, seed: int) -> TextSplit:
         """Return n samples drawn by a seeded permutation, kept in file order; None or n >= len gives self."""
@@ -83,13 +81,17 @@ class TextSplit:
             raise ValueError(f"seed must be an int, got {seed!r}")
         if n is None or n >= len(self):
             return self
+        return self._rows(self._drawn(n, seed))
+
+    def _drawn(self, n: int, seed: int) -> list[int]:
+        """The first ``n`` indices of a permutation seeded with ``seed``, in file order."""
         generator = torch.Generator().manual_seed(seed)
-        keep = sorted(torch.randperm(len(self), generator=generator)[:n].tolist())
-        return TextSplit(
-            texts=tuple(self.texts[i] for i in keep),
-            labels=tuple(self.labels[i] for i in keep),
-            path=self.path,
-        )
+        return sorted(torch.randperm(len(self), generator=generator)[:n].tolist())
+
+    def _rows(self, indices: list[int]) -> TextSplit:
+        """The samples at ``indices``, in that order."""
+        return TextSplit(texts=tuple(self.texts[i] for i in indices), labels=tuple(self.labels[i] for i in indices),
+                         path=self.path)
 
 
 @dataclass(frozen=True)

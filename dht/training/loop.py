@@ -85,27 +85,11 @@ def start_run(run: RunConfig, output: Path, resume: bool, device: str | None = N
     ``lr``, which its run.json then records. A finished run is neither resumed nor overwritten (ValueError)."""
     finished = (output / "metrics.json").is_file()
     stopped = (output / STOPPED_FILE).is_file() and not finished
-    if stopped:
-        with damaged(output / STOPPED_FILE):
-            resumable = bool(json.loads((output / STOPPED_FILE).read_text(encoding="utf-8"))["resumable"])
-        if resume and not resumable:
-            raise ValueError(f"{output}: a value that was not finite stopped it with no checkpoint to go back to; "
-                             "run it again without --resume (a lower --lr)")
     if lr is not None and not (resume and stopped):
         raise ValueError(f"{output}: --lr comes with --resume only for a run that a value that was not finite "
                          "stopped after a checkpoint it can go back to")
-    if resume and finished:
-        raise ValueError(f"{output}: the run is finished (metrics.json); there is nothing to resume "
-                         "(dht evaluate re-scores it)")
-    if resume and lr is not None:
-        return _resume_with_new_lr(output, lr, device)
     if resume:
-        if latest_checkpoint(output) is None:
-            again = "; it stopped before its first checkpoint: run it again without --resume" \
-                if run_file(output).exists() else ""
-            raise ValueError(f"{output}: no checkpoint to resume from{again}")
-        (output / STOPPED_FILE).unlink(missing_ok=True)  # resumed as it was: the stop is behind it
-        return prepare(saved_settings(output), device=device)
+        return _resume(output, finished, stopped, lr, device)
     if finished:
         raise RunExistsError(f"{output} already holds a finished run; choose another --output")
     if latest_checkpoint(output) is not None and not stopped:
@@ -142,18 +126,31 @@ def saved_settings(output: Path) -> RunConfig:
     return settings
 
 
-def _resume_with_new_lr(output: Path, lr: float, device: str | None) -> Prepared:
-    """A run a non-finite value stopped, prepared to continue from its checkpoint with peak learning rate
-    ``lr``; its run.json records the new rate and the stop is cleared."""
+def _resume(output: Path, finished: bool, stopped: bool, lr: float | None, device: str | None) -> Prepared:
+    """The saved run, prepared to continue from its checkpoint; a run a non-finite value stopped may take a
+    new peak learning rate ``lr``, which its run.json then records. The stop, if any, is cleared."""
+    if finished:
+        raise ValueError(f"{output}: the run is finished (metrics.json); there is nothing to resume "
+                         "(dht evaluate re-scores it)")
+    if stopped:
+        with damaged(output / STOPPED_FILE):
+            resumable = bool(json.loads((output / STOPPED_FILE).read_text(encoding="utf-8"))["resumable"])
+        if not resumable:
+            raise ValueError(f"{output}: a value that was not finite stopped it with no checkpoint to go back to; "
+                             "run it again without --resume (a lower --lr)")
     if latest_checkpoint(output) is None:
-        raise ValueError(f"{output}: no checkpoint to resume from; run it again without --resume")
+        again = "; it stopped before its first checkpoint: run it again without --resume" \
+            if run_file(output).exists() else ""
+        raise ValueError(f"{output}: no checkpoint to resume from{again}")
     settings = saved_settings(output)
-    settings = replace(settings, train=replace(settings.train, lr=lr))  # validated by TrainConfig
+    if lr is not None:
+        settings = replace(settings, train=replace(settings.train, lr=lr))  # validated by TrainConfig
     prepared = prepare(settings, device=device)
-    config = json.loads(run_file(output).read_text(encoding="utf-8"))
-    config["run"]["train"]["lr"] = lr
-    write_atomically(run_file(output), json.dumps(config, indent=1))
-    (output / STOPPED_FILE).unlink()
+    if lr is not None:
+        config = json.loads(run_file(output).read_text(encoding="utf-8"))
+        config["run"]["train"]["lr"] = lr
+        write_atomically(run_file(output), json.dumps(config, indent=1))
+    (output / STOPPED_FILE).unlink(missing_ok=True)
     return prepared
 
 
