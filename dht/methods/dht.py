@@ -12,7 +12,8 @@ like training, so each depth runs in full batches.
 
 Levers of ours beyond the paper, each off by default (docs/front.md measures them): self-distilled exits
 (``--self-distill``, dht/search/exits.py), a floor on full-depth samples (``--full-depth-floor``), a
-training-time FLOP target (``--train-budget``, dht/search/budget.py), and at inference the cost weight
+training-time FLOP target (``--train-budget``, dht/search/budget.py), per-layer learning rates that make
+up for the steps a layer sat out (``--layer-lr-cap``, dht/training/layer_lr.py), and at inference the cost weight
 (``--cost-weight``) and continuation of unsure samples (``--continue-above``).
 
 Decisions of ours where the spec is silent: the probe runs without dropout; arm features are
@@ -53,6 +54,7 @@ from dht.search.rewards import PreviousBatch, ratio_reward
 from dht.search.strategies import GroupDecision, search_strategy
 from dht.training.config import RunConfig
 from dht.training.hooks import BenchRun, Knob, Method, NonFiniteError, StepResult, register
+from dht.training.layer_lr import LayerLR, layer_group
 from dht.training.options import MethodOptions, option
 
 
@@ -72,6 +74,8 @@ class DHTOptions(MethodOptions):
     train_budget: float = option(0.0, "training-time target (ours): the share of the full model's forward FLOPs that "
                                  "the bandits' greedy choices are steered to by a cost weight adapted online; "
                                  "0: none (the paper)")
+    layer_lr_cap: float = option(1.0, "ours: each encoder layer's learning rate times the inverse of the share of "
+                                 "steps that reached it, up to this cap (dht/training/layer_lr.py); 1: the paper")
     continue_above: float = option(1.0, "continuation at inference (ours): a sample whose exit's normalised entropy "
                                    "is above this runs on to the next depth; 1: never (the paper)", inference=True)
 
@@ -82,6 +86,8 @@ class DHTOptions(MethodOptions):
             raise ValueError(f"--full-depth-floor must be in [0, 1], got {self.full_depth_floor}")
         if not 0 <= self.train_budget <= 1:
             raise ValueError(f"--train-budget must be in [0, 1] (0: none), got {self.train_budget}")
+        if not 1 <= self.layer_lr_cap < float("inf"):
+            raise ValueError(f"--layer-lr-cap must be finite and >= 1 (1: off), got {self.layer_lr_cap}")
         if not 0 <= self.continue_above <= 1:
             raise ValueError(f"--continue-above must be in [0, 1], got {self.continue_above}")
         if self.exit_classifiers not in ("shared", "per-depth"):
@@ -150,6 +156,9 @@ class DHTMethod(DHTInference, Method):
         self.arm_costs: dict[bool, Tensor] = {}  # each arm list's FLOP shares, for the cost weights
         self.arm_links: dict[bool, list[int | None]] = {}  # each arm list's continuations (next_arms)
         self.lagrange = CostWeight(self.options.train_budget) if self.options.train_budget else None
+        cap = self.options.layer_lr_cap
+        self.layer_lr = LayerLR(model.config.num_layers, cap) if cap > 1 else None
+        self.optimizer: torch.optim.Optimizer | None = None
         if self.options.exit_classifiers == "per-depth":
             model.add_branch_classifiers()  # one after every layer but the last, which keeps the classifier
 
@@ -199,6 +208,19 @@ class DHTMethod(DHTInference, Method):
         self.features = compute_arm_features(self.model, self.search, self.arms, self.phase_two,
                                              [train_ids[i] for i in order.tolist()], pad_id, self.generator)
         self.overhead += self.features.flops
+
+    def lr_group(self, name: str) -> str:
+        """With --layer-lr-cap, each encoder layer is a learning-rate group of its own (``LayerLR``)."""
+        return layer_group(name) if self.layer_lr else ""
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def after_backward(self) -> None:
+        """With --layer-lr-cap: count which layers this step reached and scale their rates (``LayerLR``)."""
+        if self.layer_lr is not None and self.optimizer is not None:
+            self.layer_lr.observe(self.model)
+            self.layer_lr.apply(self.optimizer)
 
     def _freeze(self) -> None:
         self.model.freeze_layers(range(self.search.num_layers - self.search.top))
@@ -409,7 +431,8 @@ class DHTMethod(DHTInference, Method):
                 "pending": self.pending,
                 "queues": {str(k): v for k, v in self.queues.queues.items()},
                 "search": self.search.to_dict(),
-                "lagrange": None if self.lagrange is None else self.lagrange.state_dict()}
+                "lagrange": None if self.lagrange is None else self.lagrange.state_dict(),
+                "layer_lr": None if self.layer_lr is None else self.layer_lr.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.phase_two = bool(state["phase_two"])
@@ -429,6 +452,8 @@ class DHTMethod(DHTInference, Method):
         self.generator.set_state(state["generator"])
         if self.lagrange is not None and state.get("lagrange"):
             self.lagrange.load_state_dict(state["lagrange"])
+        if self.layer_lr is not None and state.get("layer_lr"):
+            self.layer_lr.load_state_dict(state["layer_lr"])
         if "floor_generator" in state:  # runs saved before --full-depth-floor did not draw from it
             self.floor_generator.set_state(state["floor_generator"])
         self.pending = state["pending"]

@@ -142,6 +142,12 @@ class Method:
         """Called once the last training step is done, before the final evaluation (again when a run
         stopped after its last checkpoint is resumed), with the training split (ACM calibrates its gates)."""
 
+    def lr_group(self, name: str) -> str:
+        """The learning-rate group of the model's parameter ``name`` (its ``lr_group`` in the optimizer):
+        a method may set a group's ``lr_scale`` in ``after_backward`` to scale the schedule's rate for that
+        step. "": the one group of every parameter."""
+        return ""
+
     def after_backward(self) -> None:
         """Called between ``loss.backward()`` and gradient clipping (layer tying folds shared gradients)."""
 

@@ -58,14 +58,18 @@ def learning_rate(step: float, total_steps: int, peak: float, warmup_ratio: floa
 
 def make_optimizer(prepared: Prepared) -> torch.optim.AdamW:
     """AdamW over the method's parameters (the trainable ones, ``Method.optimizer_parameters``); no decay
-    on biases and LayerNorm weights (BERT recipe)."""
-    chosen = {id(p) for p in prepared.method.optimizer_parameters()}
+    on biases and LayerNorm weights (BERT recipe). One parameter group per learning-rate group of the
+    method (``Method.lr_group``; "" for all by default) and decay: by group name, decayed first."""
+    method = prepared.method
+    chosen = {id(p) for p in method.optimizer_parameters()}
     params = [(n, p) for n, p in prepared.model.named_parameters() if id(p) in chosen]
-    decay = [p for n, p in params if p.dim() >= 2]
-    no_decay = [p for n, p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": prepared.run.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=prepared.run.train.lr, fused=True)
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    for n, p in params:  # a method's learning-rate groups (Method.lr_group), each split by decay
+        groups.setdefault((method.lr_group(n), p.dim() >= 2), []).append(p)
+    decay = prepared.run.train.weight_decay
+    ordered = sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1]))
+    return torch.optim.AdamW([{"params": group, "weight_decay": decay if decays else 0.0, "lr_group": name}
+                              for (name, decays), group in ordered], lr=prepared.run.train.lr, fused=True)
 
 
 def is_run_settings(path: Path) -> bool:
@@ -256,8 +260,6 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                     position = (counters["samples"] * total_steps / total_samples if method.schedule_by_samples
                                 else counters["step"])
                     lr = learning_rate(position, total_steps, method.peak_lr(), run.train.warmup_ratio)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
                     result = method.training_step(batch)  # on ``where``: moved above, or collated there by DHT
                     optimizer.zero_grad(set_to_none=True)
                     result.loss.backward()
@@ -268,6 +270,8 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                         raise NonFiniteError(f"the loss ({loss}) or the gradient norm ({norm.item()}) is not "
                                              "finite, so training stopped before applying it")
                     marks.good = counters["step"]  # the weights this step started from gave a finite loss
+                    for group in optimizer.param_groups:  # a method may scale a group's rate (after_backward)
+                        group["lr"] = lr * group.get("lr_scale", 1.0)
                     optimizer.step()
                     if not weights_finite(optimizer):  # what the next step would read; nothing of it is saved
                         raise NonFiniteError("the weights are not finite after this step's update")

@@ -242,9 +242,10 @@ def test_the_training_budget_steps_its_cost_weight_towards_the_target():
     assert unreachable.value == LIMIT == DHTMethod.knob.cheapest
 
 
-@pytest.mark.parametrize("options", [{"full_depth_floor": 0.3}, {"train_budget": 0.5}])
+@pytest.mark.parametrize("options", [{"full_depth_floor": 0.3}, {"train_budget": 0.5}, {"layer_lr_cap": 3.0}])
 def test_resume_equals_an_uninterrupted_run_with_our_levers(tmp_path, options):
-    """The floor's draws and the budget's λ are method state: a resumed run is the uninterrupted one."""
+    """The floor's draws, the budget's λ and the layers' step counts are method state: a resumed run is the
+    uninterrupted one."""
     run = dataclasses.replace(dht_run("f-dht"), options={"config": "f-dht", **options})
     train(run, tmp_path / "whole", progress=False)
     assert train(run, tmp_path / "cut", stop_after_steps=3, progress=False) is None

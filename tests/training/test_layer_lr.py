@@ -1,0 +1,79 @@
+"""Per-layer learning rates that make up for the steps a layer sat out (--layer-lr-cap, ours)."""
+
+import pytest
+import torch
+
+from dht.model import DynamicEncoder, EncoderConfig
+from dht.training.layer_lr import LayerLR, layer_group
+
+
+def tiny_model() -> DynamicEncoder:
+    return DynamicEncoder(EncoderConfig(vocab_size=20, hidden_size=8, num_layers=3, num_heads=2,
+                                        intermediate_size=16, max_position=16, num_classes=2))
+
+
+def backward_through(model: DynamicEncoder, depth: int) -> None:
+    """One loss whose graph reaches the first ``depth`` layers only; gradients zeroed to None first."""
+    model.zero_grad(set_to_none=True)
+    ids, attn_mask = torch.tensor([[1, 2, 3]]), torch.ones(1, 1, 1, 3, dtype=torch.bool)
+    h = model.embed(ids)
+    for layer in model.layers[:depth]:
+        h = layer(h, attn_mask, (0, 1))
+    h.sum().backward()
+
+
+def test_layer_group_names_encoder_layers_only():
+    assert layer_group("layers.0.attention.query.weight") == "layer0"
+    assert layer_group("layers.11.output.bias") == "layer11"
+    assert layer_group("classifier.weight") == "" and layer_group("embeddings.position.weight") == ""
+
+
+def test_factors_are_steps_over_updates_capped():
+    """Three steps at depths 3, 1, 1: layer 0 is in all (factor 1), layers 1-2 in one (3/1 = 3, capped at 2.5)."""
+    model, rates = tiny_model(), LayerLR(3, cap=2.5)
+    assert rates.factors() == [1.0, 1.0, 1.0]
+    for depth in (3, 1, 1):
+        backward_through(model, depth)
+        rates.observe(model)
+    assert rates.updates == [3, 1, 1]
+    assert rates.factors() == [1.0, 2.5, 2.5]
+    backward_through(model, 2)
+    rates.observe(model)  # steps 4; updates 4, 2, 1
+    assert rates.factors() == [1.0, 2.0, 2.5]
+
+
+def test_a_layer_never_updated_takes_the_cap_and_apply_sets_groups():
+    model, rates = tiny_model(), LayerLR(3, cap=4.0)
+    backward_through(model, 1)
+    rates.observe(model)
+    groups = {f"layer{i}": [p for n, p in model.named_parameters() if layer_group(n) == f"layer{i}"] for i in range(3)}
+    optimizer = torch.optim.AdamW([{"params": ps, "lr_group": name} for name, ps in groups.items()]
+                                  + [{"params": list(model.classifier.parameters()), "lr_group": ""}], lr=1.0)
+    rates.apply(optimizer)
+    assert [g.get("lr_scale") for g in optimizer.param_groups] == [1.0, 4.0, 4.0, None]
+
+
+def test_state_round_trips_and_cap_is_checked():
+    rates = LayerLR(2, cap=3.0)
+    rates.steps, rates.updates = 5, [5, 2]
+    again = LayerLR(2, cap=3.0)
+    again.load_state_dict(rates.state_dict())
+    assert again.factors() == [1.0, 2.5]
+    with pytest.raises(ValueError, match="cap"):
+        LayerLR(2, cap=0.5)
+
+
+def test_make_optimizer_gives_dht_one_group_per_layer_and_decay_only_with_the_cap():
+    """--layer-lr-cap splits AdamW's groups by layer (each by decay); without it, the two groups of BERT."""
+    from dht.training.config import RunConfig, TrainConfig
+    from dht.training.loop import make_optimizer
+    from dht.training.setup import prepare
+
+    def groups(options):
+        run = RunConfig(method="dht", backbone="tiny", train=TrainConfig(max_train=8, max_test=8), options=options)
+        return [(g["lr_group"], g["weight_decay"] > 0) for g in make_optimizer(prepare(run)).param_groups]
+
+    assert groups({"config": "f-dht"}) == [("", True), ("", False)]
+    layered = groups({"config": "f-dht", "layer_lr_cap": 2.0})
+    assert layered[:2] == [("", True), ("", False)]
+    assert layered[2:] == [(f"layer{i}", decays) for i in range(4) for decays in (True, False)]
