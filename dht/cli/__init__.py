@@ -8,6 +8,7 @@ imported after them.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -234,13 +235,16 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "train":
             run = run_config(args)  # option values checked before any data is read
+            if args.output is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ValueError("--output: under torchrun every rank must name the same run folder")
             output = args.output or Path("runs") / f"{args.method}-{time.strftime('%Y%m%d-%H%M%S')}"
             new_lr = args.lr if args.resume and any(a.split("=", 1)[0] == "--lr" for a in argv) else None
             metrics = train(run, output, resume=args.resume, progress=not args.quiet, device=args.device, lr=new_lr)
-            print(summary(metrics))
-            if "routes" in metrics["test"]:
-                print(routes_line(metrics["test"]))
-            print(f"run folder: {output}")
+            if metrics is not None:  # None on the ranks of torchrun but 0, which leave writing to rank 0
+                print(summary(metrics))
+                if "routes" in metrics["test"]:
+                    print(routes_line(metrics["test"]))
+                print(f"run folder: {output}")
         elif args.command == "predict":
             predict_command(args)
         elif args.command == "serve":

@@ -119,6 +119,7 @@ class DHTMethod(DHTInference, Method):
     """Dynamic layers and heads chosen per sample by LinUCB and logistic Thompson sampling."""
 
     name = "dht"
+    distributed = False  # not under torchrun yet: its bandits, normalisers and queues are per process
     Options = DHTOptions
     # The cost weight λ is in reward units per full model; rewards are clipped to [0, r_max = 10] and
     # arms differ by as little as 0.02 of the full model, so ±1000 reaches both ends of every arm list.

@@ -160,6 +160,7 @@ class DLTMethod(Method):
     """Dynamic layer tying: the full plan on every sample, layers tied and untied by the agent."""
 
     name = "dlt"
+    distributed = False  # not under torchrun yet: its tying agent learns from each rank's own batches
     title = "DLT (dynamic layer tying)"
     Options = DLTOptions
 

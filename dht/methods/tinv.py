@@ -119,6 +119,7 @@ class TInvMethod(TInvInference, Method):
     """Transformer⁻¹ (module docstring)."""
 
     name = "tinv"
+    distributed = False  # not under torchrun yet: its policy and complexity labels are per process
     title = "Transformer⁻¹"
     Options = TInvOptions
     knob = Knob("cost_weight", dearest=1 / 64, cheapest=8.0, curve=(0.125, 0.25, 0.5, 1.0, 2.0))

@@ -29,7 +29,8 @@ class DepthQueues(Generic[Item]):
         return queue
 
     def flush(self) -> Iterator[tuple[Hashable, list[Item]]]:
-        """Release every partial queue (end of an epoch), in key order, and empty them."""
+        """Release every partial queue (end of an epoch), in the text order of the keys' repr (fixed for keys
+        of any type; for integer depths 12 comes before 3), and empty them."""
         for key in sorted(self.queues, key=repr):
             if self.queues[key]:
                 yield key, self.queues[key]

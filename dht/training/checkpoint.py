@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
+from typing_extensions import NotRequired, TypedDict  # pydantic needs this one before Python 3.12
 
 from dht.model import DynamicEncoder
 from dht.schema import validated
@@ -82,6 +82,7 @@ class Counters(TypedDict):
     full_flops: float
     flops_all_in: float
     samples: int
+    world_size: NotRequired[int]  # the processes that trained it (torchrun); absent in older runs: 1
 
 
 class CheckpointState(TypedDict):

@@ -155,6 +155,10 @@ class Method:
     # for a method whose number of steps per epoch is not known in advance (DHT's queues).
     schedule_by_samples: bool = False
 
+    # Whether the method trains under torchrun (dht/training/distributed.py): its steps need nothing but the
+    # averaged gradients to stay identical on every rank.
+    distributed: ClassVar[bool] = True
+
     lr_flag: ClassVar[str] = "--lr"  # the flag of the learning rate ``peak_lr`` returns
 
     def peak_lr(self) -> float:

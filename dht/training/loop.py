@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from dht.data import iterate_batches
+from dht.data import Batch, iterate_batches
 from dht.model.tying import trainable_elements
 from dht.provenance import device_name, write_atomically
 from dht.training.checkpoint import (
@@ -30,6 +31,7 @@ from dht.training.checkpoint import (
     split_state,
 )
 from dht.training.config import RUN_FILE, RunConfig, read_run_settings, run_file
+from dht.training.distributed import World
 from dht.training.evaluation import predict_split, split_scores
 from dht.training.hooks import Method, NonFiniteError, method_type
 from dht.training.lock import run_lock
@@ -169,8 +171,9 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
     finite stops the run (NonFiniteError naming the step); lr: its new peak learning rate when resuming it.
     """
     output = Path(output)
-    with run_lock(output):
-        return _train(run, output, resume, stop_after_steps, progress, device, lr)
+    world = World.from_environment()
+    with run_lock(output) if world.main else nullcontext():
+        return _train(run, output, resume, stop_after_steps, progress, world.device(device), lr, world)
 
 
 @dataclass
@@ -182,7 +185,8 @@ class Marks:
 
 
 @contextmanager
-def stop_on_non_finite(output: Path, step: Callable[[], int | None], marks: Marks, lr_flag: str) -> Iterator[None]:
+def stop_on_non_finite(output: Path, step: Callable[[], int | None], marks: Marks, lr_flag: str,
+                       write: bool = True) -> Iterator[None]:
     """Turn a NonFiniteError at ``step()`` (None: after the last step) into one line naming the run, the
     step and what the user can do; record the stop (``stopped.json``) so that the folder may be resumed
     with a lower --lr or started again. ``lr_flag``: the flag of the learning rate the method trains at.
@@ -195,12 +199,18 @@ def stop_on_non_finite(output: Path, step: Callable[[], int | None], marks: Mark
         failed = step()
         resumable = failed is not None and 0 < marks.saved <= marks.good and lr_flag == "--lr"
         where = f"step {failed}" if failed is not None else "after its last step"
-        write_atomically(output / STOPPED_FILE, json.dumps({"where": where, "checkpoint_step": marks.saved,
-                                                            "resumable": resumable, "error": str(error)}))
+        if write:  # under torchrun, rank 0 writes for every rank (they stop at the same step)
+            write_atomically(output / STOPPED_FILE, json.dumps({"where": where, "checkpoint_step": marks.saved,
+                                                                "resumable": resumable, "error": str(error)}))
         options = (f"resume the checkpoint of step {marks.saved} with a lower peak learning rate (dht train "
                    f"--resume --lr LR --output {output}) or " if resumable else "")
         raise NonFiniteError(f"{output}: {where}: {error}; {options}run it again with a lower {lr_flag} "
                              "(the same command starts it afresh)") from None
+
+
+def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """Every parameter the optimizer updates, in its groups' order (the same on every rank)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def weights_finite(optimizer: torch.optim.Optimizer) -> bool:
@@ -210,19 +220,58 @@ def weights_finite(optimizer: torch.optim.Optimizer) -> bool:
     return bool(torch.isfinite(torch.nn.utils.get_total_norm(params, norm_type=math.inf)))
 
 
+def start_on_every_rank(world: World, run: RunConfig, output: Path, resume: bool, device: str | None,
+                        lr: float | None) -> Prepared:
+    """``start_run`` on rank 0, which lays out the folder; the other ranks then build the same run from it
+    (a fresh run's settings, or the saved ones when resuming). A failure on rank 0 fails every rank."""
+    if not world.distributed:
+        return start_run(run, output, resume, device, lr)
+    try:
+        prepared = start_run(run, output, resume, device, lr) if world.main else None
+    except Exception as error:
+        world.share(str(error))
+        raise
+    failed = world.share(None)
+    if failed is not None:
+        raise ValueError(f"rank 0 could not start the run: {failed}")
+    if not world.main:
+        prepared = prepare(saved_settings(output) if resume else run, device=device)
+    world.broadcast_parameters(prepared.model)
+    if not type(prepared.method).distributed:
+        raise ValueError(f"--method {run.method} does not train under torchrun yet (one process only)")
+    return prepared
+
+
+def sharded(batches: Iterator[Batch], world: World, where: torch.device, sizes: list[int]) -> Iterator[Batch]:
+    """This rank's shard of each global batch, on ``where``; each global batch's size is appended to
+    ``sizes``. Raises ValueError for a batch with fewer samples than ranks."""
+    for batch in batches:
+        if len(batch) < world.size:
+            raise ValueError(f"a batch of {len(batch)} samples cannot be split over {world.size} ranks; change "
+                             "--batch-size or --max-train so that the last batch has at least one sample per rank")
+        sizes.append(len(batch))
+        yield world.shard(batch).to(where)
+
+
 def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | None, progress: bool,
-           device: str | None, lr: float | None = None) -> dict[str, Any] | None:
-    prepared = start_run(run, output, resume, device, lr)
+           device: str | None, lr: float | None = None, world: World | None = None) -> dict[str, Any] | None:
+    world = world or World()
+    prepared = start_on_every_rank(world, run, output, resume, device, lr)
     run, model, method = prepared.run, prepared.model, prepared.method
     where = method.device
+    progress = progress and world.main
     optimizer = make_optimizer(prepared)
     counters = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "flops": 0.0, "full_flops": 0.0,
-                "flops_all_in": 0.0, "samples": 0}
+                "flops_all_in": 0.0, "samples": 0, "world_size": world.size}
     if resume:
         counters, method_state = load_checkpoint(latest_checkpoint(output), model, optimizer)
+        if counters.get("world_size", 1) != world.size:
+            raise ValueError(f"{output}: the run was trained by {counters.get('world_size', 1)} process(es); resume "
+                             f"it with as many (torchrun --nproc-per-node), not {world.size}")
         method.load_state_dict(method_state)
-        truncate_log(output / "log.jsonl", counters["step"])
-        truncate_log(output / "decisions.jsonl", counters["step"])
+        if world.main:
+            truncate_log(output / "log.jsonl", counters["step"])
+            truncate_log(output / "decisions.jsonl", counters["step"])
     method.bind_optimizer(optimizer)
     memory = MemoryMeter(where)  # from here: the model, data and optimizer are loaded
     steps_per_epoch = -(-len(prepared.train) // run.train.batch_size)
@@ -233,11 +282,13 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
     marks = Marks(saved=counters["step"] if resume else 0)
 
     def checkpoint() -> None:
-        save_checkpoint(output / "checkpoint", model, optimizer, counters, method.state_dict())
+        if world.main:  # every rank holds the same weights, optimizer and method state
+            save_checkpoint(output / "checkpoint", model, optimizer, counters, method.state_dict())
         marks.saved = counters["step"]
 
-    with open(output / "log.jsonl", "a", encoding="utf-8") as log, \
-            open(output / "decisions.jsonl", "a", encoding="utf-8") as decisions:
+    records = (lambda name: open(output / name, "a", encoding="utf-8")) if world.main else \
+        (lambda name: open(os.devnull, "w", encoding="utf-8"))
+    with records("log.jsonl") as log, records("decisions.jsonl") as decisions:
         while counters["epoch"] < run.train.epochs:
             epoch = counters["epoch"]
             # The clock runs from here to each step's end: it includes the method's work between steps
@@ -250,12 +301,13 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
             batches = iterate_batches(prepared.train.ids, prepared.train.labels, run.train.batch_size,
                                       prepared.pad_id, shuffle=True, generator=generator, sort_by_length=True,
                                       start_batch=method.loader_start(counters["batch"]))
-            batches = (batch.to(where) for batch in batches)
+            sizes: list[int] = []  # the global batches' sizes (each rank trains on its shard)
+            batches = sharded(batches, world, where, sizes) if world.distributed else (b.to(where) for b in batches)
             # The bar counts samples: DHT's queues release more batches than the loader makes.
             done = min(max(counters["samples"] - epoch * len(prepared.train), 0), len(prepared.train))
             bar = tqdm(total=len(prepared.train), initial=done, unit="sample", disable=not progress,
                        desc=f"epoch {epoch + 1}/{run.train.epochs}", mininterval=1.0, dynamic_ncols=True)
-            with stop_on_non_finite(output, lambda: counters["step"] + 1, marks, method.lr_flag):
+            with stop_on_non_finite(output, lambda: counters["step"] + 1, marks, method.lr_flag, world.main):
                 for batch in method.training_batches(batches):
                     position = (counters["samples"] * total_steps / total_samples if method.schedule_by_samples
                                 else counters["step"])
@@ -264,8 +316,13 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                     optimizer.zero_grad(set_to_none=True)
                     result.loss.backward()
                     method.after_backward()
+                    samples = sizes[-1] if world.distributed else len(batch)  # the global batch's
+                    world.average_gradients(optimizer_params(optimizer), len(batch), samples)
                     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
                     loss = result.loss.item()  # on a GPU this waits for the step, so the clock sees all of it
+                    if world.distributed:  # the global batch's loss and FLOPs (summed over the ranks' shards)
+                        total = world.sum([loss * len(batch), result.flops, result.full_flops, result.all_in])
+                        loss, result.flops, result.full_flops, result.flops_all_in = total[0] / samples, *total[1:]
                     if not (math.isfinite(loss) and math.isfinite(norm.item())):
                         raise NonFiniteError(f"the loss ({loss}) or the gradient norm ({norm.item()}) is not "
                                              "finite, so training stopped before applying it")
@@ -281,15 +338,15 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                                     seconds=counters["seconds"] + seconds, flops=counters["flops"] + result.flops,
                                     full_flops=counters["full_flops"] + result.full_flops,
                                     flops_all_in=counters["flops_all_in"] + result.all_in,
-                                    samples=counters["samples"] + len(batch))
+                                    samples=counters["samples"] + samples)
                     record = {"epoch": epoch, "step": counters["step"], "loss": loss, "lr": lr,
-                              "samples": len(batch), "seconds": seconds, "flop_ratio": result.flops / result.full_flops,
+                              "samples": samples, "seconds": seconds, "flop_ratio": result.flops / result.full_flops,
                               **result.extra}
                     log.write(json.dumps(record) + "\n")
                     for decision in result.records:
                         decisions.write(json.dumps({"epoch": epoch, "step": counters["step"], **decision}) + "\n")
-                    bar.update(len(batch))
-                    bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{len(batch) / seconds:.1f}")
+                    bar.update(samples)
+                    bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{samples / seconds:.1f}")
                     steps_this_call += 1
                     stop = stop_after_steps is not None and steps_this_call >= stop_after_steps
                     if stop or counters["step"] % run.train.checkpoint_every == 0:
@@ -305,6 +362,8 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
             log.flush()
             decisions.flush()
             checkpoint()
+    if not world.main:  # rank 0 evaluates and writes the finished run
+        return None
     with stop_on_non_finite(output, lambda: None, marks, method.lr_flag):
         method.on_train_end(prepared.train.ids, prepared.train.labels, prepared.pad_id)
         counters["memory"] = memory.report()

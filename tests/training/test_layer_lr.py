@@ -77,3 +77,51 @@ def test_make_optimizer_gives_dht_one_group_per_layer_and_decay_only_with_the_ca
     layered = groups({"config": "f-dht", "layer_lr_cap": 2.0})
     assert layered[:2] == [("", True), ("", False)]
     assert layered[2:] == [(f"layer{i}", decays) for i in range(4) for decays in (True, False)]
+
+
+def test_dht_scales_the_rates_of_the_layers_its_steps_reached_and_saves_the_counts():
+    """DHT with --layer-lr-cap 3: a training step on a 2-layer arm (tiny backbone, 4 layers) counts layers
+    0-1 as reached and 2-3 as not, so after it the rates of layers 2-3 are 3x the schedule's; the counts
+    are method state; without the option DHT keeps one group and no counts."""
+    from dht.data import iterate_batches
+    from dht.training.config import RunConfig, TrainConfig
+    from dht.training.loop import make_optimizer
+    from dht.training.setup import prepare
+
+    def make(**options):
+        run = RunConfig(method="dht", backbone="tiny", train=TrainConfig(max_train=16, max_test=8, batch_size=8),
+                        options={"config": "f-dht", **options})
+        prepared = prepare(run)
+        return prepared, make_optimizer(prepared)
+
+    prepared, optimizer = make(layer_lr_cap=3.0)
+    method = prepared.method
+    assert method.lr_group("layers.2.ffn_in.weight") == "layer2" and method.lr_group("classifier.bias") == ""
+    method.bind_optimizer(optimizer)
+    method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
+    batch = next(iterate_batches(prepared.train.ids, prepared.train.labels, 8, prepared.pad_id, shuffle=False))
+    shallow = next(i for i, arm in enumerate(method.arms) if arm.depth == 2)
+    step = method.training_step(queued_batch(method, batch, shallow))
+    optimizer.zero_grad(set_to_none=True)
+    step.loss.backward()
+    method.after_backward()
+    scales = {g["lr_group"]: g.get("lr_scale") for g in optimizer.param_groups}
+    assert (scales["layer0"], scales["layer1"], scales["layer2"], scales["layer3"], scales[""]) == (1.0, 1.0, 3.0, 3.0,
+                                                                                                   None)
+    assert method.state_dict()["layer_lr"] == {"steps": 1, "updates": [1, 1, 0, 0]}
+    again, _ = make(layer_lr_cap=3.0)
+    again.method.load_state_dict(method.state_dict())
+    assert again.method.layer_lr.updates == [1, 1, 0, 0] and again.method.layer_lr.steps == 1
+    plain, _ = make()
+    assert plain.method.layer_lr is None and plain.method.state_dict()["layer_lr"] is None
+    with pytest.raises(ValueError, match="--layer-lr-cap"):
+        make(layer_lr_cap=0.5)
+
+
+def queued_batch(method, batch, arm):
+    """``batch`` as a released queue whose samples all took ``arm``, with their probe contexts."""
+    from dht.methods.dht import QueuedBatch
+
+    _, x = method._probe(batch)
+    return QueuedBatch(batch.input_ids, batch.attention_mask, batch.labels, batch.index,
+                       arms=torch.full((len(batch),), arm), x=x)

@@ -1,0 +1,123 @@
+"""Training under torchrun (two CPU processes, gloo): the same weights as one process on the same batches."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from dht.data import collate
+from dht.model.backbones import minilm_dir
+from dht.training.distributed import World
+
+SMALL = ["--max-train", "44", "--max-test", "8", "--batch-size", "8", "--epochs", "1", "--quiet"]
+
+
+def two_layer_minilm(tmp_path):
+    """MiniLM's first two layers without dropout: a real backbone whose steps do not depend on how the
+    random dropout masks fall, so one process and two give the same weights."""
+    target = tmp_path / "minilm2"
+    target.mkdir()
+    shutil.copy(minilm_dir() / "tokenizer.json", target / "tokenizer.json")
+    config = json.loads((minilm_dir() / "config.json").read_text())
+    config.update(num_hidden_layers=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (target / "config.json").write_text(json.dumps(config))
+    weights = load_file(str(minilm_dir() / "model.safetensors"))
+    kept = {k: v for k, v in weights.items() if not k.startswith("encoder.layer.")
+            or int(k.split(".")[2]) < 2}
+    save_file(kept, str(target / "model.safetensors"))
+    return target
+
+
+def launch(args, ranks, tmp_path):
+    """``dht train ARGS`` in one process, or under torchrun with ``ranks`` processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    prefix = [sys.executable, "-m", "dht"] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m", "dht"]
+    return subprocess.run(prefix + ["train", *args], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """BL1 on the two-layer MiniLM, one process and two, the same 44 samples in batches of 8 (the last of 4)."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    common = ["--method", "full", "--backbone", str(two_layer_minilm(tmp_path)), *SMALL]
+    done = {ranks: launch(common + ["--output", str(tmp_path / f"ranks{ranks}")], ranks, tmp_path)
+            for ranks in (1, 2)}
+    for result in done.values():
+        assert result.returncode == 0, result.stderr[-2000:]
+    return tmp_path, common
+
+
+def test_two_ranks_train_the_weights_of_one_process(runs):
+    """Each rank trains on half of each batch of 8 and the gradients are averaged over the batch: after
+    the six steps (the last of 4 samples, 2 per rank), every weight equals one process's within 1e-5."""
+    tmp_path, _ = runs
+    one, two = (load_file(str(tmp_path / f"ranks{r}" / "model.safetensors")) for r in (1, 2))
+    assert one.keys() == two.keys()
+    start = load_file(str(minilm_dir() / "model.safetensors"))["encoder.layer.1.output.dense.weight"]
+    moved = one["layers.1.ffn_out.weight"]
+    assert (moved - start).abs().max() > 1e-4  # the steps changed the weights compared
+    assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-5
+
+
+def test_rank_zero_alone_writes_and_logs_global_steps(runs):
+    """One log record per global step with the global batch's size and mean loss; metrics count all 44
+    samples and the same FLOPs as one process."""
+    tmp_path, _ = runs
+    logs = {r: [json.loads(line) for line in (tmp_path / f"ranks{r}" / "log.jsonl").read_text().splitlines()]
+            for r in (1, 2)}
+    assert [x["samples"] for x in logs[2]] == [x["samples"] for x in logs[1]] == [8, 8, 8, 8, 8, 4]
+    assert [x["loss"] for x in logs[2]] == pytest.approx([x["loss"] for x in logs[1]], abs=1e-5)
+    metrics = {r: json.loads((tmp_path / f"ranks{r}" / "metrics.json").read_text()) for r in (1, 2)}
+    assert metrics[2]["train"]["samples"] == metrics[1]["train"]["samples"] == 44
+    assert metrics[2]["train"]["flop_ratio"] == pytest.approx(metrics[1]["train"]["flop_ratio"])
+    assert metrics[2]["test"]["f1_macro"] == pytest.approx(metrics[1]["test"]["f1_macro"], abs=1e-6)
+
+
+def test_resume_needs_the_same_number_of_ranks(runs, tmp_path):
+    """A run stopped by two ranks resumes under two (and then equals the uninterrupted one); one process
+    is refused with one line naming both numbers."""
+    source, common = runs
+    script = tmp_path / "stop.py"
+    script.write_text("import sys\nfrom dht.cli import main\nfrom dht.training import loop\n"
+                      "real = loop.train\n"
+                      "loop.train = lambda *a, **k: real(*a, **{**k, 'stop_after_steps': 3})\n"
+                      "sys.exit(main(sys.argv[1:]))\n")
+    output = tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    stopped = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                              str(script), "train", *common, "--output", str(output)],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert not (output / "metrics.json").exists() and (output / "checkpoint").is_dir()
+    refused = launch(["--resume", "--output", str(output), "--quiet"], 1, tmp_path)
+    assert refused.returncode == 2 and "trained by 2 process(es)" in refused.stderr
+    resumed = launch(["--resume", "--output", str(output), "--quiet"], 2, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (load_file(str(folder / "model.safetensors")) for folder in (source / "ranks2", output))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_shards_are_contiguous_and_cover_the_batch():
+    """Ten rows over three ranks: 4, 3, 3, in order."""
+    batch = collate([[5, 6]] * 10, list(range(10)), list(range(10)), 0)
+    shards = [World(rank, 3).shard(batch) for rank in range(3)]
+    assert [s.labels.tolist() for s in shards] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert World().shard(batch) is batch
+
+
+def test_one_process_world_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert World.from_environment() == World(0, 1, 0)
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(ValueError, match="RANK=3"):
+        World.from_environment()
+    assert World(0, 1).sum([1.5]) == [1.5]
