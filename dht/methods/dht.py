@@ -53,6 +53,7 @@ from dht.search.queues import DepthQueues, length_chunks
 from dht.search.rewards import PreviousBatch, ratio_reward
 from dht.search.strategies import GroupDecision, search_strategy
 from dht.training.config import RunConfig
+from dht.training.distributed import World
 from dht.training.hooks import BenchRun, Knob, Method, NonFiniteError, StepResult, register
 from dht.training.layer_lr import LayerLR, layer_group
 from dht.training.options import MethodOptions, option
@@ -114,12 +115,41 @@ class QueuedBatch(Batch):
     x: Tensor = None  # (B, TOP_DIM) float64: normalised S1 context
 
 
+@dataclass
+class Shard:
+    """This rank's rows of a released queue under torchrun, and what the bandits need of the others.
+
+    A queue smaller than the world (an epoch's last, partial one) leaves some ranks no row: such a rank
+    runs the queue's first row with weight 0, so that it still takes part in every gather."""
+
+    world: World
+    run: list[int]  # the queue's rows this rank runs: its own, or [0] when it has none
+    own: int  # how many of them are its own (the rest weigh 0)
+    mask: Tensor  # (B, T) the whole queue's attention mask
+    arms: list[Arm]  # the whole queue's arms
+
+    @classmethod
+    def of(cls, world: World, batch: Batch, arms: list[Arm]) -> Shard | None:
+        if not world.distributed:
+            return None
+        start, stop = world.rows(len(batch))
+        return cls(world, list(range(start, stop)) or [0], stop - start, batch.attention_mask, arms)
+
+    def everyone(self, h: Tensor) -> tuple[Tensor, Tensor, list[Arm]]:
+        """The whole queue's states (gathered, no gradient), mask and arms, from this rank's states h
+        (B_rank, T_rank, E), padded to the queue's T first (a shard's padding is its own rows')."""
+        h = F.pad(h.detach()[:self.own], (0, 0, 0, self.mask.shape[1] - h.shape[1]))
+        return self.world.gather(h, len(self.mask)), self.mask, self.arms
+
+
 @register
 class DHTMethod(DHTInference, Method):
     """Dynamic layers and heads chosen per sample by LinUCB and logistic Thompson sampling."""
 
     name = "dht"
-    distributed = False  # not under torchrun yet: its bandits, normalisers and queues are per process
+    # Under torchrun every rank holds the global batches, queues and bandits, and runs S2 on its rows of
+    # each released queue; the contexts and losses the bandits learn from are gathered (``Shard``).
+    shards_itself = True
     Options = DHTOptions
     # The cost weight λ is in reward units per full model; rewards are clipped to [0, r_max = 10] and
     # arms differ by as little as 0.02 of the full model, so ±1000 reaches both ends of every arm list.
@@ -208,6 +238,9 @@ class DHTMethod(DHTInference, Method):
         order = torch.randperm(len(train_ids), generator=self.generator)[: self.search.feature_samples]
         self.features = compute_arm_features(self.model, self.search, self.arms, self.phase_two,
                                              [train_ids[i] for i in order.tolist()], pad_id, self.generator)
+        for values in dataclasses.astuple(self.features):  # under torchrun: rank 0's, bit for bit
+            if isinstance(values, Tensor):
+                self.world.broadcast(values)
         self.overhead += self.features.flops
 
     def lr_group(self, name: str) -> str:
@@ -248,13 +281,18 @@ class DHTMethod(DHTInference, Method):
                               arms=torch.tensor([i["arm"] for i in items]), x=torch.stack([i["x"] for i in items]))
 
     @torch.no_grad()
-    def _probe(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """S1: hidden states after the probe layers (no grad, no dropout) and the normalised context x."""
+    def _probe(self, batch: Batch, spread: bool = False) -> tuple[Tensor, Tensor]:
+        """S1: hidden states after the probe layers (no grad, no dropout) and the normalised context x.
+        ``spread`` (training under torchrun): each rank probes its rows and the states are gathered."""
         was_training = self.model.training
         self.model.eval()
-        mask = batch.attention_mask
-        h = self.model.run_plan(self.model.embed(batch.input_ids), mask,
+        mask, rows = batch.attention_mask, slice(None)
+        if spread and self.world.distributed:
+            rows = slice(*self.world.rows(len(batch)))
+        h = self.model.run_plan(self.model.embed(batch.input_ids[rows]), mask[rows],
                                 ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h))
+        if spread:
+            h = self.world.gather(h, len(batch))
         self.model.train(was_training)
         if not torch.isfinite(h).all():  # diverged weights: say so, not that a context holds a NaN
             raise NonFiniteError("the probe's hidden states are not finite (the weights have diverged)")
@@ -263,7 +301,7 @@ class DHTMethod(DHTInference, Method):
 
     def _enqueue(self, batch: Batch) -> list[list[dict]]:
         """Alg. 2 lines 2-6 and Alg. 3: choose each sample's arm and queue it by depth."""
-        _, x = self._probe(batch)
+        _, x = self._probe(batch, spread=True)
         W = with_arm_features(x, self.features.top)
         if self.lagrange is None:
             chosen = self.ucb_top.select(W).tolist()
@@ -324,22 +362,39 @@ class DHTMethod(DHTInference, Method):
         """
         arms = [self.arms[a] for a in batch.arms.tolist()]
         exits: list[Tensor] | None = [] if self.options.self_distill and not self.phase_two else None
-        logits, decisions = self._s2_in_chunks(batch, arms, exits)  # lines 7-15
-        losses = F.cross_entropy(logits, batch.labels, reduction="none")
+        shard = Shard.of(self.world, batch, arms)  # under torchrun: this rank's rows of the queue
+        logits, decisions = self._s2_in_chunks(batch, arms, exits, shard)  # lines 7-15
+        labels = batch.labels if shard is None else batch.labels[shard.run]
+        losses = F.cross_entropy(logits, labels, reduction="none")
         per_sample = losses.detach().cpu()  # the bandits' side of the step runs on the CPU
+        if shard is not None:  # every rank learns from the whole queue's losses
+            per_sample = self.world.gather(losses[:shard.own], len(batch)).cpu()
         rewards = self._update_bandits(batch, arms, per_sample, decisions)  # lines 16-17
         result = self._step_result(batch, arms, losses, per_sample, decisions, rewards)
+        weight = 1.0
+        if shard is not None:
+            result.shard, weight = shard.own, float(shard.own > 0)
+            result.loss = result.loss * weight  # a rank without rows of its own adds no gradient
         if exits:  # ours: the shallower exits learn the deepest one's prediction; the rewards are unchanged
-            result.loss = result.loss + self.options.self_distill * self_distillation(exits, logits)
+            result.loss = result.loss + weight * self.options.self_distill * self_distillation(exits, logits)
             extra = 3 * len(exits) * len(batch) * classifier_flops(self.model.config)  # trained linear exits
             result.flops, result.flops_all_in = result.flops + extra, result.all_in + extra
             result.extra["exits"] = len(exits)
         return result
 
-    def _s2_in_chunks(self, batch: QueuedBatch, arms: list,
-                      exits: list[Tensor] | None = None) -> tuple[Tensor, list[GroupDecision]]:
+    def _s2_in_chunks(self, batch: QueuedBatch, arms: list, exits: list[Tensor] | None = None,
+                      shard: Shard | None = None) -> tuple[Tensor, list[GroupDecision]]:
         """S2 on the queue's length-sorted chunks: logits (B, C) and each group's decisions, in batch order;
-        with ``exits`` (a list), also the logits (B, C) of each shallower exit depth the samples passed."""
+        with ``exits`` (a list), also the logits (B, C) of each shallower exit depth the samples passed.
+        With a ``shard`` (torchrun), S2 runs on this rank's rows, in one chunk: logits and exits are of
+        those rows, the decisions of the whole queue."""
+        if shard is not None:
+            part = batch.rows(shard.run)
+            states: list[tuple[int, Tensor]] | None = [] if exits is not None else None
+            h, decisions = self._run_s2(part, [arms[i] for i in shard.run], greedy=False, states=states, shard=shard)
+            if exits is not None:
+                exits += [self.logits_at(s, part.attention_mask, depth) for depth, s in states]
+            return self.exit_logits(h, part.attention_mask, arms[0]), decisions
         logits, chunk_decisions, rows, chunk_exits = [], [], [], []
         for chunk in length_chunks(batch.attention_mask.sum(1).tolist()):
             part = batch.rows(chunk)
@@ -356,12 +411,15 @@ class DHTMethod(DHTInference, Method):
         return torch.cat(logits).index_select(0, back.to(self.device)), decisions
 
     def _run_s2(self, batch: Batch, arms: list, greedy: bool, hidden: Tensor | None = None,
-                states: list[tuple[int, Tensor]] | None = None, start: int = 0) -> tuple[Tensor, list[GroupDecision]]:
+                states: list[tuple[int, Tensor]] | None = None, start: int = 0,
+                shard: Shard | None = None) -> tuple[Tensor, list[GroupDecision]]:
         """Alg. 2 lines 7-14 for samples of one depth: the first b layers (unless ``hidden`` holds
         their states), then per group H_o and the heads, then the group. Returns h (B, T, E) and the
         decisions of the groups that ran; ``states`` (a list) receives (depth, h) at each shallower exit
         passed (after the b layers and each group but the last). With ``start`` > 0, ``hidden`` holds
-        the states after group ``start`` - 1 and the groups before it are skipped (continuation)."""
+        the states after group ``start`` - 1 and the groups before it are skipped (continuation). With a
+        ``shard`` (torchrun), ``batch`` holds this rank's rows of the queue: the bandits choose for the
+        whole queue from the gathered states, and the decisions returned are the whole queue's."""
         model, mask, N_h = self.model, batch.attention_mask, self.N_h
         layout = arm_layout(self.search, arms[0], self.phase_two)
         h = hidden
@@ -375,11 +433,12 @@ class DHTMethod(DHTInference, Method):
                 continue
             if states is not None and group[0] > 0:  # an exit depth this sample passes on its way
                 states.append((group[0], h))
-            H_o, W_h, choice = self.strategy.head_counts(o, h, mask, arms, self.contexts, self.features.head_count,
-                                                         greedy)  # line 11
-            W_ts = with_arm_features(self.contexts.x_heads(h, mask, N_h), self.features.head)
+            seen, seen_mask, seen_arms = (h, mask, arms) if shard is None else shard.everyone(h)
+            H_o, W_h, choice = self.strategy.head_counts(o, seen, seen_mask, seen_arms, self.contexts,
+                                                         self.features.head_count, greedy)  # line 11
+            W_ts = with_arm_features(self.contexts.x_heads(seen, seen_mask, N_h), self.features.head)
             kept = self.tsb.select(W_ts, H_o, greedy=greedy)  # line 12
-            h = run_group(model, h, mask, group, kept)  # line 14
+            h = run_group(model, h, mask, group, kept if shard is None else kept[shard.run])  # line 14
             decisions.append(GroupDecision(W_ts, kept, H_o, W_h, choice))
         if layout.suffix:
             h = model.run_plan(h, mask, ExecutionPlan.uniform(layout.suffix, range(N_h)))

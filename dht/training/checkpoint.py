@@ -48,14 +48,16 @@ def join_state(state: Any, tensors: dict[str, Tensor]) -> Any:
 
 
 def save_checkpoint(directory: Path, model: DynamicEncoder, optimizer: torch.optim.Optimizer,
-                    counters: dict[str, Any], method_state: dict[str, Any]) -> None:
-    """Write the whole training state to ``directory`` atomically."""
+                    counters: dict[str, Any], method_state: dict[str, Any],
+                    ranks: list[dict[str, Tensor]] | None = None) -> None:
+    """Write the whole training state to ``directory`` atomically. ``ranks``: under torchrun, every rank's
+    ``rng_state()`` (each rank's dropout draws its own), restored rank by rank when resuming."""
     tensors: dict[str, Tensor] = {}
     state = {
         "counters": counters,
         "optimizer": split_state(optimizer.state_dict(), "optimizer", tensors),
         "method": split_state(method_state, "method", tensors),
-        "rng": split_state(rng_state(), "rng", tensors),
+        "rng": split_state({**rng_state(), **({"ranks": ranks} if ranks else {})}, "rng", tensors),
     }
     temporary = directory.with_name(directory.name + ".tmp")
     previous = directory.with_name(directory.name + ".old")
@@ -103,10 +105,10 @@ def latest_checkpoint(output: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(directory: Path, model: DynamicEncoder,
-                    optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore model, optimizer and RNG from ``directory``; return (counters, method_state). A damaged
-    file is a ValueError naming it."""
+def load_checkpoint(directory: Path, model: DynamicEncoder, optimizer: torch.optim.Optimizer,
+                    rank: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore model, optimizer and RNG (``rank``'s, for a run trained under torchrun) from ``directory``;
+    return (counters, method_state). A damaged file is a ValueError naming it."""
     with damaged(directory / "model.safetensors"):
         load_model(directory / "model.safetensors", model)
     with damaged(directory / "state.safetensors"):
@@ -118,9 +120,10 @@ def load_checkpoint(directory: Path, model: DynamicEncoder,
     # JSON turned the optimizer's integer parameter ids into strings.
     optimizer_state["state"] = {int(k): v for k, v in optimizer_state["state"].items()}
     optimizer.load_state_dict(optimizer_state)
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():  # dropout's generator on a GPU
-        torch.cuda.set_rng_state(state["rng"]["cuda"])
+    rng = state["rng"]["ranks"][rank] if "ranks" in state["rng"] else state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():  # dropout's generator on a GPU
+        torch.cuda.set_rng_state(rng["cuda"])
     return state["counters"], state["method"]
 
 

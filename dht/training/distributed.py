@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
@@ -55,7 +55,11 @@ class World:
         if size < 1 or not 0 <= rank < size:
             raise ValueError(f"RANK={rank} and WORLD_SIZE={size} do not name a process of the world")
         if size > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+            if torch.cuda.is_available():  # GPU tensors reduce through NCCL, CPU ones (counters) through gloo
+                torch.cuda.set_device(local)
+                dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+            else:
+                dist.init_process_group(backend="gloo")
         return cls(rank, size, local)
 
     def device(self, requested: str | None) -> str | None:
@@ -66,14 +70,37 @@ class World:
             return f"cuda:{self.local_rank}"
         return requested
 
+    def rows(self, n: int, rank: int | None = None) -> tuple[int, int]:
+        """The rows [start, stop) of a global batch of ``n`` that ``rank`` (default: this one) trains on:
+        contiguous, the first ``n % size`` ranks one row more."""
+        rank = self.rank if rank is None else rank
+        start = rank * (n // self.size) + min(rank, n % self.size)
+        return start, start + n // self.size + (rank < n % self.size)
+
     def shard(self, batch: Batch) -> Batch:
-        """This rank's rows of a global batch: contiguous, the first ``len % size`` ranks one row more."""
+        """This rank's rows of a global batch (``rows``)."""
         if not self.distributed:
             return batch
-        n = len(batch)
-        start = self.rank * (n // self.size) + min(self.rank, n % self.size)
-        stop = start + n // self.size + (self.rank < n % self.size)
+        start, stop = self.rows(len(batch))
         return batch.rows(list(range(start, stop)))
+
+    def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """The global batch's rows from every rank's ``local`` rows (``rows(n)`` of each, the other
+        dimensions alike), in rank order: the tensor one process would hold. Detached (no gradient
+        crosses ranks)."""
+        if not self.distributed:
+            return local.detach()
+        sizes = [stop - start for start, stop in (self.rows(n, r) for r in range(self.size))]
+        padded = local.detach().new_zeros((max(sizes), *local.shape[1:]))
+        padded[:len(local)] = local.detach()
+        parts = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        """Rank 0's values of ``tensor`` on every rank, in place."""
+        if self.distributed:
+            dist.broadcast(tensor, src=0)
 
     def sum(self, values: list[float]) -> list[float]:
         """Each value summed over the ranks (float64)."""
@@ -106,9 +133,16 @@ class World:
 
     def broadcast_parameters(self, model: nn.Module) -> None:
         """Rank 0's weights on every rank (they are built alike from one seed; this makes sure)."""
-        if self.distributed:
-            for tensor in list(model.parameters()) + list(model.buffers()):
-                dist.broadcast(tensor.data, src=0)
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            self.broadcast(tensor.data)
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), in rank order."""
+        if not self.distributed:
+            return [value]
+        values: list[Any] = [None] * self.size
+        dist.all_gather_object(values, value)
+        return values
 
     def share(self, message: str | None) -> str | None:
         """Rank 0's ``message`` on every rank (what the others pass is ignored)."""
@@ -117,3 +151,8 @@ class World:
         box = [message]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def close(self) -> None:
+        """Leave the process group (after the last collective of this rank)."""
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()

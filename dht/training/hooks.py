@@ -22,6 +22,7 @@ from dht.data import Batch
 from dht.flops import full_forward_flops, full_train_flops, plan_forward_flops, plan_train_flops
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.training.config import RunConfig, TrainConfig
+from dht.training.distributed import World
 from dht.training.options import MethodOptions
 
 
@@ -40,6 +41,9 @@ class StepResult:
     flops_all_in: float | None = None  # plus overheads (probes, bandits); None means equal to flops
     extra: dict[str, Any] = field(default_factory=dict)  # logged with the step
     records: list[dict[str, Any]] = field(default_factory=list)  # per-sample decisions (decisions.jsonl)
+    # Under torchrun, for a method that shards its own batches (``Method.shards_itself``): the samples of
+    # the global batch this rank's ``loss`` averages; FLOPs and records are then the global batch's.
+    shard: int | None = None
 
     @property
     def all_in(self) -> float:
@@ -158,6 +162,10 @@ class Method:
     # Whether the method trains under torchrun (dht/training/distributed.py): its steps need nothing but the
     # averaged gradients to stay identical on every rank.
     distributed: ClassVar[bool] = True
+    # Whether it takes the global batches and trains on its rank's rows itself (``world``; StepResult.shard),
+    # keeping state beside the weights identical on every rank (DHT's bandits); else the loop shards them.
+    shards_itself: ClassVar[bool] = False
+    world: World = World()  # this process's place under torchrun; the loop sets it before training
 
     lr_flag: ClassVar[str] = "--lr"  # the flag of the learning rate ``peak_lr`` returns
 

@@ -26,6 +26,7 @@ from dht.training.checkpoint import (
     damaged,
     latest_checkpoint,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
     save_model,
     split_state,
@@ -172,8 +173,11 @@ def train(run: RunConfig, output: Path, resume: bool = False, stop_after_steps: 
     """
     output = Path(output)
     world = World.from_environment()
-    with run_lock(output) if world.main else nullcontext():
-        return _train(run, output, resume, stop_after_steps, progress, world.device(device), lr, world)
+    try:
+        with run_lock(output) if world.main else nullcontext():
+            return _train(run, output, resume, stop_after_steps, progress, world.device(device), lr, world)
+    finally:
+        world.close()
 
 
 @dataclass
@@ -239,6 +243,7 @@ def start_on_every_rank(world: World, run: RunConfig, output: Path, resume: bool
     world.broadcast_parameters(prepared.model)
     if not type(prepared.method).distributed:
         raise ValueError(f"--method {run.method} does not train under torchrun yet (one process only)")
+    prepared.method.world = world
     return prepared
 
 
@@ -264,7 +269,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
     counters = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "flops": 0.0, "full_flops": 0.0,
                 "flops_all_in": 0.0, "samples": 0, "world_size": world.size}
     if resume:
-        counters, method_state = load_checkpoint(latest_checkpoint(output), model, optimizer)
+        counters, method_state = load_checkpoint(latest_checkpoint(output), model, optimizer, world.rank)
         if counters.get("world_size", 1) != world.size:
             raise ValueError(f"{output}: the run was trained by {counters.get('world_size', 1)} process(es); resume "
                              f"it with as many (torchrun --nproc-per-node), not {world.size}")
@@ -282,8 +287,9 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
     marks = Marks(saved=counters["step"] if resume else 0)
 
     def checkpoint() -> None:
+        ranks = world.gather_objects(rng_state()) if world.distributed else None  # each rank's dropout draws
         if world.main:  # every rank holds the same weights, optimizer and method state
-            save_checkpoint(output / "checkpoint", model, optimizer, counters, method.state_dict())
+            save_checkpoint(output / "checkpoint", model, optimizer, counters, method.state_dict(), ranks)
         marks.saved = counters["step"]
 
     records = (lambda name: open(output / name, "a", encoding="utf-8")) if world.main else \
@@ -302,7 +308,10 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                                       prepared.pad_id, shuffle=True, generator=generator, sort_by_length=True,
                                       start_batch=method.loader_start(counters["batch"]))
             sizes: list[int] = []  # the global batches' sizes (each rank trains on its shard)
-            batches = sharded(batches, world, where, sizes) if world.distributed else (b.to(where) for b in batches)
+            if world.distributed and not method.shards_itself:
+                batches = sharded(batches, world, where, sizes)
+            else:
+                batches = (batch.to(where) for batch in batches)
             # The bar counts samples: DHT's queues release more batches than the loader makes.
             done = min(max(counters["samples"] - epoch * len(prepared.train), 0), len(prepared.train))
             bar = tqdm(total=len(prepared.train), initial=done, unit="sample", disable=not progress,
@@ -316,13 +325,18 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                     optimizer.zero_grad(set_to_none=True)
                     result.loss.backward()
                     method.after_backward()
-                    samples = sizes[-1] if world.distributed else len(batch)  # the global batch's
-                    world.average_gradients(optimizer_params(optimizer), len(batch), samples)
+                    # The global batch's samples, and this rank's share of them.
+                    samples = sizes[-1] if world.distributed and not method.shards_itself else len(batch)
+                    local = len(batch) if result.shard is None else result.shard
+                    world.average_gradients(optimizer_params(optimizer), local, samples)
                     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
                     loss = result.loss.item()  # on a GPU this waits for the step, so the clock sees all of it
                     if world.distributed:  # the global batch's loss and FLOPs (summed over the ranks' shards)
-                        total = world.sum([loss * len(batch), result.flops, result.full_flops, result.all_in])
-                        loss, result.flops, result.full_flops, result.flops_all_in = total[0] / samples, *total[1:]
+                        costs = [] if result.shard is not None else [result.flops, result.full_flops, result.all_in]
+                        total = world.sum([loss * local, *costs])
+                        loss = total[0] / samples
+                        if costs:
+                            result.flops, result.full_flops, result.flops_all_in = total[1:]
                     if not (math.isfinite(loss) and math.isfinite(norm.item())):
                         raise NonFiniteError(f"the loss ({loss}) or the gradient norm ({norm.item()}) is not "
                                              "finite, so training stopped before applying it")

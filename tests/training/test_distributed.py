@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from dht.data import collate
@@ -81,20 +82,53 @@ def test_rank_zero_alone_writes_and_logs_global_steps(runs):
     assert metrics[2]["test"]["f1_macro"] == pytest.approx(metrics[1]["test"]["f1_macro"], abs=1e-6)
 
 
+# Run the dht CLI on this rank; STOP_AFTER stops training after that many steps; with STATE_DIR, each rank
+# saves its DHT method's state there (rankR.pt) afterwards.
+RANK_SCRIPT = """
+import os
+import sys
+
+import torch
+
+import dht.methods.dht as dht_module
+from dht.cli import main
+from dht.training import loop
+
+made = []
+original = dht_module.DHTMethod.__init__
+
+
+def keep(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    made.append(self)
+
+
+dht_module.DHTMethod.__init__ = keep
+if os.environ.get("STOP_AFTER"):
+    real = loop.train
+    loop.train = lambda *a, **k: real(*a, **{**k, "stop_after_steps": int(os.environ["STOP_AFTER"])})
+code = main(sys.argv[1:])
+if os.environ.get("STATE_DIR"):
+    torch.save(made[-1].state_dict(), os.path.join(os.environ["STATE_DIR"], f"rank{os.environ['RANK']}.pt"))
+sys.exit(code)
+"""
+
+
+def launch_script(args, tmp_path, **env):
+    """RANK_SCRIPT under torchrun with two ranks."""
+    script = tmp_path / "rank_script.py"
+    script.write_text(RANK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script), "train", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
 def test_resume_needs_the_same_number_of_ranks(runs, tmp_path):
     """A run stopped by two ranks resumes under two (and then equals the uninterrupted one); one process
     is refused with one line naming both numbers."""
     source, common = runs
-    script = tmp_path / "stop.py"
-    script.write_text("import sys\nfrom dht.cli import main\nfrom dht.training import loop\n"
-                      "real = loop.train\n"
-                      "loop.train = lambda *a, **k: real(*a, **{**k, 'stop_after_steps': 3})\n"
-                      "sys.exit(main(sys.argv[1:]))\n")
     output = tmp_path / "cut"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    stopped = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                              str(script), "train", *common, "--output", str(output)],
-                             capture_output=True, text=True, env=env, timeout=300)
+    stopped = launch_script([*common, "--output", str(output)], tmp_path, STOP_AFTER="3")
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     assert not (output / "metrics.json").exists() and (output / "checkpoint").is_dir()
     refused = launch(["--resume", "--output", str(output), "--quiet"], 1, tmp_path)
@@ -102,6 +136,58 @@ def test_resume_needs_the_same_number_of_ranks(runs, tmp_path):
     resumed = launch(["--resume", "--output", str(output), "--quiet"], 2, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = (load_file(str(folder / "model.safetensors")) for folder in (source / "ranks2", output))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def same_state(a, b, path="state"):
+    """Two method states equal bit for bit: tensors (dtype, shape, values), numbers, nested containers."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for key in a:
+            same_state(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+DHT = ["--method", "dht", "--backbone", "tiny", "--max-train", "60", "--max-test", "8", "--batch-size", "8",
+       "--epochs", "2", "--quiet"]
+
+
+@pytest.mark.parametrize("options", [["--config", "t-dht"], ["--config", "f-dht", "--self-distill", "1"]])
+def test_dht_bandits_and_normalisers_are_identical_on_every_rank(tmp_path, options):
+    """Two epochs of DHT on two ranks, each running S2 on its rows of each queue (a queue of one sample
+    leaves one rank none): every bandit, normaliser, queue and generator is the same bit for bit on both
+    ranks, and each step is logged once, with the whole queue's samples."""
+    states = tmp_path / "states"
+    states.mkdir()
+    done = launch_script([*DHT, *options, "--output", str(tmp_path / "run")], tmp_path, STATE_DIR=str(states))
+    assert done.returncode == 0, done.stderr[-2000:]
+    zero, one = (torch.load(states / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert zero["ucb_top"]["counts"].sum() > 0  # the bandits learned something to compare
+    same_state(zero, one)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert sum(x["samples"] for x in log) == 2 * 60
+    decisions = (tmp_path / "run" / "decisions.jsonl").read_text().splitlines()
+    assert len(decisions) == 2 * 60
+
+
+def test_dht_resumed_on_two_ranks_equals_its_uninterrupted_run(tmp_path):
+    """Stopped after 3 steps and resumed, a two-rank DHT run takes the same decisions and ends with the
+    same weights as the same run uninterrupted."""
+    common = [*DHT, "--config", "f-dht"]
+    whole = launch_script([*common, "--output", str(tmp_path / "whole")], tmp_path)
+    cut = launch_script([*common, "--output", str(tmp_path / "cut")], tmp_path, STOP_AFTER="3")
+    assert whole.returncode == 0 and cut.returncode == 0, whole.stderr[-2000:] + cut.stderr[-2000:]
+    resumed = launch(["--resume", "--output", str(tmp_path / "cut"), "--quiet"], 2, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (tmp_path / "whole" / "decisions.jsonl").read_text() == (tmp_path / "cut" / "decisions.jsonl").read_text()
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("whole", "cut"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
