@@ -1,0 +1,180 @@
+"""DHT's steps split over ranks, in one process: threads stand for torchrun ranks.
+
+Each thread holds a DHT method built like the other (same seed) with a world whose collectives exchange
+tensors between the threads (``ThreadWorld``), so the code paths of ``Shard``, the gathered probe, S2 on a
+rank's rows and the gathered losses run as under torchrun, fast enough for mutation testing. Dropout is
+off, so every sample's states and loss are those of one process on the whole batch, and the bandits must
+end where one process's end (tests/training/test_distributed.py runs the real thing with torchrun).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import threading
+from typing import Any
+
+import pytest
+import torch
+
+from dht.data import iterate_batches
+from dht.training import setup
+from dht.training.config import RunConfig, TrainConfig
+from dht.training.distributed import World
+from dht.training.setup import prepare
+
+SMALL = TrainConfig(epochs=1, batch_size=8, max_train=45, max_test=8, seed=3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_dataset_read():
+    """The embedded dataset is read once for the module (these tests only read it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(setup, "read_dataset", functools.lru_cache(maxsize=None)(setup.read_dataset))
+        yield
+
+
+class Hub:
+    """Where the threads' collectives meet: each puts its value, all wait, each reads every value."""
+
+    def __init__(self, size: int) -> None:
+        self.barrier = threading.Barrier(size, timeout=60)
+        self.slots: list[Any] = [None] * size
+
+    def exchange(self, rank: int, value: Any) -> list[Any]:
+        self.slots[rank] = value
+        self.barrier.wait()
+        values = list(self.slots)
+        self.barrier.wait()  # nobody writes the next value before everyone read this one
+        return values
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadWorld(World):
+    """A World whose ranks are threads of this process (the collectives DHT uses)."""
+
+    hub: Hub | None = None
+
+    def gather(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        start, stop = self.rows(n)
+        assert len(local) == stop - start  # each rank gives exactly its rows
+        return torch.cat(self.hub.exchange(self.rank, local.detach().clone()))
+
+    def broadcast(self, tensor: torch.Tensor) -> None:
+        tensor.copy_(self.hub.exchange(self.rank, tensor.clone())[0])
+
+
+def method_on(world: World, config: str, **options):
+    """A DHT method with dropout off and the loader's batches of 8. Built in the test's thread: ``prepare``
+    seeds torch's global generator, which threads share."""
+    prepared = prepare(RunConfig(method="dht", backbone="tiny", train=SMALL, options={"config": config, **options}))
+    prepared.model.eval()  # no dropout: a sample's states do not depend on which rank runs it
+    prepared.method.world = world
+    batches = list(iterate_batches(prepared.train.ids, prepared.train.labels, 8, prepared.pad_id, shuffle=False))
+    return prepared, batches
+
+
+def train_epoch(prepared, batches) -> list[dict]:
+    """The first epoch's arm features, then every released queue through training_step (no optimizer
+    step: the weights stay)."""
+    method, results = prepared.method, []
+    method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
+    for batch in method.training_batches(iter(batches)):
+        result = method.training_step(batch)
+        results.append({"loss": result.loss.detach(), "shard": result.shard, "samples": len(batch),
+                        "flops": result.flops, "all_in": result.all_in, "records": result.records})
+    return results
+
+
+def on_ranks(config: str, size: int = 3, **options) -> list[tuple[Any, list[dict]]]:
+    """The epoch on ``size`` thread-ranks: each rank's method and step results."""
+    hub, out, errors = Hub(size), [None] * size, []
+    ranks = [method_on(ThreadWorld(r, size, 0, hub), config, **options) for r in range(size)]
+
+    def rank(r: int) -> None:
+        try:
+            prepared, batches = ranks[r]
+            out[r] = (prepared.method, train_epoch(prepared, batches))
+        except BaseException as error:  # noqa: BLE001  (re-raised in the test's thread)
+            errors.append(error)
+            hub.barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+def close(a, b, path: str = "state", exact: bool = False) -> None:
+    """Two method states equal: tensors to float rounding (one process runs whole batches, ranks halves)
+    unless ``exact``, everything else exactly."""
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, path
+        if exact:
+            assert torch.equal(a, b), path
+        elif a.is_floating_point():
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), path
+        else:
+            assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            close(a[key], b[key], f"{path}.{key}", exact)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            close(x, y, f"{path}[{i}]", exact)
+    elif isinstance(a, float) and not exact:
+        assert a == pytest.approx(b, rel=1e-6), path
+    else:
+        assert a == b, path
+
+
+@pytest.fixture
+def one_chunk(monkeypatch):
+    """One process runs each queue in one chunk, as the ranks do: Thompson sampling draws per call, so
+    two length chunks would draw the heads' posterior samples in another grouping."""
+    import dht.methods.dht as dht_module
+
+    monkeypatch.setattr(dht_module, "length_chunks", lambda lengths: [list(range(len(lengths)))])
+
+
+@pytest.mark.parametrize("config, options", [("f-dht", {}), ("t-dht", {}), ("f-dht", {"self_distill": 1.0})])
+def test_two_ranks_take_one_process_decisions_and_bandit_updates(config, options, one_chunk):
+    """Integrated search (F-DHT), tree search (T-DHT, UCB_H per group) and self-distilled exits: over an
+    epoch of 45 samples on three ranks (queues of 8; the epoch's last queues hold fewer), the ranks'
+    bandits, normalisers, queues and records equal one process's on the same batches, and each other's
+    bit for bit."""
+    (zero, steps0), (one, steps1), (two, steps2) = on_ranks(config, **options)
+    single, batches = method_on(World(), config, **options)
+    reference = train_epoch(single, batches)
+    single = single.method
+    state = zero.state_dict()
+    assert state["ucb_top"]["counts"].sum() == 45  # every sample updated the top bandit once
+    close(state, single.state_dict())
+    close(state, one.state_dict(), exact=True)  # the ranks: bit for bit
+    close(state, two.state_dict(), exact=True)
+    assert [s["records"] for s in steps0] == [s["records"] for s in steps1] == [s["records"] for s in steps2]
+    assert [[r["arm"] for r in s["records"]] for s in steps0] == [[r["arm"] for r in s["records"]] for s in reference]
+
+
+def test_each_rank_averages_its_own_rows_and_reports_the_whole_queues_costs(one_chunk):
+    """A queue of B samples over three ranks: rank r trains on B // 3 rows, one more for r < B % 3, each
+    loss the mean over its own rows (0 for a rank with none) so that the loop's weighted sum is one
+    process's mean; the FLOPs and records are the whole queue's on every rank, as one process counts them."""
+    ranks = on_ranks("f-dht")
+    reference = train_epoch(*method_on(World(), "f-dht"))
+    for step, ref in enumerate(reference):
+        n, steps = ref["samples"], [results[step] for _, results in ranks]
+        assert [s["shard"] for s in steps] == [n // 3 + (r < n % 3) for r in range(3)]
+        whole = sum(s["loss"] * s["shard"] for s in steps) / n
+        assert whole == pytest.approx(float(ref["loss"]), rel=1e-5)
+        assert all(float(s["loss"]) == 0.0 for s in steps if s["shard"] == 0)
+        assert all(s["flops"] == pytest.approx(ref["flops"]) and s["all_in"] == pytest.approx(ref["all_in"])
+                   for s in steps)
+        assert [r["loss"] for r in steps[0]["records"]] == pytest.approx([r["loss"] for r in ref["records"]], rel=1e-5)
+    assert any(results[-2]["shard"] == 0 for _, results in ranks)  # the queue of 2 left a rank without rows
