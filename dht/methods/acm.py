@@ -135,7 +135,6 @@ class ACMMethod(Method):
     """ACM (module docstring): converted from a BL1 teacher, trained toward the budget β."""
 
     name = "acm"
-    distributed = False  # not under torchrun yet: its conversion and calibration are unchecked with several ranks
     Options = ACMOptions
     # λ's range (added to the calibrated λ0); the bench's curve: on AG News acm-b50 spends 0.90 / 0.80 / 0.60 /
     # 0.51 of BL1's FLOPs at λ = −0.78 / −0.27 / 0.10 / 0.27 (bench/results/ag_news/acm/summary.json), so

@@ -132,8 +132,8 @@ class Shard:
     def of(cls, world: World, batch: Batch, arms: list[Arm]) -> Shard | None:
         if not world.distributed:
             return None
-        start, stop = world.rows(len(batch))
-        return cls(world, list(range(start, stop)) or [0], stop - start, batch.attention_mask, arms)
+        run, own = world.rows_to_run(len(batch))
+        return cls(world, run, own, batch.attention_mask, arms)
 
     def everyone(self, h: Tensor) -> tuple[Tensor, Tensor, list[Arm]]:
         """The whole queue's states (gathered, no gradient), mask and arms, from this rank's states h

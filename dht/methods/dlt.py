@@ -160,7 +160,6 @@ class DLTMethod(Method):
     """Dynamic layer tying: the full plan on every sample, layers tied and untied by the agent."""
 
     name = "dlt"
-    distributed = False  # not under torchrun yet: its tying agent learns from each rank's own batches
     title = "DLT (dynamic layer tying)"
     Options = DLTOptions
 
@@ -267,7 +266,11 @@ class DLTMethod(Method):
         """Reward the pending decision on a fresh probe batch and update the agent; its FLOPs."""
         if self.pending is None:
             return 0.0
-        loss, flops = self.probe_loss()
+        # Under torchrun every rank draws the probe's rows (its generator stays alike), rank 0 alone runs
+        # the probe, and every rank's agent learns rank 0's reward, so the agents stay alike.
+        rows = torch.randperm(len(self.train_ids), generator=self.probe_generator)[:self.options.probe_rows].tolist()
+        loss, flops = self.probe_loss(rows) if self.world.main else (0.0, 0.0)
+        loss = float(self.world.share(loss))
         reward = max(-10.0, min(10.0, -math.exp(loss)))
         bootstrap = self.layer if self.options.bootstrap == "next_layer" else self.pending["layer"]
         td = self.agent.update(self.pending["state_before"], self.pending["layer"], self.pending["action"], reward,
@@ -280,9 +283,9 @@ class DLTMethod(Method):
         return flops + q_flops
 
     @torch.no_grad()
-    def probe_loss(self) -> tuple[float, float]:
-        """Mean cross-entropy of ``probe_rows`` random training rows, eval mode (spec §2); its FLOPs."""
-        rows = torch.randperm(len(self.train_ids), generator=self.probe_generator)[:self.options.probe_rows].tolist()
+    def probe_loss(self, rows: list[int]) -> tuple[float, float]:
+        """Mean cross-entropy of the training ``rows`` (``probe_rows`` random ones), eval mode (spec §2);
+        its FLOPs."""
         batch = collate([self.train_ids[i] for i in rows], [self.train_labels[i] for i in rows], rows,
                         self.pad_id).to(self.device)
         was_training = self.model.training

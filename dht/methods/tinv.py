@@ -119,7 +119,9 @@ class TInvMethod(TInvInference, Method):
     """Transformer⁻¹ (module docstring)."""
 
     name = "tinv"
-    distributed = False  # not under torchrun yet: its policy and complexity labels are per process
+    # Under torchrun every rank runs its rows of each global batch; the exits are gathered, so the episodes,
+    # the complexity labels and the PPO updates are the whole batch's, the same on every rank.
+    shards_itself = True
     title = "Transformer⁻¹"
     Options = TInvOptions
     knob = Knob("cost_weight", dearest=1 / 64, cheapest=8.0, curve=(0.125, 0.25, 0.5, 1.0, 2.0))
@@ -202,6 +204,7 @@ class TInvMethod(TInvInference, Method):
         start = time.perf_counter()
         importance = head_importance(self.model, batches)
         self.head_order = [row.argsort(descending=True, stable=True).tolist() for row in importance]
+        self.head_order = self.world.share(self.head_order)  # under torchrun: rank 0's, on unlike GPUs too
         self.model.train()
         config = self.model.config  # a forward and a backward (≈ 2 forwards) per row
         self.importance = {"rows": len(rows), "seconds": time.perf_counter() - start,
@@ -288,8 +291,16 @@ class TInvMethod(TInvInference, Method):
         choice = 0
         if self.head_order is not None:
             choice = int(torch.randint(len(self.widths), (1,), generator=self.generator))
-        exit_logits, pooled = self.forward_exits(batch, self.widths[choice])
-        loss = dual_path_loss(exit_logits, pooled, batch.labels)
+        run, own = self.world.rows_to_run(len(batch)) if self.world.distributed else (None, len(batch))
+        if run is None:
+            exit_logits, pooled = self.forward_exits(batch, self.widths[choice])
+            loss = dual_path_loss(exit_logits, pooled, batch.labels)
+        else:  # torchrun: this rank's rows (its loss their mean, 0 for a rank without rows of its own)
+            part = batch.rows(run)
+            local_exits, local_pooled = self.forward_exits(part, self.widths[choice])
+            loss = dual_path_loss(local_exits, local_pooled, part.labels) * float(own > 0)
+            exit_logits = self.world.gather(local_exits[:own], len(batch))
+            pooled = self.world.gather(local_pooled[:own], len(batch))
         tokens = batch.attention_mask.sum(1).tolist()
         config, L = self.model.config, self.model.config.num_layers
         flops, full = self.train_cost(batch, self.plan(L, self.widths[choice]))
@@ -310,7 +321,7 @@ class TInvMethod(TInvInference, Method):
             extra |= self._ppo(Episodes.cat(self.buffer))
             overhead += self._episode_flops(sum(map(len, self.buffer)), replays=3 * 4)  # 4 epochs, forward + backward
             self.buffer = []
-        return StepResult(loss, flops, full, flops + overhead, extra=extra)
+        return StepResult(loss, flops, full, flops + overhead, extra=extra, shard=None if run is None else own)
 
     def _ppo(self, episodes: Episodes, entropy_coef: float | None = None) -> dict[str, float]:
         if entropy_coef is None:

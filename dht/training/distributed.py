@@ -77,6 +77,13 @@ class World:
         start = rank * (n // self.size) + min(rank, n % self.size)
         return start, start + n // self.size + (rank < n % self.size)
 
+    def rows_to_run(self, n: int) -> tuple[list[int], int]:
+        """For a method that shards its own batches: the rows of a global batch of ``n`` this rank runs and
+        how many of them are its own. A rank with none (``n`` < size) runs row 0 with weight 0, so that it
+        still takes part in every collective of the step."""
+        start, stop = self.rows(n)
+        return list(range(start, stop)) or [0], stop - start
+
     def shard(self, batch: Batch) -> Batch:
         """This rank's rows of a global batch (``rows``)."""
         if not self.distributed:
@@ -144,8 +151,8 @@ class World:
         dist.all_gather_object(values, value)
         return values
 
-    def share(self, message: str | None) -> str | None:
-        """Rank 0's ``message`` on every rank (what the others pass is ignored)."""
+    def share(self, message: Any) -> Any:
+        """Rank 0's ``message`` (picklable) on every rank (what the others pass is ignored)."""
         if not self.distributed:
             return message
         box = [message]

@@ -282,6 +282,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
     steps_per_epoch = -(-len(prepared.train) // run.train.batch_size)
     total_steps, total_samples = steps_per_epoch * run.train.epochs, len(prepared.train) * run.train.epochs
     method.on_train_start(prepared.train.ids, prepared.train.labels, prepared.pad_id, total_steps)
+    world.broadcast_parameters(model)  # what the method set up (ACM's conversion) is rank 0's on every rank
     steps_this_call = 0
 
     marks = Marks(saved=counters["step"] if resume else 0)
@@ -378,6 +379,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
             checkpoint()
     if not world.main:  # rank 0 evaluates and writes the finished run
         return None
+    method.world = World()  # alone from here: no collective may wait for ranks that are done
     with stop_on_non_finite(output, lambda: None, marks, method.lr_flag):
         method.on_train_end(prepared.train.ids, prepared.train.labels, prepared.pad_id)
         counters["memory"] = memory.report()

@@ -1,0 +1,56 @@
+"""Inference FLOPs per class: why a knob set on training rows lands elsewhere on the test split.
+
+Evaluates a saved run on its test split (with inference options, e.g. the cost weight a budget search
+found) and writes each class's mean all-in inference FLOP ratio, the test split's ratio, and that ratio
+reweighted to the training split's class mix: the part of a train/test gap that the class mix explains.
+
+Usage: python bench/cost_by_class.py RUN [--cost-weight L] [--output PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+import dht.methods  # noqa: F401  (registers the methods)
+from dht.data import read_dataset
+from dht.provenance import repo_path, write_result
+from dht.training.evaluation import predict_split
+from dht.training.loop import load_run
+from dht.training.setup import dataset_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--cost-weight", type=float, default=None, help="DHT's inference knob (default: the run's)")
+    parser.add_argument("--output", type=Path, default=repo_path("bench/results/ag_news/cost_by_class.json"))
+    args = parser.parse_args()
+    overrides = {} if args.cost_weight is None else {"cost_weight": args.cost_weight}
+    prepared = load_run(args.run, overrides=overrides)
+    test = prepared.test
+    result = predict_split(prepared.method, test.ids, test.labels, prepared.run.train.eval_batch_size, prepared.pad_id)
+    labels = torch.tensor(test.labels)
+    classes = prepared.dataset.classes
+    ratio = result.all_in / result.full_flops  # (N,) each sample's all-in FLOPs against the full model's
+    per_class = [float(ratio[labels == k].mean()) for k in range(len(classes))]
+    train_counts = Counter(read_dataset(dataset_dir(prepared.run)).train.labels)
+    train_prior = [train_counts[k] / sum(train_counts.values()) for k in range(len(classes))]
+    test_prior = [float((labels == k).double().mean()) for k in range(len(classes))]
+    out = {"run": str(args.run), "options": overrides, "classes": list(classes),
+           "test_ratio_by_class": per_class, "test_class_share": test_prior, "train_class_share": train_prior,
+           "test_ratio": float(result.all_in.sum() / result.full_flops.sum()),
+           "test_ratio_per_sample_mean": float(ratio.mean()),
+           "test_ratio_reweighted_to_train_mix": sum(r * w for r, w in zip(per_class, train_prior))}
+    write_result(args.output, out, prepared.method.device)
+    for name, r, a, b in zip(classes, per_class, test_prior, train_prior):
+        print(f"{name:10} ratio {r:.3f}  share test {a:.2f} train {b:.2f}")
+    print(f"test {out['test_ratio']:.3f}; per-sample mean reweighted to the training mix "
+          f"{out['test_ratio_reweighted_to_train_mix']:.3f} (unweighted {out['test_ratio_per_sample_mean']:.3f})")
+
+
+if __name__ == "__main__":
+    main()
