@@ -159,11 +159,9 @@ class Method:
     # for a method whose number of steps per epoch is not known in advance (DHT's queues).
     schedule_by_samples: bool = False
 
-    # Whether the method trains under torchrun (dht/training/distributed.py): its steps need nothing but the
-    # averaged gradients to stay identical on every rank.
-    distributed: ClassVar[bool] = True
-    # Whether it takes the global batches and trains on its rank's rows itself (``world``; StepResult.shard),
-    # keeping state beside the weights identical on every rank (DHT's bandits); else the loop shards them.
+    # Under torchrun (dht/training/distributed.py): whether the method takes the global batches and trains on
+    # its rank's rows itself (``world``; StepResult.shard), keeping state beside the weights identical on every
+    # rank (DHT's bandits); else the loop gives it its rank's shard of each batch.
     shards_itself: ClassVar[bool] = False
     world: World = World()  # this process's place under torchrun; the loop sets it before training
 

@@ -241,19 +241,19 @@ def start_on_every_rank(world: World, run: RunConfig, output: Path, resume: bool
     if not world.main:
         prepared = prepare(saved_settings(output) if resume else run, device=device)
     world.broadcast_parameters(prepared.model)
-    if not type(prepared.method).distributed:
-        raise ValueError(f"--method {run.method} does not train under torchrun yet (one process only)")
+    last, size = len(prepared.train) % prepared.run.train.batch_size, prepared.run.train.batch_size
+    if not prepared.method.shards_itself and (size < world.size or 0 < last < world.size):
+        raise ValueError(f"--batch-size {size} over {len(prepared.train)} training rows leaves a batch of "
+                         f"{min(size, last or size)} samples, fewer than the {world.size} ranks; choose another "
+                         "--batch-size (or --max-train)")
     prepared.method.world = world
     return prepared
 
 
 def sharded(batches: Iterator[Batch], world: World, where: torch.device, sizes: list[int]) -> Iterator[Batch]:
     """This rank's shard of each global batch, on ``where``; each global batch's size is appended to
-    ``sizes``. Raises ValueError for a batch with fewer samples than ranks."""
+    ``sizes`` (every batch has a sample per rank: ``start_on_every_rank`` checked the sizes)."""
     for batch in batches:
-        if len(batch) < world.size:
-            raise ValueError(f"a batch of {len(batch)} samples cannot be split over {world.size} ranks; change "
-                             "--batch-size or --max-train so that the last batch has at least one sample per rank")
         sizes.append(len(batch))
         yield world.shard(batch).to(where)
 

@@ -149,6 +149,15 @@ def test_resume_needs_the_same_number_of_ranks(runs, tmp_path):
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
 
 
+def test_a_last_batch_smaller_than_the_world_is_refused_before_training(tmp_path):
+    """41 rows in batches of 8 leave a last batch of 1 for 2 ranks: refused in one line, nothing trained."""
+    args = ["--method", "full", "--backbone", "tiny", "--max-train", "41", "--max-test", "8", "--batch-size", "8",
+            "--quiet", "--output", str(tmp_path / "run")]
+    refused = launch(args, 2, tmp_path)
+    assert refused.returncode != 0 and "a batch of 1 samples, fewer than the 2 ranks" in refused.stderr
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
 def same_state(a, b, path="state"):
     """Two method states equal bit for bit: tensors (dtype, shape, values), numbers, nested containers."""
     if isinstance(a, torch.Tensor):
