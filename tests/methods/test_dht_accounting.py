@@ -174,7 +174,7 @@ def test_the_budgets_cost_weight_shifts_the_choice_and_steps_on_the_greedy_share
     _, method, batches = started("f-dht", train_budget=0.4)
     seen = {}
     probe = method._probe
-    method._probe = lambda batch: seen.setdefault("x", probe(batch))
+    method._probe = lambda batch, **where: seen.setdefault("x", probe(batch, **where))
     shares = method.arm_shares()
     released = method._enqueue(batches[0])
     W = with_arm_features(seen["x"][1], method.features.top)
