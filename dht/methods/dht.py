@@ -238,9 +238,8 @@ class DHTMethod(DHTInference, Method):
         order = torch.randperm(len(train_ids), generator=self.generator)[: self.search.feature_samples]
         self.features = compute_arm_features(self.model, self.search, self.arms, self.phase_two,
                                              [train_ids[i] for i in order.tolist()], pad_id, self.generator)
-        for values in dataclasses.astuple(self.features):  # under torchrun: rank 0's, bit for bit
-            if isinstance(values, Tensor):
-                self.world.broadcast(values)
+        for features in (self.features.top, self.features.head_count, self.features.head):
+            self.world.broadcast(features)  # under torchrun: rank 0's, in place (a GPU's sums vary by rank)
         self.overhead += self.features.flops
 
     def lr_group(self, name: str) -> str:
@@ -286,13 +285,13 @@ class DHTMethod(DHTInference, Method):
         ``spread`` (training under torchrun): each rank probes its rows and the states are gathered."""
         was_training = self.model.training
         self.model.eval()
-        mask, rows = batch.attention_mask, slice(None)
-        if spread and self.world.distributed:
-            rows = slice(*self.world.rows(len(batch)))
+        mask, rows, own = batch.attention_mask, list(range(len(batch))), len(batch)
+        if spread and self.world.distributed:  # a rank without rows of its own probes row 0, unused
+            rows, own = self.world.rows_to_run(len(batch))
         h = self.model.run_plan(self.model.embed(batch.input_ids[rows]), mask[rows],
                                 ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h))
         if spread:
-            h = self.world.gather(h, len(batch))
+            h = self.world.gather(h[:own], len(batch))
         self.model.train(was_training)
         if not torch.isfinite(h).all():  # diverged weights: say so, not that a context holds a NaN
             raise NonFiniteError("the probe's hidden states are not finite (the weights have diverged)")

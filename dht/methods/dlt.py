@@ -280,7 +280,7 @@ class DLTMethod(Method):
         self.pending = None
         N = len(self.state)
         q_flops = 3 * 2 * (N * HIDDEN + HIDDEN * N * (N + 1) // 2)  # one update (forward + backward)
-        return flops + q_flops
+        return flops + (q_flops if self.world.main else 0.0)  # every rank updates; one process's count
 
     @torch.no_grad()
     def probe_loss(self, rows: list[int]) -> tuple[float, float]:

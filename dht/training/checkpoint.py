@@ -51,7 +51,7 @@ def save_checkpoint(directory: Path, model: DynamicEncoder, optimizer: torch.opt
                     counters: dict[str, Any], method_state: dict[str, Any],
                     ranks: list[dict[str, Tensor]] | None = None) -> None:
     """Write the whole training state to ``directory`` atomically. ``ranks``: under torchrun, every rank's
-    ``rng_state()`` (each rank's dropout draws its own), restored rank by rank when resuming."""
+    ``rng_state()`` (each rank's dropout draws from its own generator), restored rank by rank when resuming."""
     tensors: dict[str, Tensor] = {}
     state = {
         "counters": counters,

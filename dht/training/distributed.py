@@ -62,6 +62,11 @@ class World:
                 dist.init_process_group(backend="gloo")
         return cls(rank, size, local)
 
+    def rank_seed(self, seed: int) -> int:
+        """A seed of this rank's own for the run's ``seed`` (dropout draws differ between ranks, as they
+        differ between the rows of one process's batch)."""
+        return seed * 1_000_003 + self.rank + 1
+
     def device(self, requested: str | None) -> str | None:
         """Each rank's device: ``cuda`` (or auto on a GPU machine) becomes ``cuda:LOCAL_RANK``."""
         if not self.distributed:

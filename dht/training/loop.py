@@ -228,6 +228,8 @@ def start_on_every_rank(world: World, run: RunConfig, output: Path, resume: bool
                         lr: float | None) -> Prepared:
     """``start_run`` on rank 0, which lays out the folder; the other ranks then build the same run from it
     (a fresh run's settings, or the saved ones when resuming). A failure on rank 0 fails every rank."""
+    if resume:
+        check_world_size(output, world.size)  # before _resume changes anything
     if not world.distributed:
         return start_run(run, output, resume, device, lr)
     try:
@@ -250,6 +252,20 @@ def start_on_every_rank(world: World, run: RunConfig, output: Path, resume: bool
     return prepared
 
 
+def check_world_size(output: Path, size: int) -> None:
+    """A run resumes with as many processes as trained it (the shards, and so its numbers, depend on it):
+    ValueError otherwise, naming both. A finished run or one without a checkpoint is left to ``_resume``."""
+    checkpoint = latest_checkpoint(output)
+    if checkpoint is None or (output / "metrics.json").is_file():
+        return
+    with damaged(checkpoint / "state.json"):
+        counters = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))["counters"]
+        saved = int(counters.get("world_size", 1))
+    if saved != size:
+        raise ValueError(f"{output}: the run was trained by {saved} process(es); resume it with as many "
+                         f"(torchrun --nproc-per-node), not {size}")
+
+
 def sharded(batches: Iterator[Batch], world: World, where: torch.device, sizes: list[int]) -> Iterator[Batch]:
     """This rank's shard of each global batch, on ``where``; each global batch's size is appended to
     ``sizes`` (every batch has a sample per rank: ``start_on_every_rank`` checked the sizes)."""
@@ -270,9 +286,6 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                 "flops_all_in": 0.0, "samples": 0, "world_size": world.size}
     if resume:
         counters, method_state = load_checkpoint(latest_checkpoint(output), model, optimizer, world.rank)
-        if counters.get("world_size", 1) != world.size:
-            raise ValueError(f"{output}: the run was trained by {counters.get('world_size', 1)} process(es); resume "
-                             f"it with as many (torchrun --nproc-per-node), not {world.size}")
         method.load_state_dict(method_state)
         if world.main:
             truncate_log(output / "log.jsonl", counters["step"])
@@ -283,6 +296,8 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
     total_steps, total_samples = steps_per_epoch * run.train.epochs, len(prepared.train) * run.train.epochs
     method.on_train_start(prepared.train.ids, prepared.train.labels, prepared.pad_id, total_steps)
     world.broadcast_parameters(model)  # what the method set up (ACM's conversion) is rank 0's on every rank
+    if world.distributed and not resume:  # each rank its own dropout (a resumed rank restores its own)
+        torch.manual_seed(world.rank_seed(run.train.seed))
     steps_this_call = 0
 
     marks = Marks(saved=counters["step"] if resume else 0)

@@ -178,3 +178,28 @@ def test_each_rank_averages_its_own_rows_and_reports_the_whole_queues_costs(one_
                    for s in steps)
         assert [r["loss"] for r in steps[0]["records"]] == pytest.approx([r["loss"] for r in ref["records"]], rel=1e-5)
     assert any(results[-2]["shard"] == 0 for _, results in ranks)  # the queue of 2 left a rank without rows
+
+
+def test_every_rank_takes_rank_zeros_arm_features():
+    """§3's arm features are computed on every rank and then replaced by rank 0's, in place: a rank whose
+    network differs in the last bits (a GPU's sums do) still routes with rank 0's features."""
+    hub = Hub(2)
+    ranks = [method_on(ThreadWorld(r, 2, 0, hub), "f-dht") for r in range(2)]
+    with torch.no_grad():
+        for p in ranks[1][0].model.parameters():
+            p.mul_(1 + 1e-3)
+    own = method_on(World(), "f-dht")[0]  # rank 1's network alone: what it would compute for itself
+    with torch.no_grad():
+        for p in own.model.parameters():
+            p.mul_(1 + 1e-3)
+    own.method.on_epoch_start(0, own.train.ids, own.pad_id)
+    threads = [threading.Thread(target=lambda p=p: p.method.on_epoch_start(0, p.train.ids, p.pad_id))
+               for p, _ in ranks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    zero, one = (p.method.features for p, _ in ranks)
+    assert not torch.equal(own.method.features.top, zero.top)  # the two networks' features differ
+    for name in ("top", "head_count", "head"):
+        assert torch.equal(getattr(zero, name), getattr(one, name)), name

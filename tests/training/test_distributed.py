@@ -83,8 +83,8 @@ def test_rank_zero_alone_writes_and_logs_global_steps(runs):
 
 
 # Run the dht CLI on this rank; STOP_AFTER stops training after that many steps; with STATE_DIR, each rank
-# saves there (rankR.pt) its method's state and its weights as they were after its last training step (rank 0
-# goes on alone to evaluate, which may change what it holds).
+# saves there (rankR.pt) its method's state after its last training step and its weights as that step began
+# (every update but the last; rank 0 goes on alone to evaluate, which may change what it holds).
 RANK_SCRIPT = """
 import copy
 import os
@@ -141,8 +141,10 @@ def test_resume_needs_the_same_number_of_ranks(runs, tmp_path):
     stopped = launch_script([*common, "--output", str(output)], tmp_path, STOP_AFTER="3")
     assert stopped.returncode == 0, stopped.stderr[-2000:]
     assert not (output / "metrics.json").exists() and (output / "checkpoint").is_dir()
-    refused = launch(["--resume", "--output", str(output), "--quiet"], 1, tmp_path)
-    assert refused.returncode == 2 and "trained by 2 process(es)" in refused.stderr
+    for ranks in (1, 3):  # refused before anything in the folder changes
+        refused = launch(["--resume", "--output", str(output), "--quiet"], ranks, tmp_path)
+        assert refused.returncode != 0 and f"trained by 2 process(es); resume it with as many " \
+            f"(torchrun --nproc-per-node), not {ranks}" in refused.stderr
     resumed = launch(["--resume", "--output", str(output), "--quiet"], 2, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = (load_file(str(folder / "model.safetensors")) for folder in (source / "ranks2", output))
@@ -238,6 +240,13 @@ def test_shards_are_contiguous_and_cover_the_batch():
     shards = [World(rank, 3).shard(batch) for rank in range(3)]
     assert [s.labels.tolist() for s in shards] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert World().shard(batch) is batch
+
+
+def test_each_rank_draws_its_own_dropout():
+    """Ranks of one run get seeds of their own (so their dropout masks differ), the same on every launch."""
+    seeds = [World(rank, 4).rank_seed(7) for rank in range(4)]
+    assert len(set(seeds)) == 4 and seeds == [World(rank, 4).rank_seed(7) for rank in range(4)]
+    assert World(0, 4).rank_seed(8) not in seeds
 
 
 def test_one_process_world_reads_the_environment(monkeypatch):
