@@ -125,3 +125,31 @@ def queued_batch(method, batch, arm):
     _, x = method._probe(batch)
     return QueuedBatch(batch.input_ids, batch.attention_mask, batch.labels, batch.index,
                        arms=torch.full((len(batch),), arm), x=x)
+
+
+def test_dht_without_the_cap_or_before_its_optimizer_leaves_the_rates_alone():
+    """after_backward scales nothing without --layer-lr-cap (even with an optimizer bound) or before the
+    optimizer is bound; a saved layer_lr state loads into a run without the option as nothing; the cap must
+    be finite."""
+    from dht.training.config import RunConfig, TrainConfig
+    from dht.training.loop import make_optimizer
+    from dht.training.setup import prepare
+
+    def make(**options):
+        run = RunConfig(method="dht", backbone="tiny", train=TrainConfig(max_train=16, max_test=8, batch_size=8),
+                        options={"config": "f-dht", **options})
+        return prepare(run)
+
+    plain = make()
+    optimizer = make_optimizer(plain)
+    plain.method.bind_optimizer(optimizer)
+    plain.method.after_backward()  # no cap: nothing to count or scale
+    assert all("lr_scale" not in group for group in optimizer.param_groups)
+    capped = make(layer_lr_cap=2.0)
+    capped.method.after_backward()  # no optimizer bound yet (a step before bind_optimizer): nothing happens
+    assert capped.method.layer_lr.steps == 0
+    state = plain.method.state_dict()
+    plain.method.load_state_dict({**state, "layer_lr": {"steps": 3, "updates": [3, 1, 1, 1]}})
+    assert plain.method.layer_lr is None
+    with pytest.raises(ValueError, match="--layer-lr-cap"):
+        make(layer_lr_cap=float("inf"))
