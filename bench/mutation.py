@@ -2,7 +2,7 @@
 
 Runs mutmut (configured in pyproject.toml, ``[tool.mutmut]``: the modules ``dht/bandits/``,
 ``dht/search/``, ``dht/methods/dht.py`` and ``dht/methods/dht_inference.py``, run against the tests of
-the bandits and the search and the hand-computed DHT steps of ``tests/methods/test_dht_updates.py``)
+the bandits and the search and the hand-computed DHT tests of ``tests/methods/`` that the configuration lists)
 and writes ``bench/results/mutation.json``: the kill rate overall and per module, and every surviving
 mutant with its diff and the reason it survives where one is known: the mutant changes only the text of a
 message (found from its tokens; reported apart, with the kill rate of the other mutants beside the whole
