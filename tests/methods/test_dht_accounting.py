@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy as copy_module
 import dataclasses
-import functools
 import json
 
 import pytest
@@ -27,7 +26,6 @@ from dht.model import ExecutionPlan
 from dht.search.arms import Arm, preset
 from dht.search.features import HEAD_DIM, TOP_DIM, with_arm_features
 from dht.search.layout import arm_flop_shares, arm_layout, probe_layers, sample_plan
-from dht.training import setup
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.hooks import in_batch_order
 from dht.training.setup import prepare
@@ -35,13 +33,7 @@ from dht.training.setup import prepare
 SMALL = TrainConfig(epochs=2, batch_size=8, max_train=64, max_test=16, seed=11)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_dataset_read():
-    """The embedded dataset is read once for the module (these tests only read it): mutation testing runs
-    them once per planted mistake."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(setup, "read_dataset", functools.lru_cache(maxsize=None)(setup.read_dataset))
-        yield
+pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
 
 
 def make(config: str = "f-dht", train: TrainConfig = SMALL, **options):

@@ -9,7 +9,6 @@ run twice), continuation (ours) of a lone unsure sample, none for P-DHT after it
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 
 import pytest
@@ -20,7 +19,6 @@ from dht.flops import classifier_flops
 from dht.search.arms import SearchConfig, full_arms, partial_arms
 from dht.search.exits import normalised_entropy
 from dht.search.features import TOP_DIM, with_arm_features
-from dht.training import setup
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.hooks import in_batch_order
 from dht.training.setup import prepare
@@ -28,12 +26,7 @@ from dht.training.setup import prepare
 SMALL = TrainConfig(epochs=2, batch_size=8, max_train=64, max_test=16, seed=11)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_dataset_read():
-    """The embedded dataset is read once for the module (these tests only read it)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(setup, "read_dataset", functools.lru_cache(maxsize=None)(setup.read_dataset))
-        yield
+pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
 
 
 def started(config: str = "f-dht", epoch: int = 0, **options):

@@ -9,7 +9,6 @@ classifier, and no exit read without self-distillation.
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
@@ -19,19 +18,13 @@ from dht.data import Batch, collate, iterate_batches
 from dht.model import ExecutionPlan
 from dht.search.arms import Arm, SearchConfig, full_arms, partial_arms, tree_arms
 from dht.search.queues import length_chunks
-from dht.training import setup
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.setup import prepare
 
 SMALL = TrainConfig(epochs=2, batch_size=8, max_train=64, max_test=16, seed=11)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_dataset_read():
-    """The embedded dataset is read once for the module (these tests only read it)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(setup, "read_dataset", functools.lru_cache(maxsize=None)(setup.read_dataset))
-        yield
+pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
 
 
 def started(config, epoch: int = 0, **options):

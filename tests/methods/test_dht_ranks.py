@@ -10,7 +10,6 @@ end where one process's end (tests/training/test_distributed.py runs the real th
 from __future__ import annotations
 
 import dataclasses
-import functools
 import threading
 from typing import Any
 
@@ -18,7 +17,6 @@ import pytest
 import torch
 
 from dht.data import iterate_batches
-from dht.training import setup
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.distributed import World
 from dht.training.setup import prepare
@@ -26,12 +24,7 @@ from dht.training.setup import prepare
 SMALL = TrainConfig(epochs=1, batch_size=8, max_train=44, max_test=8, seed=3)  # F-DHT's last queue: 1 sample
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_dataset_read():
-    """The embedded dataset is read once for the module (these tests only read it)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(setup, "read_dataset", functools.lru_cache(maxsize=None)(setup.read_dataset))
-        yield
+pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
 
 
 class Hub:

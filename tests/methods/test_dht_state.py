@@ -5,7 +5,6 @@ the top level, no floor generator, no cost weight), and a state without a cost w
 from __future__ import annotations
 
 import copy as copy_module
-import functools
 import json
 
 import pytest
@@ -13,19 +12,13 @@ import torch
 
 from dht.data import iterate_batches
 from dht.search.arms import SearchConfig
-from dht.training import setup
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.setup import prepare
 
 SMALL = TrainConfig(epochs=2, batch_size=8, max_train=64, max_test=16, seed=11)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_dataset_read():
-    """The embedded dataset is read once for the module (these tests only read it)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(setup, "read_dataset", functools.lru_cache(maxsize=None)(setup.read_dataset))
-        yield
+pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
 
 
 def make(config: str = "f-dht", **options):

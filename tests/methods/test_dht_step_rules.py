@@ -5,7 +5,6 @@ add to the loss and to the FLOPs."""
 
 from __future__ import annotations
 
-import functools
 import json
 from types import SimpleNamespace
 
@@ -21,19 +20,13 @@ from dht.search.arms import Arm, SearchConfig, full_arms, partial_arms
 from dht.search.budget import STEP
 from dht.search.features import HEAD_DIM, TOP_DIM
 from dht.search.layout import arm_layout, sample_plan
-from dht.training import setup
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.setup import prepare
 
 SMALL = TrainConfig(epochs=2, batch_size=8, max_train=64, max_test=16, seed=11)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_dataset_read():
-    """The embedded dataset is read once for the module (these tests only read it)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(setup, "read_dataset", functools.lru_cache(maxsize=None)(setup.read_dataset))
-        yield
+pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
 
 
 def make(config: str = "f-dht", **options):
