@@ -11,6 +11,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from state_checks import assert_same_state
+from tiny_dht import SMALL, make, started
 
 from dht.data import iterate_batches
 from dht.flops import (
@@ -26,26 +28,14 @@ from dht.model import ExecutionPlan
 from dht.search.arms import Arm, preset
 from dht.search.features import HEAD_DIM, TOP_DIM, with_arm_features
 from dht.search.layout import arm_flop_shares, arm_layout, probe_layers, sample_plan
-from dht.training.config import RunConfig, TrainConfig
+from dht.training.config import TrainConfig
 from dht.training.hooks import in_batch_order
-from dht.training.setup import prepare
-
-SMALL = TrainConfig(epochs=2, batch_size=8, max_train=64, max_test=16, seed=11)
-
 
 pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
 
 
-def make(config: str = "f-dht", train: TrainConfig = SMALL, **options):
-    prepared = prepare(RunConfig(method="dht", backbone="tiny", train=train, options={"config": config, **options}))
-    batches = list(iterate_batches(prepared.train.ids, prepared.train.labels, 8, prepared.pad_id, shuffle=False))
-    return prepared, prepared.method, batches
 
 
-def started(config: str = "f-dht", **options):
-    prepared, method, batches = make(config, **options)
-    method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
-    return prepared, method, batches
 
 
 def test_the_settings_come_from_the_search_the_run_and_the_seed(tmp_path):
@@ -212,20 +202,6 @@ def test_the_loader_position_counts_queued_batches_and_restarts_each_epoch():
     assert seen == sum(len(b) for b in batches) and method.consumed == 0
 
 
-def same(a, b, where="state"):
-    """Recursive equality of method states (tensors exactly)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b and type(a) is type(b), where
 
 
 @pytest.mark.parametrize("config, options", [("f-dht", {"train_budget": 0.4, "full_depth_floor": 0.3}),
@@ -242,7 +218,7 @@ def test_a_restored_state_is_the_saved_one_and_takes_the_same_next_step(config, 
     _, copy, _ = make(config, **options)
     copy.model.load_state_dict(method.model.state_dict())
     copy.load_state_dict(state)
-    same(copy.state_dict(), method.state_dict())
+    assert_same_state(copy.state_dict(), method.state_dict())
     assert copy.phase_two == method.phase_two and copy.ucb_top.config.n_arms == len(method.arms)
     assert copy.model.frozen_layers() == method.model.frozen_layers()
     results = []

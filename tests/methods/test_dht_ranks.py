@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from state_checks import assert_same_state
 
 from dht.data import iterate_batches
 from dht.training.config import RunConfig, TrainConfig
@@ -104,29 +105,6 @@ def on_ranks(config: str, size: int = 3, **options) -> list[tuple[Any, list[dict
     return out
 
 
-def close(a, b, path: str = "state", exact: bool = False) -> None:
-    """Two method states equal: tensors to float rounding (one process runs whole batches, ranks halves)
-    unless ``exact``, everything else exactly."""
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape, path
-        if exact:
-            assert torch.equal(a, b), path
-        elif a.is_floating_point():
-            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), path
-        else:
-            assert torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            close(a[key], b[key], f"{path}.{key}", exact)
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            close(x, y, f"{path}[{i}]", exact)
-    elif isinstance(a, float) and not exact:
-        assert a == pytest.approx(b, rel=1e-6), path
-    else:
-        assert a == b, path
 
 
 @pytest.fixture
@@ -153,9 +131,9 @@ def test_two_ranks_take_one_process_decisions_and_bandit_updates(config, options
     single = single.method
     state = zero.state_dict()
     assert state["ucb_top"]["counts"].sum() == 44  # every sample updated the top bandit once
-    close(state, single.state_dict())
-    close(state, one.state_dict(), exact=True)  # the ranks: bit for bit
-    close(state, two.state_dict(), exact=True)
+    assert_same_state(state, single.state_dict(), tolerance=1e-5)  # one process: to float rounding
+    assert_same_state(state, one.state_dict())  # the ranks: bit for bit
+    assert_same_state(state, two.state_dict())
     assert [s["records"] for s in steps0] == [s["records"] for s in steps1] == [s["records"] for s in steps2]
     assert [[r["arm"] for r in s["records"]] for s in steps0] == [[r["arm"] for r in s["records"]] for s in reference]
     for step, ref in enumerate(reference):

@@ -9,38 +9,16 @@ import json
 
 import pytest
 import torch
+from state_checks import assert_same_state
+from tiny_dht import make
 
-from dht.data import iterate_batches
 from dht.search.arms import SearchConfig
-from dht.training.config import RunConfig, TrainConfig
-from dht.training.setup import prepare
-
-SMALL = TrainConfig(epochs=2, batch_size=8, max_train=64, max_test=16, seed=11)
-
 
 pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
 
 
-def make(config: str = "f-dht", **options):
-    prepared = prepare(RunConfig(method="dht", backbone="tiny", train=SMALL, options={"config": config, **options}))
-    batches = list(iterate_batches(prepared.train.ids, prepared.train.labels, 8, prepared.pad_id, shuffle=False))
-    return prepared, prepared.method, batches
 
 
-def same(a, b, where="state"):
-    """Recursive equality of method states (tensors exactly)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for k in a:
-            same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b and type(a) is type(b), where
 
 
 def test_a_state_saved_before_the_first_epoch_has_no_arm_features_and_restores_none():
@@ -54,7 +32,7 @@ def test_a_state_saved_before_the_first_epoch_has_no_arm_features_and_restores_n
     assert other.features is not None
     other.load_state_dict(state)
     assert other.features is None
-    same(other.state_dict(), fresh.state_dict())
+    assert_same_state(other.state_dict(), fresh.state_dict())
 
 
 def test_the_saved_state_names_the_search_it_was_made_with(tmp_path):
@@ -87,8 +65,8 @@ def test_a_state_saved_before_the_search_strategies_restores_ucb_h_at_the_top_le
     _, copy, _ = make("t-dht")
     copy.load_state_dict(saved)
     assert torch.equal(copy.strategy.ucb_h.theta, ucb_h.theta)
-    same(copy.strategy.state_dict(), method.strategy.state_dict())
-    same(copy.state_dict(), method.state_dict())
+    assert_same_state(copy.strategy.state_dict(), method.strategy.state_dict())
+    assert_same_state(copy.state_dict(), method.state_dict())
 
 
 def test_a_state_without_a_cost_weight_leaves_lambda_where_it_is():

@@ -11,34 +11,21 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_dht import make, started
 
 import dht.methods.dht as dht_module
-from dht.data import iterate_batches
 from dht.flops import linucb_flops, plan_train_flops, thompson_flops
 from dht.search.arm_features import compute_arm_features
 from dht.search.arms import Arm, SearchConfig, full_arms, partial_arms
 from dht.search.budget import STEP
 from dht.search.features import HEAD_DIM, TOP_DIM
 from dht.search.layout import arm_layout, sample_plan
-from dht.training.config import RunConfig, TrainConfig
-from dht.training.setup import prepare
-
-SMALL = TrainConfig(epochs=2, batch_size=8, max_train=64, max_test=16, seed=11)
-
 
 pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
 
 
-def make(config: str = "f-dht", **options):
-    prepared = prepare(RunConfig(method="dht", backbone="tiny", train=SMALL, options={"config": config, **options}))
-    batches = list(iterate_batches(prepared.train.ids, prepared.train.labels, 8, prepared.pad_id, shuffle=False))
-    return prepared, prepared.method, batches
 
 
-def started(config: str = "f-dht", **options):
-    prepared, method, batches = make(config, **options)
-    method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
-    return prepared, method, batches
 
 
 def search_file(tmp_path, search: SearchConfig) -> str:

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from state_checks import assert_same_state
 
 from dht.data import collate
 from dht.model.backbones import minilm_dir
@@ -160,20 +161,6 @@ def test_a_last_batch_smaller_than_the_world_is_refused_before_training(tmp_path
     assert not (tmp_path / "run" / "checkpoint").exists()
 
 
-def same_state(a, b, path="state"):
-    """Two method states equal bit for bit: tensors (dtype, shape, values), numbers, nested containers."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), path
-        for key in a:
-            same_state(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            same_state(x, y, f"{path}[{i}]")
-    elif not path.endswith(".seconds"):  # a clock's reading differs between ranks
-        assert a == b, path
 
 
 def rank_states(args, tmp_path):
@@ -196,7 +183,7 @@ def test_dht_bandits_and_normalisers_are_identical_on_every_rank(tmp_path, optio
     ranks, and each step is logged once, with the whole queue's samples."""
     zero, one = rank_states([*DHT, *options], tmp_path)
     assert zero["method"]["ucb_top"]["counts"].sum() > 0  # the bandits learned something to compare
-    same_state(zero, one)
+    assert_same_state(zero, one, skip=lambda where: where.endswith(".seconds"))  # clocks differ
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert sum(x["samples"] for x in log) == 2 * 60
     decisions = (tmp_path / "run" / "decisions.jsonl").read_text().splitlines()
@@ -217,7 +204,7 @@ def test_the_other_dynamic_methods_keep_their_agents_identical_on_every_rank(tmp
     tiny = ["--backbone", "tiny", "--max-train", "60", "--max-test", "8", "--batch-size", "8", "--epochs", "2",
             "--quiet"]
     zero, one = rank_states([*args, *tiny], tmp_path)
-    same_state(zero, one)
+    assert_same_state(zero, one, skip=lambda where: where.endswith(".seconds"))  # clocks differ
 
 
 def test_dht_resumed_on_two_ranks_equals_its_uninterrupted_run(tmp_path):
