@@ -14,6 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import dht.methods  # noqa: F401  (registers the methods the runs name)
 from dht.model import ExecutionPlan
 from dht.provenance import repo_path, write_result
 from dht.training.hooks import Method
