@@ -1,5 +1,7 @@
 """Shared fixtures: tiny random encoders keep the suite fast."""
 
+import functools
+
 import pytest
 import torch
 
@@ -34,3 +36,13 @@ def random_batch(batch: int = 5, length: int = 12, vocab: int = 100, seed: int =
     lengths[0] = length
     mask = torch.arange(length)[None, :] < lengths[:, None]
     return ids.masked_fill(~mask, 0), mask
+
+
+@pytest.fixture(scope="module")
+def dataset_read_once():
+    """The embedded dataset is read once for a module whose tests only read it (its ``pytestmark``)."""
+    from dht.training import setup
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(setup, "read_dataset", functools.lru_cache(maxsize=None)(setup.read_dataset))
+        yield

@@ -31,7 +31,7 @@ from dht.search.layout import arm_flop_shares, arm_layout, probe_layers, sample_
 from dht.training.config import TrainConfig
 from dht.training.hooks import in_batch_order
 
-pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
+pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/conftest.py
 
 
 

@@ -24,7 +24,7 @@ from dht.training.setup import prepare
 SMALL = TrainConfig(epochs=2, batch_size=8, max_train=64, max_test=16, seed=11)
 
 
-pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
+pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/conftest.py
 
 
 def started(config, epoch: int = 0, **options):

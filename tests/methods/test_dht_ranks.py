@@ -25,7 +25,7 @@ from dht.training.setup import prepare
 SMALL = TrainConfig(epochs=1, batch_size=8, max_train=44, max_test=8, seed=3)  # F-DHT's last queue: 1 sample
 
 
-pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
+pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/conftest.py
 
 
 class Hub:

@@ -14,7 +14,7 @@ from tiny_dht import make
 
 from dht.search.arms import SearchConfig
 
-pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
+pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/conftest.py
 
 
 

@@ -21,7 +21,7 @@ from dht.search.budget import STEP
 from dht.search.features import HEAD_DIM, TOP_DIM
 from dht.search.layout import arm_layout, sample_plan
 
-pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/methods/conftest.py
+pytestmark = pytest.mark.usefixtures("dataset_read_once")  # tests/conftest.py
 
 
 
