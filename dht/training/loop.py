@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from dht.data import Batch, iterate_batches
+from dht.data import iterate_batches
 from dht.model.tying import trainable_elements
 from dht.provenance import device_name, write_atomically
 from dht.training.checkpoint import (
@@ -266,14 +266,6 @@ def check_world_size(output: Path, size: int) -> None:
                          f"(torchrun --nproc-per-node), not {size}")
 
 
-def sharded(batches: Iterator[Batch], world: World, where: torch.device, sizes: list[int]) -> Iterator[Batch]:
-    """This rank's shard of each global batch, on ``where``; each global batch's size is appended to
-    ``sizes`` (every batch has a sample per rank: ``start_on_every_rank`` checked the sizes)."""
-    for batch in batches:
-        sizes.append(len(batch))
-        yield world.shard(batch).to(where)
-
-
 def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | None, progress: bool,
            device: str | None, lr: float | None = None, world: World | None = None) -> dict[str, Any] | None:
     world = world or World()
@@ -323,11 +315,9 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
             batches = iterate_batches(prepared.train.ids, prepared.train.labels, run.train.batch_size,
                                       prepared.pad_id, shuffle=True, generator=generator, sort_by_length=True,
                                       start_batch=method.loader_start(counters["batch"]))
-            sizes: list[int] = []  # the global batches' sizes (each rank trains on its shard)
-            if world.distributed and not method.shards_itself:
-                batches = sharded(batches, world, where, sizes)
-            else:
-                batches = (batch.to(where) for batch in batches)
+            if not method.shards_itself:  # under torchrun each rank trains on its shard of the global batch
+                batches = (world.shard(batch) for batch in batches)
+            batches = (batch.to(where) for batch in batches)
             # The bar counts samples: DHT's queues release more batches than the loader makes.
             done = min(max(counters["samples"] - epoch * len(prepared.train), 0), len(prepared.train))
             bar = tqdm(total=len(prepared.train), initial=done, unit="sample", disable=not progress,
@@ -341,18 +331,16 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                     optimizer.zero_grad(set_to_none=True)
                     result.loss.backward()
                     method.after_backward()
-                    # The global batch's samples, and this rank's share of them.
-                    samples = sizes[-1] if world.distributed and not method.shards_itself else len(batch)
-                    local = len(batch) if result.shard is None else result.shard
+                    loss = result.loss.item()  # on a GPU this waits for the step, so the clock sees all of it
+                    local = samples = len(batch) if result.shard is None else result.shard  # this rank's samples
+                    if world.distributed:  # the global batch's samples, mean loss and FLOPs (summed over shards)
+                        costs = [] if result.shard is not None else [result.flops, result.full_flops, result.all_in]
+                        total = world.sum([local, loss * local, *costs])
+                        samples, loss = int(total[0]), total[1] / total[0]
+                        if costs:
+                            result.flops, result.full_flops, result.flops_all_in = total[2:]
                     world.average_gradients(optimizer_params(optimizer), local, samples)
                     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.max_grad_norm)
-                    loss = result.loss.item()  # on a GPU this waits for the step, so the clock sees all of it
-                    if world.distributed:  # the global batch's loss and FLOPs (summed over the ranks' shards)
-                        costs = [] if result.shard is not None else [result.flops, result.full_flops, result.all_in]
-                        total = world.sum([loss * local, *costs])
-                        loss = total[0] / samples
-                        if costs:
-                            result.flops, result.full_flops, result.flops_all_in = total[1:]
                     if not (math.isfinite(loss) and math.isfinite(norm.item())):
                         raise NonFiniteError(f"the loss ({loss}) or the gradient norm ({norm.item()}) is not "
                                              "finite, so training stopped before applying it")
