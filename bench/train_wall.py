@@ -11,6 +11,12 @@ per trained sample, until BL1's batches run out: the other side has twice as man
 reach the end of their data (where partial queues are flushed) while the clock runs. Written: each
 side's seconds and FLOPs (paper-style and all-in), and the wall-time ratio beside the all-in FLOP ratio.
 
+A DHT run trained with ``--full-depth-warmup W`` has two kinds of steps: W of its samples train the whole
+network, the rest are routed through the frozen encoder (dht/methods/dht_warmup.py). The finished run
+trains on as routed steps; a third side, the same run's settings freshly prepared, takes warm-up steps on
+BL1's batches in the same round-robin. The run's ratios are then W x the warm-up side's + (1 - W) x the
+routed side's, per sample (``phases``).
+
 Usage: python bench/train_wall.py REFERENCE_RUN RUN [--batches 120] [--warmup 10]
        [--output bench/results/ag_news/train_wall.json]
 """
@@ -28,7 +34,7 @@ import dht.methods  # noqa: F401  (registers the methods)
 from dht.data import iterate_batches
 from dht.provenance import repo_path, write_result
 from dht.training.loop import load_run, make_optimizer
-from dht.training.setup import Prepared
+from dht.training.setup import Prepared, prepare
 
 
 class Side:
@@ -81,6 +87,13 @@ class Side:
                 "flop_ratio_all_in": self.all_in / self.full, "flops_all_in": self.all_in}
 
 
+def per_sample_ratios(side: dict[str, Any], reference: dict[str, Any]) -> tuple[float, float]:
+    """(wall-time ratio, all-in FLOP ratio) of one side's per-sample cost to the reference's."""
+    wall = (side["seconds"] / side["samples"]) / (reference["seconds"] / reference["samples"])
+    flop = (side["flops_all_in"] / side["samples"]) / (reference["flops_all_in"] / reference["samples"])
+    return wall, flop
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reference", type=Path, help="a finished BL1 run")
@@ -90,24 +103,34 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=repo_path("bench/results/ag_news/train_wall.json"))
     args = parser.parse_args()
     runs = [load_run(folder) for folder in (args.reference, args.run)]
+    warmup = float(runs[1].run.options.get("full_depth_warmup", 0.0))
+    if warmup:  # the run's warm-up steps: its settings, freshly prepared (the method starts warming up)
+        runs.append(prepare(runs[1].run))
     train, config = runs[0].train, runs[0].run.train
     batches = iterate_batches(train.ids, train.labels, config.batch_size, runs[0].pad_id, shuffle=True,
                               generator=torch.Generator().manual_seed(config.seed * 1000), sort_by_length=True)
     # The other side gets twice the batches: DHT queues samples, so it pulls loader batches ahead of its
     # steps, and it must not reach the end of its data (and flush partial queues) while BL1 is timed.
     batches = [batch for _, batch in zip(range(2 * (args.warmup + args.batches)), batches)]
-    shares = [batches[:args.warmup + args.batches], batches]  # BL1's, the other side's
+    shares = [batches[:args.warmup + args.batches], batches, batches[:args.warmup + args.batches]][:len(runs)]
     sides = [Side(prepared, [batch.to(prepared.method.device) for batch in share])
              for prepared, share in zip(runs, shares)]
     while all(side.step(counted=side.count >= args.warmup) for side in sides):  # until BL1's batches run out
         pass
-    reference, other = (side.report() for side in sides)
+    reference, other, *warm = (side.report() for side in sides)
     # Per sample: DHT's queues may still hold samples of the last batches when the clock stops.
-    wall = (other["seconds"] / other["samples"]) / (reference["seconds"] / reference["samples"])
-    flop = (other["flops_all_in"] / other["samples"]) / (reference["flops_all_in"] / reference["samples"])
+    wall, flop = per_sample_ratios(other, reference)
     result = {"reference": str(args.reference), "run": str(args.run), "batches": args.batches,
-              "warmup": args.warmup, "reference_side": reference, "run_side": other,
-              "wall_ratio_per_sample": wall, "flop_ratio_all_in_per_sample": flop, "gap": wall - flop}
+              "warmup": args.warmup, "reference_side": reference, "run_side": other}
+    if warm:
+        if sides[2].method.switched:
+            raise SystemExit("train_wall.py: the warm-up side reached its switch to routing; time fewer --batches")
+        warm_wall, warm_flop = per_sample_ratios(warm[0], reference)
+        result["phases"] = {"full_depth_warmup": warmup, "warmup_side": warm[0],
+                            "warmup": {"wall_ratio_per_sample": warm_wall, "flop_ratio_all_in_per_sample": warm_flop},
+                            "routed": {"wall_ratio_per_sample": wall, "flop_ratio_all_in_per_sample": flop}}
+        wall, flop = warmup * warm_wall + (1 - warmup) * wall, warmup * warm_flop + (1 - warmup) * flop
+    result.update(wall_ratio_per_sample=wall, flop_ratio_all_in_per_sample=flop, gap=wall - flop)
     write_result(args.output, result, sides[0].method.device)
     print(f"{args.run} against {args.reference}: wall-time ratio {wall:.3f} per sample, all-in FLOP ratio "
           f"{flop:.3f} (gap {wall - flop:+.3f})")

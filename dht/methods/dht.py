@@ -41,6 +41,7 @@ from dht.bandits import LinUCB, LinUCBConfig, LogisticTS, LogisticTSConfig
 from dht.data import Batch, collate
 from dht.flops import classifier_flops, linucb_flops, plan_forward_flops, thompson_flops
 from dht.methods.dht_inference import DHTInference
+from dht.methods.dht_warmup import FullDepthWarmup
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.model.encoder import inverse_permutation
 from dht.search.arm_features import ArmFeatures, compute_arm_features
@@ -77,6 +78,9 @@ class DHTOptions(MethodOptions):
                                  "0: none (the paper)")
     layer_lr_cap: float = option(1.0, "ours: each encoder layer's learning rate times the inverse of the share of "
                                  "steps that reached it, up to this cap (dht/training/layer_lr.py); 1: the paper")
+    full_depth_warmup: float = option(0.0, "ours: the first W share of the training samples trains the whole network "
+                                      "(its own learning-rate schedule), then the encoder freezes and the bandits "
+                                      "learn to route it (dht/methods/dht_warmup.py); 0: the paper")
     continue_above: float = option(1.0, "continuation at inference (ours): a sample whose exit's normalised entropy "
                                    "is above this runs on to the next depth; 1: never (the paper)", inference=True)
 
@@ -89,6 +93,8 @@ class DHTOptions(MethodOptions):
             raise ValueError(f"--train-budget must be in [0, 1] (0: none), got {self.train_budget}")
         if not 1 <= self.layer_lr_cap < float("inf"):
             raise ValueError(f"--layer-lr-cap must be finite and >= 1 (1: off), got {self.layer_lr_cap}")
+        if not 0 <= self.full_depth_warmup < 1:
+            raise ValueError(f"--full-depth-warmup must be in [0, 1), got {self.full_depth_warmup}")
         if not 0 <= self.continue_above <= 1:
             raise ValueError(f"--continue-above must be in [0, 1], got {self.continue_above}")
         if self.exit_classifiers not in ("shared", "per-depth"):
@@ -113,6 +119,16 @@ class QueuedBatch(Batch):
 
     arms: Tensor = None  # (B,) long: index into the current arm list
     x: Tensor = None  # (B, TOP_DIM) float64: normalised S1 context
+    hidden: Tensor | None = None  # (B, T, E) the probe's states, when S2 goes on from them (frozen encoder)
+
+
+def hidden_rows(batch: QueuedBatch, rows: list[int], part: Batch) -> Tensor | None:
+    """The probe states (len(rows), T_part, E) of ``rows`` of a queue, cut to ``part``'s padding; None
+    when the queue holds none (S2 then runs the first b layers itself)."""
+    if batch.hidden is None:
+        return None
+    index = torch.tensor(rows, device=batch.hidden.device)
+    return batch.hidden.index_select(0, index)[:, :part.attention_mask.shape[1]]
 
 
 @dataclass
@@ -143,7 +159,7 @@ class Shard:
 
 
 @register
-class DHTMethod(DHTInference, Method):
+class DHTMethod(DHTInference, FullDepthWarmup, Method):
     """Dynamic layers and heads chosen per sample by LinUCB and logistic Thompson sampling."""
 
     name = "dht"
@@ -166,6 +182,8 @@ class DHTMethod(DHTInference, Method):
         if spec in PRESETS:  # presets queue one training batch; P-DHT always gets its frozen phase
             switch = None if search.freeze_after is None else min(search.freeze_after, max(1, run.train.epochs - 1))
             search = dataclasses.replace(search, q=run.train.batch_size, freeze_after=switch)
+        if self.options.full_depth_warmup and search.freeze_after is not None:
+            raise ValueError("--full-depth-warmup cannot be combined with P-DHT's frozen phase (--config p-dht)")
         self.search = search
         self.strategy = search_strategy(search)  # tree or integrated search
         self.N_h = config.num_heads
@@ -190,6 +208,9 @@ class DHTMethod(DHTInference, Method):
         cap = self.options.layer_lr_cap
         self.layer_lr = LayerLR(model.config.num_layers, cap) if cap > 1 else None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.warm_samples, self.warm_target, self.switched = 0, 0, False  # --full-depth-warmup
+        self.routed_samples, self.route_target = 0, 0
+        self.train_ids: list[list[int]] = []
         if self.options.exit_classifiers == "per-depth":
             model.add_branch_classifiers()  # one after every layer but the last, which keeps the classifier
 
@@ -234,20 +255,29 @@ class DHTMethod(DHTInference, Method):
             self.phase_two = True
             self._freeze()
             self.ucb_top = self._top_bandit()
-        self.pad_id = pad_id
+        self.pad_id, self.train_ids = pad_id, train_ids
+        if not self.warming():  # during --full-depth-warmup nothing routes: the features wait for the switch
+            self.compute_features(train_ids)
+
+    def compute_features(self, train_ids: list[list[int]]) -> None:
+        """The arm features (§3) on ``feature_samples`` seeded training rows, charged to the all-in cost."""
         order = torch.randperm(len(train_ids), generator=self.generator)[: self.search.feature_samples]
         self.features = compute_arm_features(self.model, self.search, self.arms, self.phase_two,
-                                             [train_ids[i] for i in order.tolist()], pad_id, self.generator)
+                                             [train_ids[i] for i in order.tolist()], self.pad_id, self.generator)
         for features in (self.features.top, self.features.head_count, self.features.head):
             self.world.broadcast(features)  # under torchrun: rank 0's, in place (a GPU's sums vary by rank)
         self.overhead += self.features.flops
 
     def lr_group(self, name: str) -> str:
-        """With --layer-lr-cap, each encoder layer is a learning-rate group of its own (``LayerLR``)."""
+        """With --layer-lr-cap, each encoder layer is a learning-rate group of its own (``LayerLR``); with
+        --full-depth-warmup, the per-depth exits are one (``EXIT_LR_SCALE``)."""
+        if self.warmup_exits() and name.startswith("branches."):
+            return "exits"
         return layer_group(name) if self.layer_lr else ""
 
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
+        self.scale_exit_rates(optimizer)
 
     def after_backward(self) -> None:
         """With --layer-lr-cap: count which layers this step reached and scale their rates (``LayerLR``)."""
@@ -261,9 +291,20 @@ class DHTMethod(DHTInference, Method):
     def loader_start(self, batches_done: int) -> int:
         return self.consumed
 
+    def on_train_start(self, ids: list[list[int]], labels: list[int], pad_id: int, total_steps: int) -> None:
+        self.warm_target = self.warmup_target(len(ids))
+        self.route_target = self.run.train.epochs * len(ids) - self.warm_target
+
     # --- Algorithm 3: S1 and the queues ------------------------------------------------
     def training_batches(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         yield from self._drain()
+        if self.warming():  # --full-depth-warmup: plain loader batches, trained at full depth
+            yield from self.warmup_batches(batches)
+            if self.warming():
+                self.consumed = 0
+                return
+        if self.warm_target and not self.switched:
+            self.switch_to_routing(self.train_ids)
         for batch in batches:
             self.pending.extend(self._enqueue(batch))
             self.consumed += 1
@@ -276,8 +317,12 @@ class DHTMethod(DHTInference, Method):
         while self.pending:
             items = self.pending.pop(0)
             batch = self._collate(items)
+            hidden = None  # the probe's states (B, T, E), kept for a frozen encoder; padding stays zero, masked out
+            if "h" in items[0]:
+                hidden = torch.nn.utils.rnn.pad_sequence([i["h"] for i in items], batch_first=True)
             yield QueuedBatch(batch.input_ids, batch.attention_mask, batch.labels, batch.index,
-                              arms=torch.tensor([i["arm"] for i in items]), x=torch.stack([i["x"] for i in items]))
+                              arms=torch.tensor([i["arm"] for i in items]), x=torch.stack([i["x"] for i in items]),
+                              hidden=hidden)
 
     @torch.no_grad()
     def _probe(self, batch: Batch, spread: bool = False) -> tuple[Tensor, Tensor]:
@@ -300,7 +345,7 @@ class DHTMethod(DHTInference, Method):
 
     def _enqueue(self, batch: Batch) -> list[list[dict]]:
         """Alg. 2 lines 2-6 and Alg. 3: choose each sample's arm and queue it by depth."""
-        _, x = self._probe(batch, spread=True)
+        h, x = self._probe(batch, spread=True)
         W = with_arm_features(x, self.features.top)
         if self.lagrange is None:
             chosen = self.ucb_top.select(W).tolist()
@@ -314,9 +359,11 @@ class DHTMethod(DHTInference, Method):
         if self.options.full_depth_floor:
             chosen = self._floor(chosen)
         lengths = batch.attention_mask.sum(1).tolist()
+        self.overhead += linucb_flops(len(batch), len(self.arms), self.ucb_top.config.dim, update=False)
+        if self.switched:  # --full-depth-warmup: a frozen encoder's S2 goes on from the probe's states, counted there
+            return self._queue_samples(batch, chosen, self.queues, lambda i, length: {"x": x[i], "h": h[i, :length]})
         probe = ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h)
         self.overhead += sum(plan_forward_flops(self.model.config, probe, t, classify=False) for t in lengths)
-        self.overhead += linucb_flops(len(batch), len(self.arms), self.ucb_top.config.dim, update=False)
         return self._queue_samples(batch, chosen, self.queues, lambda i, length: {"x": x[i]})
 
     def _floor(self, chosen: list[int]) -> list[int]:
@@ -358,9 +405,25 @@ class DHTMethod(DHTInference, Method):
         mean-pooled states; each sample's loss. Line 16: the rewards (Eqs. 10-15). Line 17: every
         bandit is updated. The queue may run as two length-sorted chunks (``length_chunks``), which
         only saves padding: one loss, one optimizer step, one bandit update for the whole queue.
+        After ``--full-depth-warmup``'s switch the encoder is frozen: S2 goes on from the probe's states
+        (line 7 would compute them again) without dropout, and only the classifiers get gradients.
         """
+        if not isinstance(batch, QueuedBatch):  # --full-depth-warmup (dht_warmup.py)
+            return self.warmup_step(batch)
+        if not self.switched:
+            return self._routed_step(batch)
+        was_training = self.model.training  # a frozen encoder routes as at inference: no dropout, as its probe
+        self.model.eval()
+        self.routed_samples += len(batch)
+        try:
+            return self._routed_step(batch)
+        finally:
+            self.model.train(was_training)
+
+    def _routed_step(self, batch: QueuedBatch) -> StepResult:
         arms = [self.arms[a] for a in batch.arms.tolist()]
-        exits: list[Tensor] | None = [] if self.options.self_distill and not self.phase_two else None
+        distil = self.options.self_distill and not self.phase_two
+        exits: list[Tensor] | None = [] if distil else None
         shard = Shard.of(self.world, batch, arms)  # under torchrun: this rank's rows of the queue
         logits, decisions = self._s2_in_chunks(batch, arms, exits, shard)  # lines 7-15
         labels = batch.labels if shard is None else batch.labels[shard.run]
@@ -390,7 +453,8 @@ class DHTMethod(DHTInference, Method):
         if shard is not None:
             part = batch.rows(shard.run)
             states: list[tuple[int, Tensor]] | None = [] if exits is not None else None
-            h, decisions = self._run_s2(part, [arms[i] for i in shard.run], greedy=False, states=states, shard=shard)
+            h, decisions = self._run_s2(part, [arms[i] for i in shard.run], greedy=False,
+                                        hidden=hidden_rows(batch, shard.run, part), states=states, shard=shard)
             if exits is not None:
                 exits += [self.logits_at(s, part.attention_mask, depth) for depth, s in states]
             return self.exit_logits(h, part.attention_mask, arms[0]), decisions
@@ -398,7 +462,8 @@ class DHTMethod(DHTInference, Method):
         for chunk in length_chunks(batch.attention_mask.sum(1).tolist()):
             part = batch.rows(chunk)
             states: list[tuple[int, Tensor]] | None = [] if exits is not None else None
-            h, decisions = self._run_s2(part, [arms[i] for i in chunk], greedy=False, states=states)
+            h, decisions = self._run_s2(part, [arms[i] for i in chunk], greedy=False,
+                                        hidden=hidden_rows(batch, chunk, part), states=states)
             logits.append(self.exit_logits(h, part.attention_mask, arms[chunk[0]]))
             chunk_decisions.append(decisions)
             chunk_exits.append([self.logits_at(s, part.attention_mask, depth) for depth, s in states or ()])
@@ -491,7 +556,8 @@ class DHTMethod(DHTInference, Method):
                 "queues": {str(k): v for k, v in self.queues.queues.items()},
                 "search": self.search.to_dict(),
                 "lagrange": None if self.lagrange is None else self.lagrange.state_dict(),
-                "layer_lr": None if self.layer_lr is None else self.layer_lr.state_dict()}
+                "layer_lr": None if self.layer_lr is None else self.layer_lr.state_dict(),
+                "warm_samples": self.warm_samples, "switched": self.switched, "routed_samples": self.routed_samples}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.phase_two = bool(state["phase_two"])
@@ -515,6 +581,10 @@ class DHTMethod(DHTInference, Method):
             self.layer_lr.load_state_dict(state["layer_lr"])
         if "floor_generator" in state:  # runs saved before --full-depth-floor did not draw from it
             self.floor_generator.set_state(state["floor_generator"])
+        self.warm_samples, self.switched = int(state.get("warm_samples", 0)), bool(state.get("switched", False))
+        self.routed_samples = int(state.get("routed_samples", 0))
+        if self.switched:
+            self.model.freeze_layers(range(self.search.num_layers))
         self.pending = state["pending"]
         self.queues.queues = {int(k): v for k, v in state["queues"].items()}
 

@@ -159,6 +159,16 @@ class Method:
     # for a method whose number of steps per epoch is not known in advance (DHT's queues).
     schedule_by_samples: bool = False
 
+    def group_lr(self, group: str, lr: float) -> float:
+        """This step's learning rate for the optimizer group named ``group`` (``lr_group``), from the
+        schedule's ``lr``; the group's ``lr_scale`` multiplies it. Default: the schedule's."""
+        return lr
+
+    def schedule_samples(self, total_samples: int) -> int:
+        """With ``schedule_by_samples``: over how many of the run's ``total_samples`` the schedule runs to 0
+        (the rest train at learning rate 0; DHT's --full-depth-warmup). Default: all of them."""
+        return total_samples
+
     # Under torchrun (dht/training/distributed.py): whether the method takes the global batches and trains on
     # its rank's rows itself (``world``; StepResult.shard), keeping state beside the weights identical on every
     # rank (DHT's bandits); else the loop gives it its rank's shard of each batch.

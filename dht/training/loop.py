@@ -324,7 +324,8 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                        desc=f"epoch {epoch + 1}/{run.train.epochs}", mininterval=1.0, dynamic_ncols=True)
             with stop_on_non_finite(output, lambda: counters["step"] + 1, marks, method.lr_flag, world.main):
                 for batch in method.training_batches(batches):
-                    position = (counters["samples"] * total_steps / total_samples if method.schedule_by_samples
+                    horizon = method.schedule_samples(total_samples)
+                    position = (counters["samples"] * total_steps / horizon if method.schedule_by_samples
                                 else counters["step"])
                     lr = learning_rate(position, total_steps, method.peak_lr(), run.train.warmup_ratio)
                     result = method.training_step(batch)  # on ``where``: moved above, or collated there by DHT
@@ -346,7 +347,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                                              "finite, so training stopped before applying it")
                     marks.good = counters["step"]  # the weights this step started from gave a finite loss
                     for group in optimizer.param_groups:  # a method may scale a group's rate (after_backward)
-                        group["lr"] = lr * group.get("lr_scale", 1.0)
+                        group["lr"] = method.group_lr(group.get("lr_group", ""), lr) * group.get("lr_scale", 1.0)
                     optimizer.step()
                     if not weights_finite(optimizer):  # what the next step would read; nothing of it is saved
                         raise NonFiniteError("the weights are not finite after this step's update")

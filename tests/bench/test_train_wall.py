@@ -25,8 +25,9 @@ def script(name):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     small = TrainConfig(epochs=1, batch_size=8, max_train=64, max_test=24, seed=3)
-    for method, options in (("full", {}), ("dht", {"config": "f-dht"})):
-        train(RunConfig(method=method, backbone="tiny", train=small, options=options), root / method, progress=False)
+    warm = {"config": "f-dht", "full_depth_warmup": 0.5, "self_distill": 1.0}
+    for method, options, name in (("full", {}, "full"), ("dht", {"config": "f-dht"}, "dht"), ("dht", warm, "warm")):
+        train(RunConfig(method=method, backbone="tiny", train=small, options=options), root / name, progress=False)
     return root
 
 
@@ -47,6 +48,25 @@ def test_train_wall_counts_each_sides_trained_samples_and_flops(runs, tmp_path, 
     dht = result["run_side"]
     assert 0 < dht["samples"] <= 7 * 8 and dht["flop_ratio"] < dht["flop_ratio_all_in"]  # probes, bandits
     assert result["gap"] == pytest.approx(result["wall_ratio_per_sample"] - result["flop_ratio_all_in_per_sample"])
+
+
+def test_train_wall_weighs_a_warmed_up_runs_two_kinds_of_steps_by_their_shares(runs, tmp_path, monkeypatch):
+    """--full-depth-warmup 0.5: half the samples take BL1's step (plus the exit's classifier), half a
+    routed step through the frozen encoder; the run's ratios are the shares' weighted sum."""
+    output = tmp_path / "wall.json"
+    monkeypatch.setattr("sys.argv", ["train_wall.py", str(runs / "full"), str(runs / "warm"), "--batches", "3",
+                                     "--warmup", "1", "--output", str(output)])
+    script("train_wall").main()
+    result = json.loads(output.read_text())["result"]
+    phases = result["phases"]
+    warm, routed = phases["warmup"], phases["routed"]
+    assert phases["full_depth_warmup"] == 0.5 and phases["warmup_side"]["samples"] == 3 * 8  # 32 warm up
+    assert 1.0 < warm["flop_ratio_all_in_per_sample"] < 1.01  # BL1's step and one linear exit
+    assert routed["flop_ratio_all_in_per_sample"] < 0.6  # forward only, probes and bandits included
+    assert result["flop_ratio_all_in_per_sample"] == pytest.approx(
+        0.5 * warm["flop_ratio_all_in_per_sample"] + 0.5 * routed["flop_ratio_all_in_per_sample"])
+    assert result["wall_ratio_per_sample"] == pytest.approx(
+        0.5 * warm["wall_ratio_per_sample"] + 0.5 * routed["wall_ratio_per_sample"])
 
 
 def test_inference_grid_rows_are_the_runs_evaluations(runs, tmp_path, monkeypatch):

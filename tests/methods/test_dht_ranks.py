@@ -72,6 +72,7 @@ def train_epoch(prepared, batches) -> list[dict]:
     """The first epoch's arm features, then every released queue through training_step (no optimizer
     step: the weights stay)."""
     method, results = prepared.method, []
+    method.on_train_start(prepared.train.ids, prepared.train.labels, prepared.pad_id, 0)  # the warm-up's length
     method.on_epoch_start(0, prepared.train.ids, prepared.pad_id)
     for batch in method.training_batches(iter(batches)):
         result = method.training_step(batch)
@@ -117,20 +118,24 @@ def one_chunk(monkeypatch):
 
 
 @pytest.mark.parametrize("config, options", [("f-dht", {}), ("t-dht", {}), ("f-dht", {"self_distill": 1.0}),
-                                             ("f-dht", {"self_distill": 1.0, "exit_classifiers": "per-depth"})])
+                                             ("f-dht", {"self_distill": 1.0, "exit_classifiers": "per-depth"}),
+                                             ("f-dht", {"self_distill": 1.0, "exit_classifiers": "per-depth",
+                                                        "full_depth_warmup": 0.4})])
 def test_two_ranks_take_one_process_decisions_and_bandit_updates(config, options, one_chunk):
     """Integrated search (F-DHT), tree search (T-DHT, UCB_H per group) and self-distilled exits (read by the
     shared classifier or by each depth's own): over an
     epoch of 44 samples on three ranks (queues of 8; the epoch's last queues hold fewer), the ranks'
     bandits, normalisers, queues and records equal one process's on the same batches, and each other's
     bit for bit; the ranks' losses, weighted by their rows, are one process's (self-distillation's term
-    included)."""
+    included). With --full-depth-warmup 0.4, the first 3 loader batches (24 samples) run at full depth on
+    each rank's rows, and the bandits learn from the other 20."""
     (zero, steps0), (one, steps1), (two, steps2) = on_ranks(config, **options)
     single, batches = method_on(World(), config, **options)
     reference = train_epoch(single, batches)
     single = single.method
     state = zero.state_dict()
-    assert state["ucb_top"]["counts"].sum() == 44  # every sample updated the top bandit once
+    routed = 44 - (24 if options.get("full_depth_warmup") else 0)
+    assert state["ucb_top"]["counts"].sum() == routed  # every routed sample updated the top bandit once
     assert_same_state(state, single.state_dict(), tolerance=1e-5)  # one process: to float rounding
     assert_same_state(state, one.state_dict())  # the ranks: bit for bit
     assert_same_state(state, two.state_dict())
