@@ -166,7 +166,8 @@ class Method:
 
     def schedule_samples(self, total_samples: int) -> int:
         """With ``schedule_by_samples``: over how many of the run's ``total_samples`` the schedule runs to 0
-        (the rest train at learning rate 0; DHT's --full-depth-warmup). Default: all of them."""
+        (past it the schedule's rate is 0, which ``group_lr`` may override; DHT's --full-depth-warmup).
+        Default: all of them."""
         return total_samples
 
     # Under torchrun (dht/training/distributed.py): whether the method takes the global batches and trains on

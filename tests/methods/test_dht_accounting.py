@@ -64,7 +64,9 @@ def test_the_bench_rows_are_the_papers_four_then_ours():
     runs = DHTMethod.bench_runs(6)
     assert [(r.name, r.options) for r in runs] == [
         ("t-dht", {"config": "t-dht"}), ("s-dht", {"config": "s-dht"}), ("f-dht", {"config": "f-dht"}),
-        ("p-dht", {"config": "p-dht"}), ("f-dht-sd", {"config": "f-dht", "self_distill": 1.0})]
+        ("p-dht", {"config": "p-dht"}), ("f-dht-sd", {"config": "f-dht", "self_distill": 1.0}),
+        ("f-dht-wu", {"config": "f-dht", "self_distill": 1.0, "exit_classifiers": "per-depth", "full_depth_warmup": 0.5,
+                      "cost_weight": 1000.0, "continue_above": 0.5})]
     assert (DHTMethod.row_title("f-dht"), DHTMethod.row_title("f-dht-sd")) == ("DHT F-DHT", "DHT F-DHT-SD (ours)")
 
 

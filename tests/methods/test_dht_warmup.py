@@ -93,7 +93,11 @@ def test_after_the_switch_a_routed_step_goes_on_from_the_probe_forward_only_and_
     assert queued >= 1 and method.overhead - overhead == method.features.flops + queued * choices
     method.overhead = 0.0
     method.model.train()
+    embedded = []
+    embed = method.model.embed
+    method.model.embed = lambda ids: embedded.append(ids) or embed(ids)  # the first b layers must not run again
     result = method.training_step(routed)
+    assert embedded == []
     assert method.model.training  # the loop's mode is back
     result.loss.backward()
     config, cf = method.model.config, classifier_flops(method.model.config)
@@ -118,10 +122,13 @@ def test_after_the_switch_a_routed_step_goes_on_from_the_probe_forward_only_and_
 def run_config(**options) -> RunConfig:
     train_config = TrainConfig(epochs=2, batch_size=16, max_train=64, max_test=32, checkpoint_every=3, seed=5)
     return RunConfig(method="dht", backbone="tiny", train=train_config,
-                     options={"config": "f-dht", "self_distill": 1.0, "full_depth_warmup": 0.5, **options})
+                     options={"config": "f-dht", "self_distill": 1.0, "full_depth_warmup": 0.5,
+                              "exit_classifiers": "per-depth", **options})
 
 
 def test_a_warmed_up_run_moves_its_encoder_only_during_the_warm_up_and_resumes_exactly(tmp_path):
+    """W = 0.5: the switch at the first epoch's end (4 steps of 16); cut inside the warm-up, at its last
+    step and after the switch."""
     whole = train(run_config(), tmp_path / "whole", progress=False)
     log = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
     warm = [r for r in log if r.get("warmup")]
@@ -134,8 +141,10 @@ def test_a_warmed_up_run_moves_its_encoder_only_during_the_warm_up_and_resumes_e
     final = load_file(str(tmp_path / "whole" / "model.safetensors"))
     encoder = [k for k in final if k.startswith(("embeddings.", "layers."))]
     assert encoder and all(torch.equal(final[k], at_switch[k]) for k in encoder)
+    assert torch.equal(final["classifier.weight"], at_switch["classifier.weight"])  # the teacher stays
+    assert not torch.equal(final["branches.1.weight"], at_switch["branches.1.weight"])  # the 2-layer exit learns on
 
-    for cut in (3, 6):  # inside the warm-up, and after the switch
+    for cut in (3, 4, 6):  # inside the warm-up, at its last step, and after the switch
         folder = tmp_path / f"cut{cut}"
         assert train(run_config(), folder, stop_after_steps=cut, progress=False) is None
         resumed = train(run_config(), folder, resume=True, progress=False)
@@ -144,6 +153,31 @@ def test_a_warmed_up_run_moves_its_encoder_only_during_the_warm_up_and_resumes_e
         assert resumed["test"]["f1_macro"] == whole["test"]["f1_macro"]
         losses = [json.loads(line)["loss"] for line in (folder / "log.jsonl").read_text().splitlines()]
         assert losses == [r["loss"] for r in log], cut
+
+
+def test_a_run_resumed_around_a_switch_in_mid_epoch_equals_an_uninterrupted_one(tmp_path):
+    """W = 0.375: 48 samples, so the switch comes after the first epoch's third step of four; the queues
+    hold probe states from then on, and a checkpoint carries them."""
+    config = run_config(full_depth_warmup=0.375)
+    train(config, tmp_path / "whole", progress=False)
+    whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    log = (tmp_path / "whole" / "log.jsonl").read_text().splitlines()
+    assert [bool(json.loads(line).get("warmup")) for line in log[:4]] == [True, True, True, False]
+    for cut in (3, 4, 5):
+        folder = tmp_path / f"cut{cut}"
+        assert train(config, folder, stop_after_steps=cut, progress=False) is None
+        train(config, folder, resume=True, progress=False)
+        again = load_file(str(folder / "model.safetensors"))
+        assert all(torch.equal(whole[k], again[k]) for k in whole), cut
+        losses = [json.loads(line)["loss"] for line in (folder / "log.jsonl").read_text().splitlines()]
+        assert losses == [json.loads(line)["loss"] for line in log], cut
+
+
+@pytest.mark.parametrize("share", [0.001, 0.9999])
+def test_a_warm_up_of_no_sample_or_of_every_sample_is_refused(share):
+    prepared = prepare(run_config(full_depth_warmup=share))  # 2 epochs of 64 rows: 128 samples
+    with pytest.raises(ValueError, match="needs at least one and one to route"):
+        prepared.method.on_train_start(prepared.train.ids, prepared.train.labels, prepared.pad_id, 8)
 
 
 @pytest.mark.parametrize("value", [1.0, -0.1, float("nan")])
@@ -172,3 +206,16 @@ def test_the_warm_ups_per_depth_exits_learn_at_fastberts_branch_rate():
     optimizer = make_optimizer(plain)
     plain.method.bind_optimizer(optimizer)
     assert not any("lr_scale" in g for g in optimizer.param_groups)
+
+
+def test_after_the_switch_the_exits_learn_from_the_peak_rate_down_to_zero_over_the_routed_samples():
+    prepared = prepare(run_config())
+    method = prepared.method
+    method.on_train_start(prepared.train.ids, prepared.train.labels, prepared.pad_id, 8)
+    assert (method.warm_target, method.route_target) == (64, 64)
+    assert method.group_lr("exits", 3e-5) == 3e-5 and method.group_lr("", 3e-5) == 3e-5  # the schedule's
+    method.switched, method.routed_samples = True, 16
+    assert method.group_lr("exits", 0.0) == pytest.approx(1e-4 * (1 - 16 / 64))  # times lr_scale 10 in the loop
+    assert method.group_lr("", 0.0) == 0.0
+    method.routed_samples = 80  # past the end (the last queues): never negative
+    assert method.group_lr("exits", 0.0) == 0.0
