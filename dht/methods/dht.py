@@ -129,13 +129,13 @@ class QueuedBatch(Batch):
     hidden: Tensor | None = None  # (B, T, E) the probe's states, when S2 goes on from them (frozen encoder)
 
 
-def hidden_rows(batch: QueuedBatch, rows: list[int], part: Batch) -> Tensor | None:
+def hidden_rows(batch: Batch, rows: list[int], part: Batch) -> Tensor | None:
     """The probe states (len(rows), T_part, E) of ``rows`` of a queue, cut to ``part``'s padding; None
-    when the queue holds none (S2 then runs the first b layers itself)."""
-    if batch.hidden is None:
+    when the queue holds none, or is a plain Batch (S2 then runs the first b layers itself)."""
+    hidden = getattr(batch, "hidden", None)
+    if hidden is None:
         return None
-    index = torch.tensor(rows, device=batch.hidden.device)
-    return batch.hidden.index_select(0, index)[:, :part.attention_mask.shape[1]]
+    return hidden.index_select(0, torch.tensor(rows, device=hidden.device))[:, :part.attention_mask.shape[1]]
 
 
 @dataclass
