@@ -301,12 +301,9 @@ class DHTMethod(DHTInference, FullDepthWarmup, Method):
 
     def on_train_start(self, ids: list[list[int]], labels: list[int], pad_id: int, total_steps: int) -> None:
         self.train_ids, self.pad_id = ids, pad_id  # a resumed run's switch may come before any epoch start
+        self.check_training_rows(len(ids))
         self.warm_target = self.warmup_target(len(ids))
-        total = self.run.train.epochs * len(ids)
-        if self.options.full_depth_warmup and not 0 < self.warm_target < total:
-            raise ValueError(f"--full-depth-warmup {self.options.full_depth_warmup} leaves {self.warm_target} of the "
-                             f"run's {total} training samples to the warm-up: it needs at least one and one to route")
-        self.route_target = total - self.warm_target
+        self.route_target = self.run.train.epochs * len(ids) - self.warm_target
 
     # --- Algorithm 3: S1 and the queues ------------------------------------------------
     def training_batches(self, batches: Iterator[Batch]) -> Iterator[Batch]:

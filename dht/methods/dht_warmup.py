@@ -59,6 +59,13 @@ class FullDepthWarmup:
         """W x the run's training samples (epochs x rows), rounded: the warm-up's length in samples."""
         return round(self.options.full_depth_warmup * self.run.train.epochs * train_rows)
 
+    def check_training_rows(self, rows: int) -> None:
+        """A warm-up must hold at least one of the run's training samples and leave one to route."""
+        total, warm = self.run.train.epochs * rows, self.warmup_target(rows)
+        if self.options.full_depth_warmup and not 0 < warm < total:
+            raise ValueError(f"--full-depth-warmup {self.options.full_depth_warmup} leaves {warm} of the run's "
+                             f"{total} training samples to the warm-up: it needs at least one and one to route")
+
     def warming(self) -> bool:
         """Whether the next loader batch still belongs to the warm-up."""
         return self.warm_samples < self.warm_target

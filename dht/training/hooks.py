@@ -124,6 +124,10 @@ class Method:
         """Where the network's weights are; batches are moved there (bandit statistics stay on the CPU)."""
         return next(self.model.parameters()).device
 
+    def check_training_rows(self, rows: int) -> None:
+        """Refuse settings that do not fit a training split of ``rows`` rows (ValueError naming the flag);
+        called when a fresh run is prepared, before anything is written."""
+
     def initialise(self) -> None:
         """Set up weights before training (e.g. copy a teacher's); a resumed run's checkpoint is loaded
         afterwards, and a saved run that is only evaluated never calls this."""

@@ -91,6 +91,7 @@ def prepare(run: RunConfig, data: str | None = None, device: str | None = None) 
     model.embeddings.word.weight.requires_grad_(not run.train.freeze_word_embeddings)
     prepared = _assemble(run, dataset, backbone.tokenizer_json, model)
     model.to(where)  # after the method has added its modules (FastBERT's branches), before it copies a teacher
+    prepared.method.check_training_rows(len(prepared.train))  # before anything is written
     prepared.method.initialise()
     return prepared
 

@@ -174,10 +174,15 @@ def test_a_run_resumed_around_a_switch_in_mid_epoch_equals_an_uninterrupted_one(
 
 
 @pytest.mark.parametrize("share", [0.001, 0.9999])
-def test_a_warm_up_of_no_sample_or_of_every_sample_is_refused(share):
-    prepared = prepare(run_config(full_depth_warmup=share))  # 2 epochs of 64 rows: 128 samples
-    with pytest.raises(ValueError, match="needs at least one and one to route"):
-        prepared.method.on_train_start(prepared.train.ids, prepared.train.labels, prepared.pad_id, 8)
+def test_a_warm_up_of_no_sample_or_of_every_sample_is_refused_before_anything_is_written(share, tmp_path, capsys):
+    from dht.cli import main
+
+    with pytest.raises(ValueError, match="leaves (0|128) of the run's 128 training samples"):
+        prepare(run_config(full_depth_warmup=share))  # 2 epochs of 64 rows
+    args = ["train", "--method", "dht", "--config", "f-dht", "--full-depth-warmup", str(share), "--backbone", "tiny",
+            "--max-train", "64", "--epochs", "2", "--output", str(tmp_path / "run"), "--quiet"]
+    assert main(args) == 2 and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err.strip().count("\n") == 0
 
 
 @pytest.mark.parametrize("value", [1.0, -0.1, float("nan")])
