@@ -54,6 +54,8 @@ class FullDepthWarmup:
     warm_samples: int  # training samples run at full depth so far
     warm_target: int  # how many the warm-up runs (W x epochs x training rows); 0: no warm-up
     switched: bool  # whether the encoder is frozen and the bandits route
+    routed_samples: int  # training samples routed since the switch
+    route_target: int  # how many the run routes (its training samples less the warm-up's)
 
     def warmup_target(self, train_rows: int) -> int:
         """W x the run's training samples (epochs x rows), rounded: the warm-up's length in samples."""
