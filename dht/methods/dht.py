@@ -368,12 +368,12 @@ class DHTMethod(DHTInference, FullDepthWarmup, Method):
             self.overhead += linucb_flops(len(batch), len(self.arms), self.ucb_top.config.dim, update=False)
         if self.options.full_depth_floor:
             chosen = self._floor(chosen)
-        lengths = batch.attention_mask.sum(1).tolist()
         self.overhead += linucb_flops(len(batch), len(self.arms), self.ucb_top.config.dim, update=False)
         if self.switched:  # --full-depth-warmup: a frozen encoder's S2 goes on from the probe's states, counted there
             return self._queue_samples(batch, chosen, self.queues,
                                        lambda i, length: {"x": x[i], "h": h[i, :length].clone()})  # not a view
         probe = ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h)
+        lengths = batch.attention_mask.sum(1).tolist()
         self.overhead += sum(plan_forward_flops(self.model.config, probe, t, classify=False) for t in lengths)
         return self._queue_samples(batch, chosen, self.queues, lambda i, length: {"x": x[i]})
 
@@ -382,9 +382,13 @@ class DHTMethod(DHTInference, FullDepthWarmup, Method):
         ``full_depth_floor``, whatever UCB chose. Layers above the shallowest exits learn only from the
         samples that reach them (``bench/replay_batches.py``); the floor guarantees them a share. The
         bandits are updated with the arm each sample ran, as for any other choice."""
-        deepest = max(range(len(self.arms)), key=lambda a: (self.arms[a].depth, self.arms[a].heads or 0))
+        deepest = self.deepest_arm()
         draws = torch.rand(len(chosen), generator=self.floor_generator) < self.options.full_depth_floor
         return [deepest if forced else arm for arm, forced in zip(chosen, draws.tolist())]
+
+    def deepest_arm(self) -> int:
+        """The index of the current arm list's deepest arm (most heads among the deepest)."""
+        return max(range(len(self.arms)), key=lambda a: (self.arms[a].depth, self.arms[a].heads or 0))
 
     def _queue_samples(self, batch: Batch, chosen: list[int], queues: DepthQueues,
                        extra: Callable[[int, int], dict]) -> list[list[dict]]:

@@ -110,7 +110,7 @@ class FullDepthWarmup:
             rows, own = self.world.rows_to_run(len(batch))
             part = batch.rows(rows)
         mask = part.attention_mask
-        deepest = max(self.search.arms, key=lambda arm: (arm.depth, arm.heads or 0))
+        deepest = self.arms[self.deepest_arm()]  # before the switch: the paper's arm list (P-DHT is refused)
         layout = arm_layout(self.search, deepest, False)
         h = model.embed(part.input_ids)
         if layout.prefix:

@@ -287,6 +287,7 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
     steps_per_epoch = -(-len(prepared.train) // run.train.batch_size)
     total_steps, total_samples = steps_per_epoch * run.train.epochs, len(prepared.train) * run.train.epochs
     method.on_train_start(prepared.train.ids, prepared.train.labels, prepared.pad_id, total_steps)
+    horizon = method.schedule_samples(total_samples)  # samples over which the schedule runs to 0
     world.broadcast_parameters(model)  # what the method set up (ACM's conversion) is rank 0's on every rank
     if world.distributed and not resume:  # each rank its own dropout (a resumed rank restores its own)
         torch.manual_seed(world.rank_seed(run.train.seed))
@@ -324,7 +325,6 @@ def _train(run: RunConfig, output: Path, resume: bool, stop_after_steps: int | N
                        desc=f"epoch {epoch + 1}/{run.train.epochs}", mininterval=1.0, dynamic_ncols=True)
             with stop_on_non_finite(output, lambda: counters["step"] + 1, marks, method.lr_flag, world.main):
                 for batch in method.training_batches(batches):
-                    horizon = method.schedule_samples(total_samples)
                     position = (counters["samples"] * total_steps / horizon if method.schedule_by_samples
                                 else counters["step"])
                     lr = learning_rate(position, total_steps, method.peak_lr(), run.train.warmup_ratio)
