@@ -46,7 +46,7 @@ from dht.methods.dht_warmup import FullDepthWarmup
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.model.encoder import inverse_permutation
 from dht.search.arm_features import ArmFeatures, compute_arm_features
-from dht.search.arms import PRESETS, Arm, load_search, read_search_file
+from dht.search.arms import PRESETS, SEARCHES, Arm, load_search, read_search_file
 from dht.search.budget import CostWeight
 from dht.search.exits import self_distillation
 from dht.search.features import HEAD_DIM, TOP_DIM, Contexts, with_arm_features
@@ -65,7 +65,8 @@ from dht.training.options import MethodOptions, option
 class DHTOptions(MethodOptions):
     """DHT's settings: which search (the bandits' own settings live in the search config)."""
 
-    config: str = option("s-dht", f"DHT search: one of {', '.join(PRESETS)} or a JSON file of SearchConfig fields")
+    config: str = option("s-dht", f"DHT search: one of {', '.join(SEARCHES)} (the paper's four, then ours: "
+                         "F-DHT with an exit after every layer) or a JSON file of SearchConfig fields")
     cost_weight: float = option(0.0, "at inference, each arm's predicted reward minus this times its share of "
                                 "the full model's FLOPs: > 0 cheaper arms, < 0 deeper ones", inference=True)
     exit_classifiers: str = option("shared", "shared: one classifier reads every depth (the paper's); per-depth: "
@@ -103,7 +104,7 @@ class DHTOptions(MethodOptions):
 
     def check_training_inputs(self) -> None:
         super().check_training_inputs()
-        if self.config not in PRESETS:
+        if self.config not in SEARCHES:
             read_search_file(self.config, flag="--config")
 
 
@@ -178,15 +179,25 @@ class DHTMethod(DHTInference, FullDepthWarmup, Method):
     # arms differ by as little as 0.02 of the full model, so ±1000 reaches both ends of every arm list.
     # The bench's curve spans the F-DHT runs' reach (0.34-0.79 of BL1's FLOPs on MiniLM-L6, docs/front.md).
     knob = Knob("cost_weight", dearest=-1000.0, cheapest=1000.0, curve=(-10.0, -2.0, 0.0, 2.0, 10.0, 25.0, 50.0))
+    # With λ at its cheapest end every sample starts on the cheapest arm and only continuation moves the
+    # cost: the knob is then the entropy threshold τ (0: every sample runs on to full depth, 1: none does;
+    # a sample's stopping depth only gets shallower as τ grows, so its FLOPs fall weakly with τ).
+    continuation_knob = Knob("continue_above", dearest=0.0, cheapest=1.0, curve=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0))
     # The queues release more batches than the loader makes (batches split by depth), so the schedule
     # follows the samples trained on: by steps, the last steps ran at learning rate 0 (issue 20, fault 12).
     schedule_by_samples = True
+
+    @classmethod
+    def knob_for(cls, options: dict[str, Any]) -> Knob:
+        """λ (``cost_weight``), or τ (``continue_above``) for a run whose λ is at the cheapest end."""
+        pinned = float(options.get("cost_weight", 0.0)) >= cls.knob.cheapest
+        return cls.continuation_knob if pinned else cls.knob
 
     def __init__(self, model: DynamicEncoder, run: RunConfig) -> None:
         super().__init__(model, run)
         config, spec = model.config, self.options.config
         search = load_search(spec, config.num_layers, config.num_heads)
-        if spec in PRESETS:  # presets queue one training batch; P-DHT always gets its frozen phase
+        if spec in SEARCHES:  # presets queue one training batch; P-DHT always gets its frozen phase
             switch = None if search.freeze_after is None else min(search.freeze_after, max(1, run.train.epochs - 1))
             search = dataclasses.replace(search, q=run.train.batch_size, freeze_after=switch)
         if self.options.full_depth_warmup and search.freeze_after is not None:

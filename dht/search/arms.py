@@ -210,33 +210,38 @@ def default_head_options(num_heads: int) -> tuple[int, ...]:
 
 
 def preset(name: str, num_layers: int, num_heads: int) -> SearchConfig:
-    """The four configurations of paper §6.1, by the spec's rules, for a backbone's shape.
+    """The four configurations of paper §6.1, by the spec's rules, for a backbone's shape, and ours.
 
     b = c = 3 for 12 layers (the paper), 2 for a 6-layer backbone such as MiniLM-L6, else 1.
+    F-DHT-FINE (ours, docs/front.md "An exit after every layer"): F-DHT's arm rule with b = c = 1, so
+    that an arm, and a continuation step, ends after every layer.
     """
     b = c = 3 if num_layers % 3 == 0 and num_layers >= 9 else (2 if num_layers % 2 == 0 else 1)
+    if name == "f-dht-fine":
+        b = c = 1
     heads = default_head_options(num_heads)
     common = dict(num_layers=num_layers, num_heads=num_heads, b=b, c=c, head_options=heads)
     if name == "t-dht":  # tree search: most thorough, one decision per depth and per group
         return SearchConfig(mode="tree", arms=tree_arms(num_layers, b, c), **common)
     if name == "s-dht":  # integrated, fewest arms: shallow with all heads, or full depth with fewer heads
         return SearchConfig(mode="integrated", arms=specialised_arms(num_layers, num_heads, b, c, heads), **common)
-    if name == "f-dht":  # integrated, every depth with every head option
+    if name in ("f-dht", "f-dht-fine"):  # integrated, every depth with every head option
         return SearchConfig(mode="integrated", arms=full_arms(num_layers, num_heads, b, c, heads), **common)
     if name == "p-dht":  # F-DHT for 2 epochs, then freeze all but the top k = 2 layers and skip the middle
         return SearchConfig(mode="integrated", arms=full_arms(num_layers, num_heads, b, c, heads), freeze_after=2,
                             top=2, phase_two_arms=partial_arms(num_layers, num_heads, b, c, heads, 2), **common)
-    raise ValueError(f"unknown DHT preset {name!r}; choose from {', '.join(PRESETS)} or give a JSON file")
+    raise ValueError(f"unknown DHT preset {name!r}; choose from {', '.join(SEARCHES)} or give a JSON file")
 
 
-PRESETS = ("t-dht", "s-dht", "f-dht", "p-dht")
+PRESETS = ("t-dht", "s-dht", "f-dht", "p-dht")  # the paper's four
+SEARCHES = PRESETS + ("f-dht-fine",)  # and ours
 
 
 def read_search_file(spec: str, flag: str = "config") -> SearchConfig:
     """A JSON file of SearchConfig fields (arms as {depth, heads, top}), validated; errors name ``flag``."""
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"{flag} {spec!r}: not one of {', '.join(PRESETS)} and not a file")
+        raise ValueError(f"{flag} {spec!r}: not one of {', '.join(SEARCHES)} and not a file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -249,7 +254,7 @@ def read_search_file(spec: str, flag: str = "config") -> SearchConfig:
 
 def load_search(spec: str, num_layers: int, num_heads: int) -> SearchConfig:
     """A preset name, or a JSON file holding SearchConfig fields written for this backbone's shape."""
-    if spec in PRESETS:
+    if spec in SEARCHES:
         return preset(spec, num_layers, num_heads)
     config = read_search_file(spec, flag="unknown DHT config")
     if (config.num_layers, config.num_heads) != (num_layers, num_heads):

@@ -110,6 +110,12 @@ class Method:
         self.options = self.Options.from_dict(run.options, self.name)
 
     @classmethod
+    def knob_for(cls, options: dict[str, Any]) -> Knob | None:
+        """The knob of a run whose options (its run.json's, with an evaluation's overrides) are
+        ``options``; by default the method's one (``knob``)."""
+        return cls.knob
+
+    @classmethod
     def bench_runs(cls, num_layers: int) -> list[BenchRun]:
         """The runs ``dht bench`` trains for this method on a backbone of ``num_layers`` layers."""
         return [BenchRun(cls.name)]

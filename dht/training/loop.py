@@ -478,7 +478,8 @@ def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True,
     from dht.training.operating import budget_search, check_operating, oracle_scores
 
     if run_file(run_dir).is_file():
-        check_operating(method_type(read_run_settings(run_dir).method), overrides, budget, oracle)
+        settings = read_run_settings(run_dir)
+        check_operating(method_type(settings.method), overrides, budget, oracle, settings.options)
     metrics_file = run_dir / "metrics.json"
     keep_oracle = oracle and data is None and budget is None and not overrides
     if keep_oracle:  # read before the work: a damaged file is named at once, not after the oracles ran

@@ -1,11 +1,12 @@
 """Operating points of a trained run: a knob found for a FLOP budget, and the routing limit (oracles).
 
-``budget_search`` finds the value of a method's knob (``Method.knob``: DHT's cost weight, FastBERT's
-speed) at which its inference FLOP ratio (all-in) on a seeded sample of *training* rows meets a target,
-by bisection: the ratio falls weakly as the knob moves from its dearest to its cheapest end, so each
-step halves the interval that holds the target. The test split is not looked at while searching. A run
-trained with ``--holdout N`` is searched on those N held-out rows instead: on rows it has fitted a network
-is surer than on new ones, so its routes there are cheaper than on the test split (docs/front.md).
+``budget_search`` finds the value of a run's knob (``Method.knob_for``: DHT's cost weight, or its
+continuation threshold when the cost weight starts every sample on the cheapest arm; FastBERT's speed) at
+which its inference FLOP ratio (all-in) on a seeded sample of *training* rows meets a target, by bisection:
+the ratio falls weakly as the knob moves from its dearest to its cheapest end, so each step halves the
+interval that holds the target. The test split is not looked at while searching. A run trained with
+``--holdout N`` is searched on those N held-out rows instead: on rows it has fitted a network is surer
+than on new ones, so its routes there are cheaper than on the test split (docs/front.md).
 
 ``oracle_scores`` asks what any router could do with a run's network: every sample tries every fixed
 route (DHT's arms with greedy heads, FastBERT's exits), and the oracle takes, per sample, the cheapest
@@ -54,14 +55,16 @@ def bisect_knob(ratio_at: Callable[[float], float], target: float, dearest: floa
 
 
 def check_operating(method: type[Method], overrides: dict[str, Any] | None, budget: float | None,
-                    oracle: bool) -> None:
-    """Refuse, before anything is loaded, a budget for a method without a knob or together with the
-    knob's own flag, a budget outside (0, 1.5], and oracles for a method with one route."""
+                    oracle: bool, options: dict[str, Any] | None = None) -> None:
+    """Refuse, before anything is loaded, a budget for a run without a knob or together with the
+    knob's own flag, a budget outside (0, 1.5], and oracles for a method with one route. ``options``:
+    the run's own (run.json), which with ``overrides`` decide its knob (``Method.knob_for``)."""
     if budget is not None:
-        if method.knob is None:
+        knob = method.knob_for({**(options or {}), **(overrides or {})})
+        if knob is None:
             raise ValueError(f"--budget: method {method.name} has no knob that trades accuracy for cost")
-        if method.knob.option in (overrides or {}):
-            flag = "--" + method.knob.option.replace("_", "-")
+        if knob.option in (overrides or {}):
+            flag = "--" + knob.option.replace("_", "-")
             raise ValueError(f"--budget sets {flag} itself: give one of them, not both")
         if not 0 < budget <= 1.5:
             raise ValueError(f"--budget must be in (0, 1.5], got {budget}")
@@ -83,7 +86,9 @@ def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, to
     rows when the run kept some) is ``target``; return what was found. Raises ValueError for a method
     without a knob or a target outside (0, 1.5]."""
     method = prepared.method
-    check_operating(type(method), None, target, oracle=False)
+    options = method.options.to_dict()
+    check_operating(type(method), None, target, False, options)
+    knob = type(method).knob_for(options)
     held = prepared.holdout is not None and len(prepared.holdout) > 0
     train = prepared.holdout if held else prepared.train  # rows the network has not fitted, when the run kept some
     if not len(train):
@@ -92,13 +97,13 @@ def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, to
     batch_size = prepared.run.train.eval_batch_size
 
     def ratio_at(value: float) -> float:
-        method.set_inference_options(**{method.knob.option: value})
+        method.set_inference_options(**{knob.option: value})
         result = predict_split(method, ids, labels, batch_size, prepared.pad_id)
         return result.totals[2] / result.totals[1]
 
-    value, ratio, tried = bisect_knob(ratio_at, target, method.knob.dearest, method.knob.cheapest, tolerance, steps)
-    method.set_inference_options(**{method.knob.option: value})
-    return {"target": target, "option": method.knob.option, "value": value, "train_rows": len(ids),
+    value, ratio, tried = bisect_knob(ratio_at, target, knob.dearest, knob.cheapest, tolerance, steps)
+    method.set_inference_options(**{knob.option: value})
+    return {"target": target, "option": knob.option, "value": value, "train_rows": len(ids),
             "rows": "holdout" if held else "train",
             "train_flop_ratio_all_in": ratio, "evaluations": len(tried),
             "reachable": [tried[1][1], tried[0][1]]}  # the ratios at the cheapest and the dearest end

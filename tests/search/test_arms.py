@@ -45,6 +45,14 @@ def test_minilm_shapes():
     assert [a.depth for a in preset("t-dht", 6, 12).arms] == [2, 4, 6]
 
 
+def test_fine_search_is_f_dht_with_an_arm_ending_after_every_layer():
+    search = preset("f-dht-fine", 6, 12)
+    assert (search.b, search.c, search.mode) == (1, 1, "integrated")
+    assert labels(search.arms) == ["1L12H"] + [f"{L}L{H}H" for L in range(2, 7) for H in (8, 10, 12)]
+    assert search.head_options == preset("f-dht", 6, 12).head_options
+    assert labels(preset("f-dht-fine", 12, 12).arms)[:4] == ["1L12H", "2L8H", "2L10H", "2L12H"]
+
+
 def test_user_config_file(tmp_path):
     path = tmp_path / "search.json"
     data = {"mode": "integrated", "num_layers": 6, "num_heads": 12, "b": 2, "c": 2, "head_options": [6, 12],
@@ -108,3 +116,9 @@ def test_a_config_file_that_is_not_an_object_is_refused(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ValueError, match="a search config is a JSON object"):
         load_search(str(path), 6, 12)
+
+
+def test_the_committed_fine_search_file_is_the_preset():
+    """The issue-23 runs trained with bench/configs/f-dht-fine-minilm.json; `--config f-dht-fine` is the same search."""
+    path = Path(__file__).parents[2] / "bench" / "configs" / "f-dht-fine-minilm.json"
+    assert load_search(str(path), 6, 12) == preset("f-dht-fine", 6, 12)

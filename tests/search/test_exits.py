@@ -68,6 +68,9 @@ def test_each_arm_continues_to_the_next_depth_with_its_own_head_count():
     assert links("s-dht") == {"2L12H": "4L12H", "4L12H": "6L12H", "6L8H": None, "6L10H": None, "6L12H": None}
     assert links("t-dht") == {"2L": "4L", "4L": "6L", "6L": None}
     assert set(links("p-dht", phase_two=True).values()) == {None}  # its top layers always run
+    fine = links("f-dht-fine")  # one layer at a time, the head count kept
+    assert fine["1L12H"] == "2L12H" and fine["2L8H"] == "3L8H" and fine["5L10H"] == "6L10H"
+    assert fine["6L12H"] is None and len(fine) == 16
 
 
 def continuation_setup(config="f-dht", **options):

@@ -66,6 +66,23 @@ def test_a_budget_sets_the_knob_and_the_test_ratio_follows(runs, name):
     assert ends[0] - 0.05 <= test <= ends[1] + 0.05
 
 
+def test_with_the_cost_weight_at_its_cheapest_end_the_budget_sets_the_continuation_threshold(runs, capsys):
+    prepared = load_run(runs / "dht", overrides={"cost_weight": 1000.0})
+    assert type(prepared.method).knob_for({"cost_weight": 1000.0}).option == "continue_above"
+    assert type(prepared.method).knob_for({"cost_weight": 999.0}).option == "cost_weight"
+    low, high = budget_search(prepared, 1.0, tolerance=0.0, steps=0)["reachable"]
+    assert low < high  # τ = 1: every sample stops on 2L4H; τ = 0: every sample runs on to 4 layers
+    assert set(evaluate(prepared)["routes"]) <= {"2L4H>4L4H"}  # τ = 0 is what the search left there last...
+    found = budget_search(prepared, (low + high) / 2)
+    assert found["option"] == "continue_above" and 0.0 < found["value"] < 1.0
+    assert prepared.method.options.continue_above == found["value"]
+    routes = evaluate(prepared)["routes"]
+    assert set(routes) == {"2L4H", "2L4H>4L4H"}  # ...and the threshold found splits the samples
+    assert main(["evaluate", str(runs / "dht"), "--cost-weight", "1000", "--continue-above", "0.5",
+                 "--budget", "0.5", "--quiet"]) == 2
+    assert "--budget sets --continue-above itself" in capsys.readouterr().err
+
+
 def test_the_extreme_cost_weights_choose_the_cheapest_and_the_dearest_arm(runs):
     prepared = load_run(runs / "dht")
     method = prepared.method
