@@ -1,11 +1,12 @@
 """One trained run, many operating points: `dht evaluate RUN --budget R` for several R, and the oracles.
 
-For each target R the run's knob (DHT's cost weight, FastBERT's speed) is set by bisection on 512
+For each target R the run's knob (DHT's cost weight, or its continuation threshold when the cost weight is
+at the cheapest end, as ``--cost-weight 1000`` sets it; FastBERT's speed) is set by bisection on 512
 seeded training rows (on its held-out rows for a run trained with ``--holdout``), then the test split is
 evaluated; the row records the knob's value and where
 the test ratio landed. ``--oracle`` adds the run's two oracle routers (every route on every test sample).
 
-Usage: python bench/budget_curve.py RUN [--budgets 0.3 0.4 0.5 0.6 0.8] [--oracle] [--device D]
+Usage: python bench/budget_curve.py RUN [--budgets 0.3 0.4 0.5 0.6 0.8] [--oracle] [--cost-weight L] [--device D]
        [--output bench/results/ag_news/budget_curve.json]
 """
 
@@ -26,11 +27,14 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a finished run of a method with a knob (dht, fastbert)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.8])
     parser.add_argument("--oracle", action="store_true")
+    parser.add_argument("--cost-weight", type=float, default=None, help="DHT: evaluate with this cost weight")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", type=Path, default=repo_path("bench/results/ag_news/budget_curve.json"))
     args = parser.parse_args()
-    prepared = load_run(args.run, device=args.device)
+    overrides = None if args.cost_weight is None else {"cost_weight": args.cost_weight}
+    prepared = load_run(args.run, overrides=overrides, device=args.device)
     metrics = {"run": str(args.run), "method": prepared.run.method, "options": prepared.run.options,
+               "overrides": overrides or {},
                "seed": prepared.run.train.seed}
     rows: list[dict[str, Any]] = []
     for target in args.budgets:

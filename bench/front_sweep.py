@@ -1,9 +1,9 @@
 """The accuracy-for-cost front of BL1, FastBERT and a DHT preset, per seed, from their knobs and oracles.
 
-For each seed: trains BL1, FastBERT on it, and the DHT preset (a finished run is reused), then evaluates
-FastBERT at each ``--speeds`` value and DHT at each ``--cost-weights`` value (the knob of
-``dht evaluate --budget``, set directly here so every run gets the same points), and scores DHT's two
-oracle routers. Rows are written after every seed, so an interrupted sweep keeps what it finished.
+For each seed: trains BL1, FastBERT on it, and the DHT preset (a finished run is reused; ``--preset none``:
+no DHT), then evaluates FastBERT at each ``--speeds`` value and DHT at each ``--cost-weights`` value (the
+knob of ``dht evaluate --budget``, set directly here so every run gets the same points), and scores DHT's
+two oracle routers. Rows are written after every seed, so an interrupted sweep keeps what it finished.
 
 Usage: python bench/front_sweep.py --seeds 0 1 2 [--backbone B] [--device D] [--runs runs/front]
        [--output bench/results/ag_news/front_sweep.json] [--max-train N] [--max-test N] [--epochs E]
@@ -55,11 +55,13 @@ def sweep_seed(base: RunConfig, seed: int, runs: Path, preset: str, speeds: list
     rows = [row(seed, "full", "full", None, None, bl1["test"], bl1)]
     fastbert = trained(RunConfig(method="fastbert", data=base.data, backbone=base.backbone, train=config,
                                  options={"teacher": str(folder / "full")}), folder / "fastbert", device)
+    curves = [("fastbert", fastbert, "speed", speeds)]
     dht_name = preset if dht_epochs is None else f"{preset}-{dht_epochs}ep"
-    dht_run = trained(RunConfig(method="dht", data=base.data, backbone=base.backbone, train=dht_config,
-                                options={"config": preset}), folder / dht_name, device)
-    for name, metrics, knob, values in (("fastbert", fastbert, "speed", speeds),
-                                        (dht_name, dht_run, "cost_weight", weights)):
+    if preset != "none":
+        dht_run = trained(RunConfig(method="dht", data=base.data, backbone=base.backbone, train=dht_config,
+                                    options={"config": preset}), folder / dht_name, device)
+        curves.append((dht_name, dht_run, "cost_weight", weights))
+    for name, metrics, knob, values in curves:
         prepared = load_run(folder / name, device=device)
         for value in values:
             prepared.method.set_inference_options(**{knob: value})
@@ -75,7 +77,7 @@ def sweep_seed(base: RunConfig, seed: int, runs: Path, preset: str, speeds: list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--preset", default="f-dht")
+    parser.add_argument("--preset", default="f-dht", help="the DHT preset; none: BL1 and FastBERT only")
     parser.add_argument("--backbone", default="minilm-l6")
     parser.add_argument("--data", default="")
     parser.add_argument("--device", default="auto")
