@@ -1,11 +1,13 @@
 """Markdown tables of the accuracy-for-cost front from committed JSON (bench/front_sweep.py, budget_curve.py).
 
-Usage: python bench/front_report.py sweep FILE [FILE ...]   # means over seeds, each row against FastBERT
+Usage: python bench/front_report.py sweep FILE [FILE ...] [--fastbert FILE]  # means over seeds, against FastBERT
        python bench/front_report.py budget FILE              # one run's budget curve and oracles
        python bench/front_report.py wall FILE [FILE ...]     # bench/train_wall.py: seconds against FLOPs
 
 For a sweep, each DHT row is compared with FastBERT's speed curve (its mean over seeds, interpolated
 linearly in inference FLOPs, all-in): "above" when the row's mean macro-F1 is higher at the same cost.
+``--fastbert FILE`` takes FastBERT's rows from that file only (e.g. a three-seed ``front_sweep.py --preset
+none``), leaving out those the other files carry.
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ def interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
     return None
 
 
-def sweep_table(paths: list[Path]) -> str:
+def sweep_table(paths: list[Path], fastbert: Path | None = None) -> str:
     rows = [r for path in paths for r in load(path)[1]]
+    if fastbert is not None:
+        rows = [r for r in rows if r["method"] != "fastbert"] + [r for r in load(fastbert)[1]
+                                                                 if r["method"] == "fastbert"]
     curve = fastbert_curve(rows)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
@@ -104,8 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=("sweep", "budget", "wall"))
     parser.add_argument("files", type=Path, nargs="+")
+    parser.add_argument("--fastbert", type=Path, default=None, help="sweep: FastBERT's rows from this file only")
     args = parser.parse_args()
-    tables = {"sweep": lambda: sweep_table(args.files), "budget": lambda: budget_table(args.files[0]),
+    tables = {"sweep": lambda: sweep_table(args.files, args.fastbert), "budget": lambda: budget_table(args.files[0]),
               "wall": lambda: wall_table(args.files)}
     print(tables[args.kind]())
 
