@@ -55,7 +55,7 @@ def operating_points(prepared: Prepared, entry: BenchRun, seed: int, costs: dict
     The method's knob is left as the entry set it. An oracle's FLOPs are its chosen routes' networks."""
     method = prepared.method
     rows: list[dict[str, Any]] = []
-    knob = type(method).knob_for(method.options.to_dict())
+    knob = method.active_knob
     if knob is not None and knob.curve:
         kept = getattr(method.options, knob.option)
         try:

@@ -115,6 +115,11 @@ class Method:
         ``options``; by default the method's one (``knob``)."""
         return cls.knob
 
+    @property
+    def active_knob(self) -> Knob | None:
+        """This run's knob under its current options (``knob_for``)."""
+        return type(self).knob_for(self.options.to_dict())
+
     @classmethod
     def bench_runs(cls, num_layers: int) -> list[BenchRun]:
         """The runs ``dht bench`` trains for this method on a backbone of ``num_layers`` layers."""

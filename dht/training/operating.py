@@ -86,9 +86,8 @@ def budget_search(prepared: Prepared, target: float, rows: int = BUDGET_ROWS, to
     rows when the run kept some) is ``target``; return what was found. Raises ValueError for a method
     without a knob or a target outside (0, 1.5]."""
     method = prepared.method
-    options = method.options.to_dict()
-    check_operating(type(method), None, target, False, options)
-    knob = type(method).knob_for(options)
+    check_operating(type(method), None, target, False, method.options.to_dict())
+    knob = method.active_knob
     held = prepared.holdout is not None and len(prepared.holdout) > 0
     train = prepared.holdout if held else prepared.train  # rows the network has not fitted, when the run kept some
     if not len(train):
