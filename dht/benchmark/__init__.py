@@ -4,10 +4,14 @@ Each method says which runs it contributes (``Method.bench_runs``): BL1 (full mo
 1, 3 and N_L/2 layers), BL3 (FastBERT at speeds 0.1, 0.5, 0.8), the four DHT presets and dynamic layer
 tying (whose Table 1 columns of trainable parameters and peak memory are what it saves). For each seed
 they train into OUTPUT/runs/FOLDER (OUTPUT/runs/seedS/FOLDER with several seeds) in registry order, BL1
-first (a finished run is not redone; an interrupted one is resumed); a method with a ``teacher`` option
-gets that seed's BL1 run, and its training cost is also reported with the teacher's. Then every run's
-inference is timed in one process, round-robin, each run with a knob is evaluated along its curve and
-each run with routes gets its oracle routers (``dht/benchmark/front.py``). Written: the paper's Table 1
+first (a finished run is not redone, once its run.json is checked to hold the settings the bench would
+train with; an interrupted one is resumed); a method with a ``teacher`` option gets that seed's BL1 run,
+and its training cost is also reported with the teacher's. ``methods`` keeps some methods' runs (BL1's
+always: it is every row's reference). Then every run's inference is timed in one process, round-robin,
+each run with a knob is evaluated along its curve and each run with routes gets its oracle routers
+(``dht/benchmark/front.py``). A seed's rows are kept in its runs folder (``bench_rows.json``), so a bench
+over several seeds that is stopped goes on from the first seed it did not finish. Every seed trains before
+any is timed (``--train-only`` stops there, to time later on a quiet machine). Written: the paper's Table 1
 (training) and Table 2 (inference) as markdown, ``results.json`` (a row per run and seed, through
 ``dht.provenance``), ``curves.json``, ``front.json`` and ``front.md`` (means over seeds), ``pareto.png``
 (inference) and ``pareto_training.png``. FastBERT's speed only decides where inference exits, so its
@@ -17,9 +21,10 @@ is used).
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,7 @@ import dht.methods  # noqa: F401  (registers the built-in methods)
 from dht.benchmark.front import front_rows, front_table, operating_points, read_train, with_teacher
 from dht.benchmark.plots import plot_inference_front, plot_training_front
 from dht.provenance import write_result
-from dht.training.config import RunConfig, TrainConfig
+from dht.training.config import RunConfig, TrainConfig, read_run_settings
 from dht.training.hooks import METHODS, BenchRun
 from dht.training.loop import evaluate, load_run, train
 from dht.training.setup import Prepared, resolve_device
@@ -36,10 +41,17 @@ QUICK = {"max_train": 1000, "max_test": 500, "epochs": 1}  # --quick: minutes on
 TEACHER = "full"  # the bench run that methods with a ``teacher`` option start from
 
 
-def entries(num_layers: int, teacher: Path) -> list[BenchRun]:
-    """Every registered method's bench runs, in registry order, BL1's first (it is the others' teacher)."""
+def entries(num_layers: int, teacher: Path, methods: tuple[str, ...] | None = None) -> list[BenchRun]:
+    """Every registered method's bench runs (only ``methods``' and BL1's when given), in registry order,
+    BL1's first (it is the others' teacher and every row's reference). Raises ValueError for a name that
+    is not a registered method."""
+    unknown = sorted(set(methods or ()) - set(METHODS))
+    if unknown:
+        raise ValueError(f"--methods: {', '.join(unknown)} is not a method (registered: {', '.join(sorted(METHODS))})")
     runs = []
     for name, method in sorted(METHODS.items(), key=lambda item: item[0] != TEACHER):
+        if methods and name != TEACHER and name not in methods:
+            continue
         takes_teacher = any(field.name == "teacher" for field in method.Options.fields())
         for bench in method.bench_runs(num_layers):
             options = {"teacher": str(teacher), **bench.options} if takes_teacher else bench.options
@@ -47,10 +59,38 @@ def entries(num_layers: int, teacher: Path) -> list[BenchRun]:
     return runs
 
 
+def settings_differ(folder: Path, run: RunConfig) -> str | None:
+    """The first training setting in which the run saved in ``folder`` differs from ``run`` (None when
+    none does): method, data, backbone, each training setting, then the method's training options with
+    their defaults filled in (a run saved before an option existed holds its default). Options evaluation
+    may change (``inference``) and a teacher's path (each seed's own BL1) are not compared."""
+    saved = read_run_settings(folder)
+    for name in ("method", "data", "backbone"):
+        if getattr(saved, name) != getattr(run, name):
+            return f"{name} {getattr(saved, name)!r}, not {getattr(run, name)!r}"
+    for name, value in asdict(run.train).items():
+        if getattr(saved.train, name) != value:
+            return f"train.{name} {getattr(saved.train, name)!r}, not {value!r}"
+    options = METHODS[run.method].Options
+    was, wanted = (options.from_dict(given, run.method).to_dict() for given in (saved.options, run.options))
+    for field in options.fields():
+        if not field.inference and field.name != "teacher" and was[field.name] != wanted[field.name]:
+            return f"option {field.name} {was[field.name]!r}, not {wanted[field.name]!r}"
+    return None
+
+
 def train_all(base: RunConfig, runs_dir: Path, num_layers: int, progress: bool,
-              device: str | None = None) -> list[BenchRun]:
-    """Train every entry into ``runs_dir`` that has no metrics.json yet (resuming those with a checkpoint)."""
-    runs = entries(num_layers, runs_dir / TEACHER)
+              device: str | None = None, methods: tuple[str, ...] | None = None) -> list[BenchRun]:
+    """Train every entry into ``runs_dir`` that has no metrics.json yet (resuming those with a checkpoint).
+    Raises ValueError, before training anything, when a folder holds a run of other settings (a run of an
+    older bench, or one copied in) than its entry's."""
+    runs = entries(num_layers, runs_dir / TEACHER, methods)
+    for entry in runs:
+        folder = runs_dir / entry.run
+        run = replace(base, method=entry.method, options=entry.options)
+        if (folder / "run.json").is_file() and (differs := settings_differ(folder, run)):
+            raise ValueError(f"{folder}: trained with {differs} (the bench's {entry.name}); move it away or "
+                             "choose another --output")
     for i, entry in enumerate(runs, 1):
         folder = runs_dir / entry.run
         if (folder / "metrics.json").is_file():
@@ -61,6 +101,15 @@ def train_all(base: RunConfig, runs_dir: Path, num_layers: int, progress: bool,
         train(replace(base, method=entry.method, options=entry.options), folder, resume=resume, progress=progress,
               device=device)
     return runs
+
+
+def inference_options(entry: BenchRun) -> dict[str, Any] | None:
+    """What an entry is evaluated with: its options that evaluation may change, then its overrides; so a
+    run reused from another bench (or shared by rows, as FastBERT's speeds are) is evaluated as the entry
+    says, not as it was trained."""
+    fields = METHODS[entry.method].Options.fields()
+    chosen = {f.name: entry.options[f.name] for f in fields if f.inference and f.name in entry.options}
+    return {**chosen, **(entry.overrides or {})} or None
 
 
 def time_inference(prepared: list[Prepared], rounds: int) -> tuple[list[dict[str, Any]], list[float]]:
@@ -78,7 +127,7 @@ def result_rows(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
                 device: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One row per run: training figures from its metrics.json, inference timed here, on one clock; and
     each trained run's operating points and oracles (``operating_points``)."""
-    prepared = [load_run(runs_dir / entry.run, overrides=entry.overrides, device=device) for entry in runs]
+    prepared = [load_run(runs_dir / entry.run, overrides=inference_options(entry), device=device) for entry in runs]
     tests, seconds = time_inference(prepared, rounds)
     reference = read_train(runs_dir / runs[0].run)  # BL1
     rows, points, curved = [], [], set()
@@ -106,6 +155,28 @@ def result_rows(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
     return rows, points
 
 
+SEED_ROWS = "bench_rows.json"  # a seed's rows and points, kept in its runs folder
+
+
+def seed_results(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
+                 device: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``result_rows`` for one seed, or what an earlier bench wrote for the same runs, rounds and device
+    (``SEED_ROWS``): a bench stopped after a seed's timing does not time that seed again."""
+    kept = runs_dir / SEED_ROWS
+    what = {"runs": [asdict(entry) for entry in runs], "rounds": rounds, "device": str(resolve_device(device))}
+    if kept.is_file():
+        saved = json.loads(kept.read_text(encoding="utf-8"))
+        if {k: saved.get(k) for k in what} == what:
+            print(f"seed {seed}: timed already ({kept})")
+            return saved["rows"], saved["points"]
+    print(f"seed {seed}: timing inference of every run, round-robin; then the operating points and oracles")
+    rows, points = result_rows(runs_dir, runs, rounds, seed, device)
+    partial = kept.with_suffix(".partial")
+    partial.write_text(json.dumps({**what, "rows": rows, "points": points}, indent=1), encoding="utf-8")
+    partial.replace(kept)  # whole or absent, whenever the bench stops
+    return rows, points
+
+
 def tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
     """Table 1 (training) and Table 2 (inference) in markdown."""
     one = ["| run | seed | macro-F1 | train FLOP ratio | train FLOP ratio (all-in) | with the teacher's training "
@@ -125,22 +196,29 @@ def tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
 
 
 def run_bench(data: str, backbone: str, output: Path, quick: bool, seeds: tuple[int, ...] = (0,), rounds: int = 2,
-              progress: bool = True, device: str | None = None, lr: float | None = None) -> list[dict[str, Any]]:
-    """Train what is missing for each seed, time inference, write the tables, results.json (a row per run
-    and seed), curves.json (operating points and oracles), front.json (means over seeds) and the plots.
-    One seed trains into OUTPUT/runs, several into OUTPUT/runs/seedS."""
+              progress: bool = True, device: str | None = None, lr: float | None = None,
+              methods: tuple[str, ...] | None = None, train_only: bool = False) -> list[dict[str, Any]]:
+    """Train what is missing for every seed, then time each seed's inference, write the tables,
+    results.json (a row per run and seed), curves.json (operating points and oracles), front.json (means
+    over seeds) and the plots. One seed trains into OUTPUT/runs, several into OUTPUT/runs/seedS.
+    ``methods``: only these methods' runs (and BL1's). ``train_only``: stop after training (time later,
+    on a quiet machine; returns no rows). Raises ValueError for an unknown method or a run folder of
+    other settings."""
     from dht.model import resolve_backbone
 
     num_layers = resolve_backbone(backbone).config.num_layers
     rows: list[dict[str, Any]] = []
     points: list[dict[str, Any]] = []
-    for seed in seeds:
+    trained = {}
+    for seed in seeds:  # every seed's training first, so the timing below runs back to back
         runs_dir = output / "runs" if len(seeds) == 1 else output / "runs" / f"seed{seed}"
         train_config = TrainConfig(seed=seed, **(QUICK if quick else {}), **({"lr": lr} if lr is not None else {}))
-        runs = train_all(RunConfig(data=data, backbone=backbone, train=train_config), runs_dir, num_layers, progress,
-                         device)
-        print(f"seed {seed}: timing inference of every run, round-robin; then the operating points and oracles")
-        seed_rows, seed_points = result_rows(runs_dir, runs, rounds, seed, device)
+        trained[seed] = runs_dir, train_all(RunConfig(data=data, backbone=backbone, train=train_config), runs_dir,
+                                            num_layers, progress, device, methods)
+    if train_only:
+        return []
+    for seed, (runs_dir, runs) in trained.items():
+        seed_rows, seed_points = seed_results(runs_dir, runs, rounds, seed, device)
         rows, points = rows + seed_rows, points + seed_points
         for entry in runs:
             if (runs_dir / entry.run / "selection.png").is_file():  # what a dynamic method's runs chose

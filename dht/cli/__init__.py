@@ -122,6 +122,10 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
     bench.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0], help="train and evaluate every run with "
                        "each seed; tables give each seed's row, front.json the means and standard deviations")
     bench.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate of every run")
+    bench.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                       help="only these methods' runs (BL1's always: it is every row's reference); default: all")
+    bench.add_argument("--train-only", action="store_true",
+                       help="train what is missing for every seed and stop; time it later, with nothing else running")
     bench.add_argument("--device", default="auto", help=DEVICE_HELP)
     bench.add_argument("--quiet", action="store_true")
 
@@ -263,8 +267,12 @@ def main(argv: list[str] | None = None) -> int:
             from dht.benchmark import run_bench
 
             run_bench(args.data, args.backbone, args.output, args.quick, tuple(args.seeds), progress=not args.quiet,
-                      device=args.device, lr=args.lr)
-            print((args.output / "front.md").read_text())
+                      device=args.device, lr=args.lr, methods=tuple(args.methods) if args.methods else None,
+                      train_only=args.train_only)
+            if args.train_only:
+                print("trained; the same command without --train-only times every run and writes the tables")
+            else:
+                print((args.output / "front.md").read_text())
             print(f"bench folder: {args.output}")
         elif args.command == "bench-paths":
             from dht.benchmark.paths import bench_paths

@@ -1,0 +1,118 @@
+"""`dht bench`'s bookkeeping (dht/benchmark/__init__.py): which runs, reused only when their settings are the
+entry's, evaluated with the entry's inference options, and a seed's timing kept so a stopped bench goes on."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import dht.benchmark as bench
+from dht.cli import main
+from dht.training.config import RunConfig, TrainConfig
+
+
+def save_run(folder: Path, run: RunConfig, drop: tuple[str, ...] = ()) -> Path:
+    """A run folder's run.json as training writes its ``run`` part; ``drop``: options it predates."""
+    folder.mkdir(parents=True)
+    saved = run.to_dict()
+    saved["options"] = {k: v for k, v in saved["options"].items() if k not in drop}
+    (folder / "run.json").write_text(json.dumps({"run": saved}), encoding="utf-8")
+    return folder
+
+
+def entry(name: str):
+    return next(e for e in bench.entries(6, Path("bl1")) if e.name == name)
+
+
+def test_methods_keep_bl1_first_and_only_the_named_methods_runs():
+    names = [(e.method, e.name) for e in bench.entries(6, Path("bl1"), ("fastbert", "distil"))]
+    assert names == [("full", "full"), ("distil", "distil-1"), ("distil", "distil-3"),
+                     ("fastbert", "fastbert-0.1"), ("fastbert", "fastbert-0.5"), ("fastbert", "fastbert-0.8")]
+    assert len(bench.entries(6, Path("bl1"))) > len(names)
+    with pytest.raises(ValueError, match="--methods: nosuch is not a method"):
+        bench.entries(6, Path("bl1"), ("dht", "nosuch"))
+
+
+def test_a_saved_run_is_compared_on_its_training_settings_with_defaults_filled_in(tmp_path):
+    wanted = replace(RunConfig(method="dht", options=dict(entry("f-dht-wu-fine").options)), train=TrainConfig(seed=1))
+    older = save_run(tmp_path / "older", wanted, drop=("full_depth_warmup", "layer_lr_cap"))
+    # A run saved before an option existed holds its default: the same as asking for the default.
+    default = {k: v for k, v in wanted.options.items() if k != "full_depth_warmup"}
+    assert bench.settings_differ(older, replace(wanted, options=default)) is None
+    assert bench.settings_differ(older, wanted) == "option full_depth_warmup 0.0, not 0.5"
+    same = save_run(tmp_path / "same", wanted)
+    assert bench.settings_differ(same, wanted) is None
+    # What evaluation may change (cost weight, threshold) and the teacher's path are not training settings.
+    assert bench.settings_differ(same, replace(wanted, options={**wanted.options, "cost_weight": 0.0,
+                                                                "continue_above": 1.0})) is None
+    assert bench.settings_differ(same, replace(wanted, options={**wanted.options, "self_distill": 0.0})) \
+        == "option self_distill 1.0, not 0.0"
+    assert bench.settings_differ(same, replace(wanted, train=TrainConfig(seed=2))) == "train.seed 1, not 2"
+    assert bench.settings_differ(same, replace(wanted, backbone="tiny")) == "backbone 'minilm-l6', not 'tiny'"
+    student = RunConfig(method="distil", options={"teacher": "a/full", "layers": 3})
+    saved = save_run(tmp_path / "student", student)
+    assert bench.settings_differ(saved, replace(student, options={"teacher": "b/full", "layers": 3})) is None
+
+
+def test_a_folder_of_other_settings_stops_the_bench_before_anything_trains(tmp_path, monkeypatch):
+    trained = []
+    monkeypatch.setattr(bench, "train", lambda *args, **kwargs: trained.append(args))
+    base = RunConfig(backbone="tiny", train=TrainConfig(seed=0))
+    save_run(tmp_path / "distil-3", replace(base, method="distil", options={"layers": 2}))
+    with pytest.raises(ValueError, match=r"distil-3: trained with option layers 2, not 3 \(the bench's distil-3\)"):
+        bench.train_all(base, tmp_path, 6, progress=False, methods=("distil",))
+    assert trained == []
+
+
+def test_an_entry_is_evaluated_with_its_inference_options_then_its_overrides():
+    assert bench.inference_options(entry("fastbert-0.8")) == {"speed": 0.8}
+    assert bench.inference_options(entry("f-dht-wu-fine")) == {"cost_weight": 1000.0, "continue_above": 0.3}
+    assert bench.inference_options(entry("f-dht")) is None
+    assert bench.inference_options(entry("full")) is None
+
+
+def test_a_seeds_timing_is_kept_and_reused_only_for_the_same_runs_and_rounds(tmp_path, monkeypatch):
+    calls = []
+
+    def result_rows(runs_dir, runs, rounds, seed, device=None):
+        calls.append(rounds)
+        return [{"config": "full", "seed": seed, "rounds": rounds}], [{"kind": "knob"}]
+
+    monkeypatch.setattr(bench, "result_rows", result_rows)
+    runs = bench.entries(6, tmp_path / "full", ("distil",))
+    first = bench.seed_results(tmp_path, runs, 2, 0, "cpu")
+    assert bench.seed_results(tmp_path, runs, 2, 0, "cpu") == first and calls == [2]
+    assert not list(tmp_path.glob("*.partial"))
+    assert bench.seed_results(tmp_path, runs, 3, 0, "cpu")[0][0]["rounds"] == 3  # other rounds: timed again
+    assert bench.seed_results(tmp_path, runs[:2], 3, 0, "cpu") and calls == [2, 3, 3]  # other runs: again
+
+
+def test_an_unknown_method_is_one_line_and_exit_code_2(tmp_path, capsys):
+    assert main(["bench", "--methods", "nosuch", "--quick", "--backbone", "tiny", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dht: error: --methods: nosuch is not a method") and "\n" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_train_only_trains_every_seed_and_the_next_bench_times_without_training(tmp_path, monkeypatch):
+    monkeypatch.setitem(bench.QUICK, "max_train", 32)
+    monkeypatch.setitem(bench.QUICK, "max_test", 16)
+    assert bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), progress=False, methods=("distil",),
+                           train_only=True) == []
+    for seed in (0, 1):
+        folders = sorted(p.name for p in (tmp_path / "runs" / f"seed{seed}").iterdir())
+        assert folders == ["distil-1", "distil-2", "distil-3", "full"]
+    assert not (tmp_path / "front.json").exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a trained run was trained again")
+
+    monkeypatch.setattr(bench, "train", no_training)
+    rows = bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), rounds=1, progress=False,
+                           methods=("distil",))
+    configs = ["full", "distil-1", "distil-2", "distil-3"]  # the tiny backbone has 4 layers
+    assert [(r["config"], r["seed"]) for r in rows] == [(c, s) for s in (0, 1) for c in configs]
+    front = json.loads((tmp_path / "front.json").read_text())["result"]
+    assert [(r["config"], r["seeds"]) for r in front] == [(c, [0, 1]) for c in configs]
+    assert (tmp_path / "runs" / "seed1" / bench.SEED_ROWS).is_file()
