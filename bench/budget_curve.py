@@ -1,10 +1,10 @@
 """One trained run, many operating points: `dht evaluate RUN --budget R` for several R, and the oracles.
 
 For each target R the run's knob (DHT's cost weight, or its continuation threshold when the cost weight is
-at the cheapest end, as ``--cost-weight 1000`` sets it; FastBERT's speed) is set by bisection on 512
-seeded training rows (on its held-out rows for a run trained with ``--holdout``), then the test split is
-evaluated; the row records the knob's value and where
-the test ratio landed. ``--oracle`` adds the run's two oracle routers (every route on every test sample).
+at the cheapest end, as ``--cost-weight 1000`` sets it; FastBERT's speed) is set by bisection on 2,048
+seeded training rows, every class weighted equally (on its held-out rows for a run trained with
+``--holdout``), then the test split is evaluated; the row records the knob's value and where the test
+ratio landed. ``--oracle`` adds the run's two oracle routers (every route on every test sample).
 
 Usage: python bench/budget_curve.py RUN [--budgets 0.3 0.4 0.5 0.6 0.8] [--oracle] [--cost-weight L] [--device D]
        [--output bench/results/ag_news/budget_curve.json]

@@ -10,11 +10,22 @@ import torch
 
 from dht.cli import main
 from dht.training.config import RunConfig, TrainConfig
+from dht.training.evaluation import SplitPrediction
 from dht.training.loop import evaluate, load_run, train
-from dht.training.operating import bisect_knob, budget_search, cheapest_good_route, oracle_scores
+from dht.training.operating import bisect_knob, budget_search, cheapest_good_route, class_balanced_ratio, oracle_scores
 from dht.training.setup import prepare
 
 SMALL = TrainConfig(epochs=2, batch_size=16, max_train=160, max_test=64, seed=5)
+
+
+def test_the_searched_ratio_weights_every_class_equally():
+    flops = torch.tensor([1.0, 1.0, 3.0], dtype=torch.float64)
+    full = torch.tensor([2.0, 2.0, 4.0], dtype=torch.float64)
+    prediction = SplitPrediction(torch.zeros(3, dtype=torch.long), torch.zeros(3, 2), flops, full, flops,
+                                 ["", "", ""], (5.0, 8.0, 5.0), 0.0)
+    # Class 0's two samples weigh 1/2 each, class 1's one sample 1: (0.5 + 0.5 + 3) / (1 + 1 + 4).
+    assert class_balanced_ratio(prediction, [0, 0, 1]) == pytest.approx(4 / 6)
+    assert class_balanced_ratio(prediction, [0, 1, 2]) == pytest.approx(5 / 8)  # one each: the plain ratio
 
 
 def test_bisection_finds_the_step_nearest_the_target():
