@@ -37,7 +37,12 @@ def main() -> None:
                "overrides": overrides or {},
                "seed": prepared.run.train.seed}
     rows: list[dict[str, Any]] = []
+    knob = prepared.method.active_knob
+    start = {knob.option: getattr(prepared.method.options, knob.option)} if knob is not None else {}
     for target in args.budgets:
+        # Each target from the run's own knob: a search that ends at λ's cheapest end (1000) would
+        # otherwise hand the next one the continuation threshold as its knob (DHTMethod.knob_for).
+        prepared.method.set_inference_options(**start)
         found = budget_search(prepared, target)
         test = evaluate(prepared)
         rows.append({"target": target, "option": found["option"], "value": found["value"],

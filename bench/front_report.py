@@ -5,7 +5,9 @@ Usage: python bench/front_report.py sweep FILE [FILE ...] [--fastbert FILE]  # m
        python bench/front_report.py wall FILE [FILE ...]     # bench/train_wall.py: seconds against FLOPs
 
 For a sweep, each DHT row is compared with FastBERT's speed curve (its mean over seeds, interpolated
-linearly in inference FLOPs, all-in): "above" when the row's mean macro-F1 is higher at the same cost.
+linearly in inference FLOPs, all-in): "above" when the row's mean macro-F1 is higher at the same cost. A
+paired column counts the seeds whose DHT run is above FastBERT's run of the same seed: a mean above the
+curve that one seed carries is within the seeds' spread, not a win.
 ``--fastbert FILE`` takes FastBERT's rows from that file only (e.g. a three-seed ``front_sweep.py --preset
 none``), leaving out those the other files carry.
 """
@@ -48,11 +50,13 @@ def sweep_table(paths: list[Path], fastbert: Path | None = None) -> str:
         rows = [r for r in rows if r["method"] != "fastbert"] + [r for r in load(fastbert)[1]
                                                                  if r["method"] == "fastbert"]
     curve = fastbert_curve(rows)
+    per_seed = {seed: fastbert_curve([r for r in rows if r["seed"] == seed]) for seed in {r["seed"] for r in rows}}
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["config"], r["knob"], r["value"])].append(r)
     lines = ["| run | knob | seeds | macro-F1 mean (min-max) | inference FLOPs all-in | training FLOPs all-in "
-             "(per token) | FastBERT's curve there | above it |", "|---|---|---|---|---|---|---|---|"]
+             "(per token) | FastBERT's curve there | above it | seeds above their own seed's curve |",
+             "|---|---|---|---|---|---|---|---|---|"]
     seen = set()
     for (config, knob, value), rs in groups.items():
         seeds = sorted({r["seed"] for r in rs})
@@ -64,9 +68,13 @@ def sweep_table(paths: list[Path], fastbert: Path | None = None) -> str:
         label = "" if knob is None else knob if value is None else f"{knob} {value:g}"
         reference = interpolate(curve, flops) if rs[0]["method"] == "dht" else None
         verdict = "" if reference is None else "yes" if mean(f1) > reference else "no"
+        paired = [(r["f1_macro"], interpolate(per_seed[r["seed"]], r["test_flop_ratio_all_in"]))
+                  for r in {r["seed"]: r for r in rs}.values()] if rs[0]["method"] == "dht" else []
+        paired = [(f, there) for f, there in paired if there is not None]
+        count = f"{sum(f > there for f, there in paired)} of {len(paired)}" if paired else ""
         lines.append(f"| {config} | {label} | {len(seeds)} | {mean(f1):.4f} ({min(f1):.4f}-{max(f1):.4f}) "
                      f"| {flops:.3f} | {mean(r['train_flop_ratio_all_in'] for r in rs):.3f} "
-                     f"| {'' if reference is None else f'{reference:.4f}'} | {verdict} |")
+                     f"| {'' if reference is None else f'{reference:.4f}'} | {verdict} | {count} |")
     return "\n".join(lines)
 
 
