@@ -1,4 +1,4 @@
-"""bench/train_wall.py and bench/inference_grid.py on tiny runs: what they count, checked by hand."""
+"""bench/train_wall.py, bench/inference_grid.py and bench/budget_curve.py on tiny runs: what they count, by hand."""
 
 import importlib.util
 import json
@@ -83,3 +83,15 @@ def test_inference_grid_rows_are_the_runs_evaluations(runs, tmp_path, monkeypatc
     assert hardly["test_flop_ratio_all_in"] == pytest.approx(evaluated["flop_ratio_all_in"])
     deepest = sum(r["share"] for name, r in evaluated["routes"].items() if name.startswith("4L"))
     assert always["continued_share"] == pytest.approx(1 - deepest, abs=1e-3)  # all but the 4-layer arms go on
+
+
+def test_budget_curve_searches_every_target_from_the_runs_own_knob(runs, tmp_path, monkeypatch):
+    """A target below the cheapest arm ends λ's search at 1000, where DHT's knob becomes the continuation
+    threshold; the next target must still be searched along λ, as `dht evaluate --budget` would."""
+    output = tmp_path / "curve.json"
+    monkeypatch.setattr("sys.argv", ["budget_curve.py", str(runs / "dht"), "--budgets", "0.01", "0.9",
+                                     "--output", str(output)])
+    script("budget_curve").main()
+    low, high = json.loads(output.read_text())["result"]["budgets"]
+    assert (low["option"], low["value"]) == ("cost_weight", 1000.0)  # out of reach: the cheapest end
+    assert high["option"] == "cost_weight" and high["value"] < 1000.0
