@@ -81,11 +81,17 @@ def test_a_seeds_timing_is_kept_and_reused_only_for_the_same_runs_and_rounds(tmp
 
     monkeypatch.setattr(bench, "result_rows", result_rows)
     runs = bench.entries(6, tmp_path / "full", ("distil",))
+    for entry in runs:
+        (tmp_path / entry.run).mkdir()
+        (tmp_path / entry.run / "metrics.json").write_text('{"train": {}}')
     first = bench.seed_results(tmp_path, runs, 2, 0, "cpu")
     assert bench.seed_results(tmp_path, runs, 2, 0, "cpu") == first and calls == [2]
     assert not list(tmp_path.glob("*.partial"))
     assert bench.seed_results(tmp_path, runs, 3, 0, "cpu")[0][0]["rounds"] == 3  # other rounds: timed again
     assert bench.seed_results(tmp_path, runs[:2], 3, 0, "cpu") and calls == [2, 3, 3]  # other runs: again
+    assert bench.seed_results(tmp_path, runs[:2], 3, 0, "cpu") and calls == [2, 3, 3]
+    (tmp_path / runs[1].run / "metrics.json").write_text('{"train": {"retrained": true}}')
+    assert bench.seed_results(tmp_path, runs[:2], 3, 0, "cpu") and calls == [2, 3, 3, 3]  # a run trained anew
 
 
 def test_an_unknown_method_is_one_line_and_exit_code_2(tmp_path, capsys):

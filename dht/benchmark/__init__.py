@@ -21,6 +21,7 @@ is used).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import statistics
@@ -160,10 +161,14 @@ SEED_ROWS = "bench_rows.json"  # a seed's rows and points, kept in its runs fold
 
 def seed_results(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
                  device: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``result_rows`` for one seed, or what an earlier bench wrote for the same runs, rounds and device
-    (``SEED_ROWS``): a bench stopped after a seed's timing does not time that seed again."""
+    """``result_rows`` for one seed, or what an earlier bench wrote for the same entries, trained runs
+    (their metrics.json), rounds and device (``SEED_ROWS``): a bench stopped after a seed's timing does not
+    time that seed again, and a run trained anew is."""
     kept = runs_dir / SEED_ROWS
-    what = {"runs": [asdict(entry) for entry in runs], "rounds": rounds, "device": str(resolve_device(device))}
+    trained = {entry.run: hashlib.sha256((runs_dir / entry.run / "metrics.json").read_bytes()).hexdigest()
+               for entry in runs}
+    what = {"runs": [asdict(entry) for entry in runs], "trained": trained, "rounds": rounds,
+            "device": str(resolve_device(device))}
     if kept.is_file():
         saved = json.loads(kept.read_text(encoding="utf-8"))
         if {k: saved.get(k) for k in what} == what:
