@@ -3,8 +3,11 @@
 Evaluates a saved run on its test split (with inference options, e.g. the cost weight a budget search
 found) and writes each class's mean all-in inference FLOP ratio, the test split's ratio, and that ratio
 reweighted to the training split's class mix: the part of a train/test gap that the class mix explains.
+``--train-rows N`` also evaluates N seeded training rows (as ``--budget`` draws them) and writes their
+ratio per class, their plain ratio and their class-balanced one (``class_balanced_ratio``, what
+``--budget`` searches on): whether training and test rows of one class cost the same.
 
-Usage: python bench/cost_by_class.py RUN [--cost-weight L] [--output PATH]
+Usage: python bench/cost_by_class.py RUN [--cost-weight L] [--train-rows N] [--output PATH]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dht.data import read_dataset
 from dht.provenance import repo_path, write_result
 from dht.training.evaluation import predict_split
 from dht.training.loop import load_run
+from dht.training.operating import class_balanced_ratio, seeded_rows
 from dht.training.setup import dataset_dir
 
 
@@ -27,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--cost-weight", type=float, default=None, help="DHT's inference knob (default: the run's)")
+    parser.add_argument("--train-rows", type=int, default=0, help="also this many seeded training rows")
     parser.add_argument("--output", type=Path, default=repo_path("bench/results/ag_news/cost_by_class.json"))
     args = parser.parse_args()
     overrides = {} if args.cost_weight is None else {"cost_weight": args.cost_weight}
@@ -45,6 +50,18 @@ def main() -> None:
            "test_ratio": float(result.all_in.sum() / result.full_flops.sum()),
            "test_ratio_per_sample_mean": float(ratio.mean()),
            "test_ratio_reweighted_to_train_mix": sum(r * w for r, w in zip(per_class, train_prior))}
+    if args.train_rows:
+        ids, rows_labels = seeded_rows(prepared.train.ids, prepared.train.labels, prepared.run.train.seed,
+                                       args.train_rows)
+        rows = predict_split(prepared.method, ids, rows_labels, prepared.run.train.eval_batch_size, prepared.pad_id)
+        y = torch.tensor(rows_labels)
+        out["train_rows"] = {"rows": len(ids), "ratio": float(rows.all_in.sum() / rows.full_flops.sum()),
+                             "class_balanced_ratio": class_balanced_ratio(rows, rows_labels),
+                             "ratio_by_class": [float((rows.all_in / rows.full_flops)[y == k].mean())
+                                                for k in range(len(classes))]}  # as test_ratio_by_class
+        print(f"{len(ids)} training rows: ratio {out['train_rows']['ratio']:.3f}, class-balanced "
+              f"{out['train_rows']['class_balanced_ratio']:.3f}; by class "
+              + ", ".join(f"{r:.3f}" for r in out["train_rows"]["ratio_by_class"]))
     write_result(args.output, out, prepared.method.device)
     for name, r, a, b in zip(classes, per_class, test_prior, train_prior):
         print(f"{name:10} ratio {r:.3f}  share test {a:.2f} train {b:.2f}")

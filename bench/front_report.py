@@ -70,8 +70,10 @@ def sweep_table(paths: list[Path], fastbert: Path | None = None) -> str:
         verdict = "" if reference is None else "yes" if mean(f1) > reference else "no"
         paired = [(r["f1_macro"], interpolate(per_seed[r["seed"]], r["test_flop_ratio_all_in"]))
                   for r in {r["seed"]: r for r in rs}.values()] if rs[0]["method"] == "dht" else []
+        outside = sum(there is None for _, there in paired)  # no FastBERT run of its seed at that cost
         paired = [(f, there) for f, there in paired if there is not None]
         count = f"{sum(f > there for f, there in paired)} of {len(paired)}" if paired else ""
+        count += f" ({outside} outside its seed's curve)" if outside else ""
         lines.append(f"| {config} | {label} | {len(seeds)} | {mean(f1):.4f} ({min(f1):.4f}-{max(f1):.4f}) "
                      f"| {flops:.3f} | {mean(r['train_flop_ratio_all_in'] for r in rs):.3f} "
                      f"| {'' if reference is None else f'{reference:.4f}'} | {verdict} | {count} |")

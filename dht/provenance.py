@@ -40,6 +40,19 @@ def git_commit() -> str:
         return "unknown"
 
 
+def package_version() -> str:
+    """The git tree of the ``dht`` package at HEAD, ``+dirty`` if its tracked files changed ('unknown'
+    outside a git checkout): what a kept measurement depends on, unlike the commit, which docs move."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+    try:
+        tree = git("rev-parse", "HEAD:dht")
+        return tree + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", "dht") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform module knows."""
     try:

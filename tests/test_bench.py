@@ -55,18 +55,25 @@ def test_a_saved_run_is_compared_on_its_training_settings_with_defaults_filled_i
     assert bench.settings_differ(saved, replace(student, options={"teacher": "b/full", "layers": 3})) is None
 
 
-def test_a_folder_of_other_settings_stops_the_bench_before_anything_trains(tmp_path, monkeypatch):
+def test_a_folder_of_other_settings_in_any_seed_stops_the_bench_before_anything_trains(tmp_path, monkeypatch):
     trained = []
     monkeypatch.setattr(bench, "train", lambda *args, **kwargs: trained.append(args))
-    base = RunConfig(backbone="tiny", train=TrainConfig(seed=0))
-    save_run(tmp_path / "distil-3", replace(base, method="distil", options={"layers": 2}))
-    with pytest.raises(ValueError, match=r"distil-3: trained with option layers 2, not 3 \(the bench's distil-3\)"):
-        bench.train_all(base, tmp_path, 6, progress=False, methods=("distil",))
-    assert trained == []
+    seed1 = RunConfig(backbone="tiny", train=TrainConfig(seed=1, max_train=1000, max_test=500, epochs=1))
+    save_run(tmp_path / "runs" / "seed1" / "distil-2", replace(seed1, method="distil", options={"layers": 3}))
+    with pytest.raises(ValueError, match=r"seed1/distil-2: trained with option layers 3, not 2 \(the bench's "):
+        bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), progress=False, methods=("distil",))
+    assert trained == []  # seed 0's folders were fine, and nothing of it trained either
+    # Settings a trained run does not depend on (evaluation's batch size, checkpoint interval) are not compared.
+    other = replace(seed1, method="distil", options={"layers": 2},
+                    train=replace(seed1.train, eval_batch_size=7, checkpoint_every=3))
+    assert bench.settings_differ(tmp_path / "runs" / "seed1" / "distil-2", other) == "option layers 3, not 2"
+    assert bench.settings_differ(save_run(tmp_path / "same", other), replace(other, train=seed1.train)) is None
 
 
 def test_an_entry_is_evaluated_with_its_inference_options_then_its_overrides():
     assert bench.inference_options(entry("fastbert-0.8")) == {"speed": 0.8}
+    assert bench.inference_options(replace(entry("fastbert-0.8"), overrides={"speed": 0.3})) == {"speed": 0.3}
+    assert bench.inference_options(replace(entry("fastbert-0.8"), overrides=None)) == {"speed": 0.8}
     assert bench.inference_options(entry("f-dht-wu-fine")) == {"cost_weight": 1000.0, "continue_above": 0.3}
     assert bench.inference_options(entry("f-dht")) is None
     assert bench.inference_options(entry("full")) is None
@@ -104,21 +111,33 @@ def test_an_unknown_method_is_one_line_and_exit_code_2(tmp_path, capsys):
 def test_train_only_trains_every_seed_and_the_next_bench_times_without_training(tmp_path, monkeypatch):
     monkeypatch.setitem(bench.QUICK, "max_train", 32)
     monkeypatch.setitem(bench.QUICK, "max_test", 16)
-    assert bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), progress=False, methods=("distil",),
+    methods = ("distil", "fastbert")
+    assert bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), progress=False, methods=methods,
                            train_only=True) == []
     for seed in (0, 1):
         folders = sorted(p.name for p in (tmp_path / "runs" / f"seed{seed}").iterdir())
-        assert folders == ["distil-1", "distil-2", "distil-3", "full"]
+        assert folders == ["distil-1", "distil-2", "distil-3", "fastbert", "full"]
     assert not (tmp_path / "front.json").exists()
 
     def no_training(*args, **kwargs):
         raise AssertionError("a trained run was trained again")
 
+    loaded, load_run = [], bench.load_run
+
+    def spy(folder, overrides=None, device=None):
+        loaded.append((folder.name, overrides))
+        return load_run(folder, overrides=overrides, device=device)
+
     monkeypatch.setattr(bench, "train", no_training)
-    rows = bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), rounds=1, progress=False,
-                           methods=("distil",))
-    configs = ["full", "distil-1", "distil-2", "distil-3"]  # the tiny backbone has 4 layers
+    monkeypatch.setattr(bench, "load_run", spy)
+    rows = bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), rounds=1, progress=False, methods=methods)
+    configs = ["full", "distil-1", "distil-2", "distil-3", "fastbert-0.1", "fastbert-0.5", "fastbert-0.8"]
     assert [(r["config"], r["seed"]) for r in rows] == [(c, s) for s in (0, 1) for c in configs]
+    # FastBERT's one trained folder is evaluated at each row's speed (it was trained with the first's, 0.1).
+    assert [o for name, o in loaded[:7] if name == "fastbert"] == [{"speed": 0.1}, {"speed": 0.5}, {"speed": 0.8}]
     front = json.loads((tmp_path / "front.json").read_text())["result"]
     assert [(r["config"], r["seeds"]) for r in front] == [(c, [0, 1]) for c in configs]
     assert (tmp_path / "runs" / "seed1" / bench.SEED_ROWS).is_file()
+    loaded.clear()  # a bench run again with nothing new reads the kept rows: nothing is loaded or timed
+    assert bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), rounds=1, progress=False,
+                           methods=methods) == rows and loaded == []

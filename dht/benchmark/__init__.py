@@ -32,7 +32,7 @@ from typing import Any
 import dht.methods  # noqa: F401  (registers the built-in methods)
 from dht.benchmark.front import front_rows, front_table, operating_points, read_train, with_teacher
 from dht.benchmark.plots import plot_inference_front, plot_training_front
-from dht.provenance import write_result
+from dht.provenance import package_version, write_result
 from dht.training.config import RunConfig, TrainConfig, read_run_settings
 from dht.training.hooks import METHODS, BenchRun
 from dht.training.loop import evaluate, load_run, train
@@ -60,6 +60,9 @@ def entries(num_layers: int, teacher: Path, methods: tuple[str, ...] | None = No
     return runs
 
 
+NOT_TRAINING = ("eval_batch_size", "checkpoint_every")  # settings a trained run does not depend on
+
+
 def settings_differ(folder: Path, run: RunConfig) -> str | None:
     """The first training setting in which the run saved in ``folder`` differs from ``run`` (None when
     none does): method, data, backbone, each training setting, then the method's training options with
@@ -70,7 +73,7 @@ def settings_differ(folder: Path, run: RunConfig) -> str | None:
         if getattr(saved, name) != getattr(run, name):
             return f"{name} {getattr(saved, name)!r}, not {getattr(run, name)!r}"
     for name, value in asdict(run.train).items():
-        if getattr(saved.train, name) != value:
+        if name not in NOT_TRAINING and getattr(saved.train, name) != value:
             return f"train.{name} {getattr(saved.train, name)!r}, not {value!r}"
     options = METHODS[run.method].Options
     was, wanted = (options.from_dict(given, run.method).to_dict() for given in (saved.options, run.options))
@@ -80,18 +83,20 @@ def settings_differ(folder: Path, run: RunConfig) -> str | None:
     return None
 
 
-def train_all(base: RunConfig, runs_dir: Path, num_layers: int, progress: bool,
-              device: str | None = None, methods: tuple[str, ...] | None = None) -> list[BenchRun]:
-    """Train every entry into ``runs_dir`` that has no metrics.json yet (resuming those with a checkpoint).
-    Raises ValueError, before training anything, when a folder holds a run of other settings (a run of an
-    older bench, or one copied in) than its entry's."""
-    runs = entries(num_layers, runs_dir / TEACHER, methods)
+def check_folders(base: RunConfig, runs_dir: Path, runs: list[BenchRun]) -> None:
+    """Raise ValueError when a run folder holds a run of other training settings than its entry's (a run
+    of an older bench, or one copied in): ``run_bench`` checks every seed's folders before it trains."""
     for entry in runs:
         folder = runs_dir / entry.run
         run = replace(base, method=entry.method, options=entry.options)
         if (folder / "run.json").is_file() and (differs := settings_differ(folder, run)):
             raise ValueError(f"{folder}: trained with {differs} (the bench's {entry.name}); move it away or "
                              "choose another --output")
+
+
+def train_all(base: RunConfig, runs_dir: Path, runs: list[BenchRun], progress: bool,
+              device: str | None = None) -> None:
+    """Train every entry into ``runs_dir`` that has no metrics.json yet (resuming those with a checkpoint)."""
     for i, entry in enumerate(runs, 1):
         folder = runs_dir / entry.run
         if (folder / "metrics.json").is_file():
@@ -101,7 +106,6 @@ def train_all(base: RunConfig, runs_dir: Path, num_layers: int, progress: bool,
         resume = (folder / "checkpoint" / "state.json").is_file()
         train(replace(base, method=entry.method, options=entry.options), folder, resume=resume, progress=progress,
               device=device)
-    return runs
 
 
 def inference_options(entry: BenchRun) -> dict[str, Any] | None:
@@ -162,13 +166,13 @@ SEED_ROWS = "bench_rows.json"  # a seed's rows and points, kept in its runs fold
 def seed_results(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
                  device: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``result_rows`` for one seed, or what an earlier bench wrote for the same entries, trained runs
-    (their metrics.json), rounds and device (``SEED_ROWS``): a bench stopped after a seed's timing does not
-    time that seed again, and a run trained anew is."""
+    (their metrics.json), rounds, device and ``dht`` package (``SEED_ROWS``): a bench stopped after a
+    seed's timing does not time that seed again; a run trained anew, or changed code, is timed again."""
     kept = runs_dir / SEED_ROWS
     trained = {entry.run: hashlib.sha256((runs_dir / entry.run / "metrics.json").read_bytes()).hexdigest()
                for entry in runs}
-    what = {"runs": [asdict(entry) for entry in runs], "trained": trained, "rounds": rounds,
-            "device": str(resolve_device(device))}
+    what = json.loads(json.dumps({"runs": [asdict(entry) for entry in runs], "trained": trained, "rounds": rounds,
+                                  "device": str(resolve_device(device)), "code": package_version()}))
     if kept.is_file():
         saved = json.loads(kept.read_text(encoding="utf-8"))
         if {k: saved.get(k) for k in what} == what:
@@ -214,15 +218,19 @@ def run_bench(data: str, backbone: str, output: Path, quick: bool, seeds: tuple[
     num_layers = resolve_backbone(backbone).config.num_layers
     rows: list[dict[str, Any]] = []
     points: list[dict[str, Any]] = []
-    trained = {}
-    for seed in seeds:  # every seed's training first, so the timing below runs back to back
+    plan = {}
+    for seed in seeds:  # every seed's folders are checked before anything trains
         runs_dir = output / "runs" if len(seeds) == 1 else output / "runs" / f"seed{seed}"
         train_config = TrainConfig(seed=seed, **(QUICK if quick else {}), **({"lr": lr} if lr is not None else {}))
-        trained[seed] = runs_dir, train_all(RunConfig(data=data, backbone=backbone, train=train_config), runs_dir,
-                                            num_layers, progress, device, methods)
+        base = RunConfig(data=data, backbone=backbone, train=train_config)
+        runs = entries(num_layers, runs_dir / TEACHER, methods)
+        check_folders(base, runs_dir, runs)
+        plan[seed] = base, runs_dir, runs
+    for base, runs_dir, runs in plan.values():  # every seed's training first, so the timing runs back to back
+        train_all(base, runs_dir, runs, progress, device)
     if train_only:
         return []
-    for seed, (runs_dir, runs) in trained.items():
+    for seed, (_, runs_dir, runs) in plan.items():
         seed_rows, seed_points = seed_results(runs_dir, runs, rounds, seed, device)
         rows, points = rows + seed_rows, points + seed_points
         for entry in runs:

@@ -70,7 +70,7 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
     evaluate.add_argument("--budget", type=float, default=None,
                           help="target inference FLOP ratio (all-in): set the method's knob (DHT's cost weight, "
                                "FastBERT's speed) to meet it on training rows (the held-out ones of a run "
-                               "trained with --holdout), then evaluate")
+                               "trained with --holdout), every class weighted as equally frequent, then evaluate")
     evaluate.add_argument("--oracle", action="store_true",
                           help="also score the oracle routers (cheapest correct route, cheapest agreeing with the "
                                "full model), trying every route on every test sample")

@@ -270,8 +270,8 @@ class ACMMethod(Method):
 
 def calibrate_gates(method: ACMMethod, ids: list[list[int]], labels: list[int], pad_id: int,
                     tolerance: float = 0.01, steps: int = 20) -> dict[str, Any]:
-    """λ0: the gate bias at which the gates' argmax spends β of the learners on the seeded training rows
-    ``dht evaluate --budget`` searches on (``seeded_rows``), by spec §5's bisection (λ ∈ [−20, 20], ±0.01,
+    """λ0: the gate bias at which the gates' argmax spends β of the learners on 512 seeded training rows
+    (``seeded_rows``), by spec §5's bisection (λ ∈ [−20, 20], ±0.01,
     ≤ 20 steps) run with β' = β.
 
     Why: L_b (eq. 7) steers the Gumbel samples of training toward β, but inference takes the argmax,

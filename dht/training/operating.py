@@ -34,7 +34,7 @@ from dht.training.hooks import Method, plan_prediction
 from dht.training.metrics import accuracy, f1_macro
 from dht.training.setup import Prepared
 
-BUDGET_ROWS = 512  # training rows a knob is calibrated on (seeded; ACM's and Transformer⁻¹'s calibrations)
+CALIBRATION_SAMPLE_ROWS = 512  # seeded training rows a method calibrates on by default (ACM's gates)
 SEARCH_ROWS = 2048  # training rows --budget searches on: a standard error of about 0.005 in the FLOP ratio
 
 
@@ -78,7 +78,7 @@ def check_operating(method: type[Method], overrides: dict[str, Any] | None, budg
 
 
 def seeded_rows(ids: list[list[int]], labels: list[int], seed: int,
-                rows: int = BUDGET_ROWS) -> tuple[list[list[int]], list[int]]:
+                rows: int = CALIBRATION_SAMPLE_ROWS) -> tuple[list[list[int]], list[int]]:
     """``rows`` training rows (all if fewer) drawn with ``seed``, in their split's order: where a knob is
     set (``budget_search``, ACM's calibration) without looking at the test split."""
     chosen = sorted(random.Random(seed).sample(range(len(ids)), min(rows, len(ids))))

@@ -163,9 +163,19 @@ def test_a_run_with_held_out_rows_trains_without_them_and_sets_its_knob_on_them(
     assert (found["rows"], found["train_rows"]) == ("holdout", 12)
 
 
-def test_without_held_out_rows_the_knob_is_set_on_training_rows(runs):
+def test_without_held_out_rows_the_knob_is_set_on_training_rows(runs, monkeypatch):
+    import dht.training.operating as operating
+
+    seen = []
+
+    def balanced(prediction, labels):
+        seen.append((len(labels), class_balanced_ratio(prediction, labels)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(operating, "class_balanced_ratio", balanced)
     found = budget_search(load_run(runs / "dht"), 0.5)
     assert (found["rows"], found["train_rows"]) == ("train", 160)
+    assert (160, found["train_flop_ratio_all_in"]) in seen  # the ratio searched is the class-balanced one
 
 
 def test_a_negative_holdout_is_one_line(tmp_path, capsys):

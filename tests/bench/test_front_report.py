@@ -1,0 +1,27 @@
+"""bench/front_report.py's sweep table: FastBERT's mean curve and each seed's own, checked by hand."""
+
+import json
+
+from test_train_wall import script
+
+
+def row(seed, method, f1, flops, knob="speed", value=None):
+    return {"seed": seed, "method": method, "config": method, "knob": knob, "value": value, "f1_macro": f1,
+            "test_flop_ratio_all_in": flops, "train_flop_ratio_all_in": 0.5}
+
+
+def test_a_mean_above_the_curve_is_counted_against_each_seeds_own_curve(tmp_path):
+    rows = [row(0, "fastbert", 0.80, 0.2, value=1.0), row(0, "fastbert", 0.90, 0.4, value=0.5),
+            row(1, "fastbert", 0.70, 0.2, value=1.0), row(1, "fastbert", 0.80, 0.4, value=0.5),
+            row(2, "fastbert", 0.86, 0.25, value=1.0), row(2, "fastbert", 0.88, 0.4, value=0.5),
+            # DHT at 0.3: seed 0 below its curve (0.85), seed 1 above its own (0.75), seed 2 outside its own.
+            row(0, "dht", 0.84, 0.3, knob="τ 0.5"), row(1, "dht", 0.83, 0.3, knob="τ 0.5"),
+            row(2, "dht", 0.79, 0.22, knob="τ 0.5")]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"provenance": {}, "result": rows}))
+    line = next(x for x in script("front_report").sweep_table([path]).splitlines() if x.startswith("| dht"))
+    # Means: DHT 0.82 at 0.2733; FastBERT's mean curve runs from (0.2167, 0.7867) to (0.4, 0.86).
+    there = 0.7867 + (0.86 - 0.7867) * (0.2733 - 0.2167) / (0.4 - 0.2167)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3].startswith("0.8200") and cells[4] == "0.273" and cells[6] == f"{there:.4f}"
+    assert cells[7] == "yes" and cells[8] == "1 of 2 (1 outside its seed's curve)"
