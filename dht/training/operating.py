@@ -8,9 +8,10 @@ interval that holds the target. The test split is not looked at while searching.
 ``--holdout N`` is searched on those N held-out rows instead: on rows it has fitted a network is surer
 than on new ones, so its routes there are cheaper than on the test split (docs/front.md). The ratio is
 the one of traffic in which every class is equally frequent (``class_balanced_ratio``): samples of one
-class take dearer routes than another's (Business costs 2.4x World on F-DHT), and a training split's
-class mix is not the traffic's (the embedded AG News trains on 36% Sci/Tech and 15% Sports, and tests on
-25% of each), so the plain mean over training rows missed the test split's ratio by up to 0.03.
+class take dearer routes than another's (Business 2.3x World on an F-DHT run at λ = 0), and a training
+split's class mix is not the traffic's (the embedded AG News trains on 36% Sci/Tech and 15% Sports, and
+tests on 25% of each), so the plain mean over training rows missed the test split's ratio by up to 0.03
+(docs/front.md, "Class-balanced search rows").
 
 ``oracle_scores`` asks what any router could do with a run's network: every sample tries every fixed
 route (DHT's arms with greedy heads, FastBERT's exits), and the oracle takes, per sample, the cheapest
