@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                 low, high = found["reachable"]
                 print(f"budget {found['target']}: {found['option']} = {found['value']:.4g} "
                       f"({found['train_flop_ratio_all_in']:.3f} on {found['train_rows']} "
-                      f"{'held-out' if found['rows'] == 'holdout' else 'training'} rows; "
+                      f"{'held-out' if found['rows'] == 'holdout' else 'training'} rows, classes weighted "
+                      "equally; "
                       f"this run reaches {low:.3f}-{high:.3f})")
             print(f"{args.run_dir} on {result['dataset']}: accuracy {test['accuracy']:.4f}, "
                   f"macro-F1 {test['f1_macro']:.4f}, FLOP ratio {test['flop_ratio']:.3f} "
