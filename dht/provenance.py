@@ -28,14 +28,16 @@ def repo_path(relative: str) -> Path:
     return REPO / relative
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True,
+                          timeout=10).stdout.strip()
+
+
 def git_commit() -> str:
     """The checkout's commit, ``+dirty`` if tracked files changed; 'unknown' outside a git checkout."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True,
-                              timeout=10).stdout.strip()
     try:
-        commit = git("rev-parse", "HEAD")
-        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        commit = _git("rev-parse", "HEAD")
+        return commit + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -43,12 +45,9 @@ def git_commit() -> str:
 def package_version() -> str:
     """The git tree of the ``dht`` package at HEAD, ``+dirty`` if its tracked files changed ('unknown'
     outside a git checkout): what a kept measurement depends on, unlike the commit, which docs move."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True,
-                              timeout=10).stdout.strip()
     try:
-        tree = git("rev-parse", "HEAD:dht")
-        return tree + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", "dht") else "")
+        tree = _git("rev-parse", "HEAD:dht")
+        return tree + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no", "--", "dht") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -141,3 +141,13 @@ def test_train_only_trains_every_seed_and_the_next_bench_times_without_training(
     loaded.clear()  # a bench run again with nothing new reads the kept rows: nothing is loaded or timed
     assert bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), rounds=1, progress=False,
                            methods=methods) == rows and loaded == []
+
+
+def test_kept_timing_is_keyed_to_the_dht_packages_tree_not_the_commit():
+    import subprocess
+
+    from dht.provenance import REPO, package_version
+
+    tree = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD:dht"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert package_version().split("+")[0] == tree  # a commit of docs alone leaves it as it was
