@@ -21,10 +21,16 @@ import torch
 import dht.methods  # noqa: F401  (registers the methods)
 from dht.data import read_dataset
 from dht.provenance import repo_path, write_result
-from dht.training.evaluation import predict_split
+from dht.training.evaluation import SplitPrediction, predict_split
 from dht.training.loop import load_run
 from dht.training.operating import class_balanced_ratio, seeded_rows
 from dht.training.setup import dataset_dir
+
+
+def ratio_by_class(prediction: SplitPrediction, labels: list[int], classes: int) -> list[float]:
+    """Each class's mean per-sample all-in FLOP ratio (a sample's all-in FLOPs over the full model's)."""
+    ratio, y = prediction.all_in / prediction.full_flops, torch.tensor(labels)
+    return [float(ratio[y == k].mean()) for k in range(classes)]
 
 
 def main() -> None:
@@ -40,25 +46,22 @@ def main() -> None:
     result = predict_split(prepared.method, test.ids, test.labels, prepared.run.train.eval_batch_size, prepared.pad_id)
     labels = torch.tensor(test.labels)
     classes = prepared.dataset.classes
-    ratio = result.all_in / result.full_flops  # (N,) each sample's all-in FLOPs against the full model's
-    per_class = [float(ratio[labels == k].mean()) for k in range(len(classes))]
+    per_class = ratio_by_class(result, test.labels, len(classes))
     train_counts = Counter(read_dataset(dataset_dir(prepared.run)).train.labels)
     train_prior = [train_counts[k] / sum(train_counts.values()) for k in range(len(classes))]
     test_prior = [float((labels == k).double().mean()) for k in range(len(classes))]
     out = {"run": str(args.run), "options": overrides, "classes": list(classes),
            "test_ratio_by_class": per_class, "test_class_share": test_prior, "train_class_share": train_prior,
            "test_ratio": float(result.all_in.sum() / result.full_flops.sum()),
-           "test_ratio_per_sample_mean": float(ratio.mean()),
+           "test_ratio_per_sample_mean": float((result.all_in / result.full_flops).mean()),
            "test_ratio_reweighted_to_train_mix": sum(r * w for r, w in zip(per_class, train_prior))}
     if args.train_rows:
         ids, rows_labels = seeded_rows(prepared.train.ids, prepared.train.labels, prepared.run.train.seed,
                                        args.train_rows)
         rows = predict_split(prepared.method, ids, rows_labels, prepared.run.train.eval_batch_size, prepared.pad_id)
-        y = torch.tensor(rows_labels)
         out["train_rows"] = {"rows": len(ids), "ratio": float(rows.all_in.sum() / rows.full_flops.sum()),
                              "class_balanced_ratio": class_balanced_ratio(rows, rows_labels),
-                             "ratio_by_class": [float((rows.all_in / rows.full_flops)[y == k].mean())
-                                                for k in range(len(classes))]}  # as test_ratio_by_class
+                             "ratio_by_class": ratio_by_class(rows, rows_labels, len(classes))}
         print(f"{len(ids)} training rows: ratio {out['train_rows']['ratio']:.3f}, class-balanced "
               f"{out['train_rows']['class_balanced_ratio']:.3f}; by class "
               + ", ".join(f"{r:.3f}" for r in out["train_rows"]["ratio_by_class"]))
