@@ -4,13 +4,20 @@ Evaluates saved runs on the same test split in one process, round-robin (each ru
 ``--rounds`` rounds, median seconds), and writes for each run its accuracy, macro-F1, inference FLOP
 ratios and the wall-time ratio to the reference run (the first one, normally BL1).
 
-Usage: python bench/inference_wall.py REFERENCE_RUN RUN [RUN ...] [--rounds 3] [--output PATH]
+``--also KEY=VALUE ...`` times every run after the reference a second time with these inference options
+(e.g. ``head_sets=per-batch``), in the same rounds, so an inference option's seconds and FLOPs are compared
+on one clock.
+
+Usage: python bench/inference_wall.py REFERENCE_RUN RUN [RUN ...] [--rounds 3] [--also KEY=VALUE ...]
+       [--output PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from dht.benchmark import time_inference
 from dht.provenance import repo_path, write_result
@@ -21,26 +28,51 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="run folders; the first is the reference")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--also", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="inference options to time every run but the reference with, beside it as saved")
     parser.add_argument("--output", type=Path, default=repo_path("bench/results/ag_news/inference_wall.json"))
     args = parser.parse_args()
     if len(args.runs) < 2:
         parser.error("give the reference run and at least one other")
-    prepared = [load_run(run) for run in args.runs]
+    try:
+        also = parse_options(args.also)
+        timed = [(run, {}) for run in args.runs] + ([(run, also) for run in args.runs[1:]] if also else [])
+        prepared = [load_run(run, overrides=options or None) for run, options in timed]
+    except ValueError as error:  # a bad pair, or an option a run's method does not take at inference
+        parser.error(str(error))
     samples = {len(p.test) for p in prepared}
     if len(samples) != 1:
         parser.error(f"the runs evaluate different test sets (sizes {sorted(samples)})")
     results, median = time_inference(prepared, args.rounds)
     rows = []
-    for run, p, result, wall in zip(args.runs, prepared, results, median):
+    for (run, options), p, result, wall in zip(timed, prepared, results, median):
         rows.append({"run": str(run), "method": p.run.method, "config": p.run.options.get("config"),
+                     "inference_options": options,
                      "accuracy": result["accuracy"], "f1_macro": result["f1_macro"],
                      "flop_ratio": result["flop_ratio"], "flop_ratio_all_in": result["flop_ratio_all_in"],
                      "seconds": wall, "wall_ratio": wall / median[0]})
     out = {"reference": str(args.runs[0]), "samples": samples.pop(), "rounds": args.rounds, "rows": rows}
     write_result(args.output, out, prepared[0].method.device)
     for row in rows:
-        print(f"{row['method']:5} {str(row['config']):6} F1 {row['f1_macro']:.4f}  FLOPs {row['flop_ratio']:.3f} "
-              f"(all-in {row['flop_ratio_all_in']:.3f})  wall {row['wall_ratio']:.3f}  {row['seconds']:.1f} s")
+        print(f"{row['method']:5} {str(row['config']):6} {json.dumps(row['inference_options'])} "
+              f"F1 {row['f1_macro']:.4f}  FLOPs {row['flop_ratio']:.3f} (all-in {row['flop_ratio_all_in']:.3f})  "
+              f"wall {row['wall_ratio']:.3f}  {row['seconds']:.1f} s")
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["head_sets=per-batch", "continue_above=0.3"]`` -> {"head_sets": "per-batch", "continue_above": 0.3}:
+    a value that reads as JSON (a number, true/false) is that, any other is a string. ValueError on a pair
+    without ``=``."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--also takes KEY=VALUE pairs, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 if __name__ == "__main__":

@@ -100,6 +100,28 @@ class LogisticTS:
         ranks.scatter_(1, order, torch.arange(n).expand(B, n))  # rank of each arm in its row
         return ranks < k[:, None]
 
+    def select_shared(self, W: Tensor, k: int | Tensor) -> Tensor:
+        """Greedy selection with one arm set per head count (ours, issue 23): the samples whose k[i] is
+        equal keep the same k arms, those with the highest summed expected reward Σ_i σ(g_γᵀw_iγ) over
+        those samples. W (B, N, d) -> (B, N) bool mask, as ``select``.
+
+        Why: under the semi-bandit's reward model the expected number of rewarded arms of a set S is
+        Σ_i Σ_{γ∈S} σ(g_γᵀw_iγ); with one set for several samples it is largest for the top k of the
+        per-arm sums. One set lets the samples' attention run as one dense product instead of head by
+        head over gathered rows (``SelfAttention._per_sample_heads``), whose gathers cost on a CPU
+        most of what the dropped heads save (``bench/encoder_speed.py``). Ties go to the lowest index.
+        """
+        z = self.logits(W, greedy=True)  # (B, N)
+        B, n = z.shape
+        k = _check_k(k, B, n)
+        kept = torch.zeros(B, n, dtype=torch.bool)
+        for count in k.unique().tolist():
+            rows = torch.nonzero(k == count).flatten()
+            expected = torch.sigmoid(z.index_select(0, rows).to(STAT_DTYPE)).sum(0)  # (N,)
+            top = torch.sort(expected, descending=True, stable=True).indices[:count]
+            kept[rows[:, None], top[None, :]] = True
+        return kept
+
     def update(self, W: Tensor, kept: Tensor, rewards: Tensor) -> None:
         """§3.2 Laplace update: Newton steps on g with the diagonal prior, then s += Σ σ(1−σ) w².
 

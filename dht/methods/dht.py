@@ -85,6 +85,10 @@ class DHTOptions(MethodOptions):
                                       "learn to route it (dht/methods/dht_warmup.py); 0: the paper")
     continue_above: float = option(1.0, "continuation at inference (ours): a sample whose exit's normalised entropy "
                                    "is above this runs on to the next depth; 1: never (the paper)", inference=True)
+    head_sets: str = option("per-sample", "at inference, per-sample: each sample keeps its own heads (the paper); "
+                            "per-batch: the samples of a queued batch with the same head count share the set "
+                            "with the highest summed expected reward (ours; dense attention, faster on a CPU)",
+                            inference=True)
 
     def __post_init__(self) -> None:
         if not 0 <= self.self_distill < float("inf"):
@@ -99,6 +103,8 @@ class DHTOptions(MethodOptions):
             raise ValueError(f"--full-depth-warmup must be in [0, 1), got {self.full_depth_warmup}")
         if not 0 <= self.continue_above <= 1:
             raise ValueError(f"--continue-above must be in [0, 1], got {self.continue_above}")
+        if self.head_sets not in ("per-sample", "per-batch"):
+            raise ValueError(f"--head-sets must be per-sample or per-batch, got {self.head_sets!r}")
         if self.exit_classifiers not in ("shared", "per-depth"):
             raise ValueError(f"--exit-classifiers must be shared or per-depth, got {self.exit_classifiers!r}")
 
@@ -529,7 +535,10 @@ class DHTMethod(DHTInference, FullDepthWarmup, Method):
             H_o, W_h, choice = self.strategy.head_counts(o, seen, seen_mask, seen_arms, self.contexts,
                                                          self.features.head_count, greedy)  # line 11
             W_ts = with_arm_features(self.contexts.x_heads(seen, seen_mask, N_h), self.features.head)
-            kept = self.tsb.select(W_ts, H_o, greedy=greedy)  # line 12
+            if greedy and self.options.head_sets == "per-batch":  # ours: one set per head count
+                kept = self.tsb.select_shared(W_ts, H_o)
+            else:
+                kept = self.tsb.select(W_ts, H_o, greedy=greedy)  # line 12
             h = run_group(model, h, mask, group, kept if shard is None else kept[shard.run])  # line 14
             decisions.append(GroupDecision(W_ts, kept, H_o, W_h, choice))
         if layout.suffix:

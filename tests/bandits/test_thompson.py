@@ -188,3 +188,17 @@ def test_same_seed_and_state_give_same_draws():
     c.load_state_dict(state)
     assert torch.equal(c.select(W, 3), first)
     assert not torch.equal(a.select(W, 3), first)  # the stream moved on
+
+
+def test_shared_selection_is_the_top_k_of_summed_expected_reward_per_head_count():
+    """``select_shared`` (ours): samples with the same k keep one set, the top k of Σ_i σ(g_γᵀw_iγ). Here
+    g = 1, so the logits are W: samples 0 and 1 (k = 1) sum σ to 1.27 on arm 0 and 1.76 on arm 1, so both
+    keep arm 1, though sample 0 alone would keep arm 0 and the logits' sum (9 against 4) would pick arm 0;
+    sample 2 (k = 2) keeps its own top two."""
+    ts = LogisticTS(LogisticTSConfig(3, 1))
+    ts.g = torch.ones(3, 1, dtype=F64)
+    W = torch.tensor([[10.0, 2.0, 0.0], [-1.0, 2.0, 0.0], [0.0, 1.0, 3.0]], dtype=F64)[..., None]
+    expected = torch.tensor([[False, True, False], [False, True, False], [False, True, True]])
+    assert torch.equal(ts.select_shared(W, torch.tensor([1, 1, 2])), expected)
+    assert ts.select(W, 1, greedy=True)[0].tolist() == [True, False, False]
+    assert torch.equal(ts.select_shared(W, 3), torch.ones(3, 3, dtype=torch.bool))

@@ -95,3 +95,26 @@ def test_budget_curve_searches_every_target_from_the_runs_own_knob(runs, tmp_pat
     low, high = json.loads(output.read_text())["result"]["budgets"]
     assert (low["option"], low["value"]) == ("cost_weight", 1000.0)  # out of reach: the cheapest end
     assert high["option"] == "cost_weight" and high["value"] < 1000.0
+
+
+def test_inference_wall_times_each_run_again_with_the_options_of_also(runs, tmp_path, monkeypatch):
+    """--also: the DHT run is timed as saved and with per-batch head sets, each row its own evaluation."""
+    output = tmp_path / "inference_wall.json"
+    monkeypatch.setattr("sys.argv", ["inference_wall.py", str(runs / "full"), str(runs / "dht"), "--rounds", "1",
+                                     "--also", "head_sets=per-batch", "continue_above=0.5", "--output", str(output)])
+    script("inference_wall").main()
+    rows = json.loads(output.read_text())["result"]["rows"]
+    assert [(Path(r["run"]).name, r["inference_options"]) for r in rows] == [
+        ("full", {}), ("dht", {}), ("dht", {"head_sets": "per-batch", "continue_above": 0.5})]
+    assert rows[0]["wall_ratio"] == 1.0
+    for row in rows[1:]:
+        assert row["wall_ratio"] == pytest.approx(row["seconds"] / rows[0]["seconds"])
+
+
+def test_inference_wall_refuses_an_also_pair_without_a_value(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["inference_wall.py", str(runs / "full"), str(runs / "dht"), "--also", "head_sets",
+                                     "--output", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit) as stopped:
+        script("inference_wall").main()
+    assert stopped.value.code == 2 and "KEY=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

@@ -16,9 +16,10 @@ import torch
 
 from dht.data import iterate_batches
 from dht.flops import classifier_flops
+from dht.model import ExecutionPlan
 from dht.search.arms import SearchConfig, full_arms, partial_arms
 from dht.search.exits import normalised_entropy
-from dht.search.features import TOP_DIM, with_arm_features
+from dht.search.features import HEAD_DIM, TOP_DIM, with_arm_features
 from dht.training.config import RunConfig, TrainConfig
 from dht.training.hooks import in_batch_order
 from dht.training.setup import prepare
@@ -149,3 +150,28 @@ def test_continue_above_1_never_continues_even_where_the_entropy_rounds_above_1(
     assert (normalised_entropy(prediction.logits) > 1).all()
     assert prediction.routes == ["2L4H"] * len(test)
     assert prediction.flops.tolist() == route(method, test, "2L4H").flops.tolist()
+
+
+@torch.no_grad()
+def test_per_batch_head_sets_give_a_queue_one_set_the_top_k_of_summed_expected_reward():
+    """``--head-sets per-batch`` (ours): every sample of a queue on 4L3H keeps the same 3 heads in its
+    group, the top 3 of Σ_i σ(g_γᵀw_iγ) over the queue, and its logits are those of that one shared plan;
+    with the same bandit, per-sample heads (the paper) differ between samples."""
+    method, test = started()
+    method.model.eval()
+    g = torch.randn(method.tsb.g.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    method.tsb.g = g * (torch.arange(g.shape[1]) < HEAD_DIM)  # read the samples' own context x only
+    arm = next(a for a in method.arms if a.label(method.N_h) == "4L3H")
+    own = method._run_s2(test, [arm] * len(test), greedy=True)[1][0].kept
+    assert len({tuple(row.tolist()) for row in own}) > 1  # the paper's heads differ per sample here
+    method.options = dataclasses.replace(method.options, head_sets="per-batch")
+    h, decisions = method._run_s2(test, [arm] * len(test), greedy=True)
+    kept = decisions[0].kept
+    expected = torch.sigmoid(method.tsb.logits(decisions[0].W_ts, greedy=True)).sum(0).topk(3).indices
+    assert kept.sum(1).tolist() == [3] * len(test)
+    assert (kept == kept[0]).all() and sorted(torch.nonzero(kept[0]).flatten().tolist()) == sorted(expected.tolist())
+    heads = tuple(torch.nonzero(kept[0]).flatten().tolist())
+    model, mask = method.model, test.attention_mask
+    plan = ExecutionPlan((0, 1, 2, 3), ((0, 1, 2, 3),) * 2 + (heads,) * 2)  # b = 2 layers, then one group
+    shared = model.run_plan(model.embed(test.input_ids), mask, plan)
+    assert torch.allclose(h, shared, atol=1e-5)
