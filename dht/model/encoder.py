@@ -139,31 +139,30 @@ class SelfAttention(nn.Module):
         return slot_rows, slot_heads, attn_mask.index_select(0, slot_rows)
 
     def _per_sample_heads(self, h: Tensor, attn_mask: Tensor, kept: Tensor) -> Tensor:
-        """Sample b keeps the heads where kept[b] (B, N_h) is True: each head runs its projections and
-        attention over the samples that keep it, so the FLOPs are exactly the kept heads' and no weight is
+        """Sample b keeps the heads where kept[b] (B, N_h) is True: projections run head by head over
+        the samples that keep that head, so the FLOPs are exactly the kept heads' and no weight is
         copied per sample (gathering a weight slice per sample costs several times the matmul it feeds).
 
-        Head by head from projection to output: the per-head queries, keys and values are never
-        assembled into one tensor and taken apart again, which saved a tenth of this layer's seconds on
-        the CPU (MiniLM, 32 x 128 tokens, 8 of 12 heads each: 29 ms against 33 ms; ``bench/encoder_speed.py``).
-        Every gather and scatter is index_select / index_add_, whose CPU backward is deterministic
-        (advanced indexing's is not when indices repeat), so resumed runs match.
+        Every gather and scatter is index_select / index_copy_ / index_add_, whose CPU backward is
+        deterministic (advanced indexing's is not when indices repeat), so resumed runs match.
         """
         B, T, E = h.shape
         nh, dh = self.num_heads, self.head_dim
+        slot_rows, slot_heads, slot_mask = self._head_slots(kept, attn_mask)
+        S = len(slot_rows)
         w_qkv = self.qkv.weight.view(3, nh, dh, E).transpose(0, 1).reshape(nh, 3 * dh, E)  # head j's q, k, v rows
         b_qkv = self.qkv.bias.view(3, nh, dh).transpose(0, 1).reshape(nh, 3 * dh)
-        w_out = self.out.weight.view(E, nh, dh).transpose(0, 1)  # (nh, E, dh): head j's input columns
+        w_out = self.out.weight.view(E, nh, dh)
+        slots = [torch.nonzero(slot_heads == j).flatten() for j in range(nh)]  # head j's slots
+        kept_by = [(j, slot, slot_rows.index_select(0, slot)) for j, slot in enumerate(slots) if len(slot)]
+        qkv = h.new_empty(S, T, 3 * dh)
+        for j, slot, rows in kept_by:
+            qkv.index_copy_(0, slot, F.linear(h.index_select(0, rows), w_qkv[j], b_qkv[j]))
+        q, key, v = qkv.view(S, 1, T, 3, dh).unbind(3)  # each (S, 1, T, dh)
+        context = self._attend(q, key, v, slot_mask).view(S, T, dh)
         out = h.new_zeros(B, T, E)
-        for j in range(nh):
-            rows = torch.nonzero(kept[:, j]).flatten()  # the samples that keep head j
-            n = len(rows)
-            if n == 0:
-                continue
-            qkv = F.linear(h.index_select(0, rows), w_qkv[j], b_qkv[j])  # (n, T, 3*dh)
-            q, key, v = qkv.view(n, 1, T, 3, dh).unbind(3)  # each (n, 1, T, dh)
-            context = self._attend(q, key, v, attn_mask.index_select(0, rows)).view(n, T, dh)
-            out.index_add_(0, rows, F.linear(context, w_out[j]))
+        for j, slot, rows in kept_by:
+            out.index_add_(0, rows, F.linear(context.index_select(0, slot), w_out[:, j]))
         return out + self.out.bias
 
     def _per_sample_heads_batched(self, h: Tensor, attn_mask: Tensor, kept: Tensor) -> Tensor:
