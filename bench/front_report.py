@@ -3,6 +3,8 @@
 Usage: python bench/front_report.py sweep FILE [FILE ...] [--fastbert FILE]  # means over seeds, against FastBERT
        python bench/front_report.py budget FILE              # one run's budget curve and oracles
        python bench/front_report.py wall FILE [FILE ...]     # bench/train_wall.py: seconds against FLOPs
+       python bench/front_report.py heads FILE [FILE ...]    # dht evaluate --head-sets: F1 of the two ways
+       python bench/front_report.py inference FILE           # bench/inference_wall.py: seconds against FLOPs
 
 For a sweep, each DHT row is compared with FastBERT's speed curve (its mean over seeds, interpolated
 linearly in inference FLOPs, all-in): "above" when the row's mean macro-F1 is higher at the same cost. A
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
@@ -115,14 +118,56 @@ def wall_table(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def head_sets_table(paths: list[Path]) -> str:
+    """``dht evaluate RUN --head-sets per-sample|per-batch --output FILE`` results: per run, macro-F1 with each
+    sample's own heads and with one set per queued batch, and the share of samples that kept fewer than all
+    heads somewhere (routes such as 4L8H; n/a where routes name no heads, as T-DHT's)."""
+    runs: dict[str, dict[str, dict]] = defaultdict(dict)
+    for path in paths:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        runs[document["run"]][document["options"]["head_sets"]] = document["test"]
+    lines = ["| run | macro-F1, per-sample heads | macro-F1, per-batch heads | difference | FLOPs all-in (both) "
+             "| samples on fewer heads |", "|---|---|---|---|---|---|"]
+    for run, tests in runs.items():
+        own, shared = tests["per-sample"], tests["per-batch"]
+        heads = {label: route_heads(label) for label in own["routes"]}
+        most = max((n for n in heads.values() if n is not None), default=None)
+        share = sum(r["share"] for label, r in own["routes"].items() if most is not None and heads[label] < most)
+        fewer = "n/a" if most is None else f"{share:.2f}"
+        lines.append(f"| {run} | {own['f1_macro']:.4f} | {shared['f1_macro']:.4f} "
+                     f"| {shared['f1_macro'] - own['f1_macro']:+.4f} | {own['flop_ratio_all_in']:.3f} "
+                     f"({shared['flop_ratio_all_in']:.3f}) | {fewer} |")
+    return "\n".join(lines)
+
+
+def route_heads(label: str) -> int | None:
+    """The fewest heads a route's layers keep ("4L8H" -> 8, "2L12H>4L8H" -> 8); None if it names none ("4L")."""
+    counts = [int(n) for n in re.findall(r"(\d+)H", label)]
+    return min(counts) if counts else None
+
+
+def inference_wall_table(path: Path) -> str:
+    """bench/inference_wall.py results: per run and inference options, the wall-time ratio to the reference
+    beside the all-in inference FLOP ratio."""
+    _, r = load(path)
+    lines = ["| run | inference options | macro-F1 | inference FLOPs all-in | wall-time ratio | gap |",
+             "|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        options = ", ".join(f"{k}={v}" for k, v in row.get("inference_options", {}).items()) or "as trained"
+        lines.append(f"| {row['run']} | {options} | {row['f1_macro']:.4f} | {row['flop_ratio_all_in']:.3f} "
+                     f"| {row['wall_ratio']:.3f} | {row['wall_ratio'] - row['flop_ratio_all_in']:+.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("kind", choices=("sweep", "budget", "wall"))
+    parser.add_argument("kind", choices=("sweep", "budget", "wall", "heads", "inference"))
     parser.add_argument("files", type=Path, nargs="+")
     parser.add_argument("--fastbert", type=Path, default=None, help="sweep: FastBERT's rows from this file only")
     args = parser.parse_args()
     tables = {"sweep": lambda: sweep_table(args.files, args.fastbert), "budget": lambda: budget_table(args.files[0]),
-              "wall": lambda: wall_table(args.files)}
+              "wall": lambda: wall_table(args.files), "heads": lambda: head_sets_table(args.files),
+              "inference": lambda: inference_wall_table(args.files[0])}
     print(tables[args.kind]())
 
 

@@ -25,3 +25,24 @@ def test_a_mean_above_the_curve_is_counted_against_each_seeds_own_curve(tmp_path
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[3].startswith("0.8200") and cells[4] == "0.273" and cells[6] == f"{there:.4f}"
     assert cells[7] == "yes" and cells[8] == "1 of 2 (1 outside its seed's curve)"
+
+
+def evaluation(run, head_sets, f1, routes):
+    return {"run": run, "dataset": "ag_news", "options": {"head_sets": head_sets},
+            "test": {"f1_macro": f1, "flop_ratio_all_in": 0.5, "routes": {k: {"share": v} for k, v in routes.items()}}}
+
+
+def test_head_sets_table_pairs_each_runs_two_evaluations_and_counts_samples_on_fewer_heads(tmp_path):
+    documents = [evaluation("f", "per-batch", 0.8800, {"2L12H": 0.5, "4L8H": 0.3, "4L10H": 0.2}),
+                 evaluation("f", "per-sample", 0.8790, {"2L12H": 0.5, "4L8H": 0.3, "4L10H": 0.2}),
+                 evaluation("t", "per-sample", 0.8700, {"2L": 0.6, "4L": 0.4}),
+                 evaluation("t", "per-batch", 0.8650, {"2L": 0.6, "4L": 0.4})]
+    paths = []
+    for i, document in enumerate(documents):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(document))
+    lines = script("front_report").head_sets_table(paths).splitlines()[2:]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert cells[0] == ["f", "0.8790", "0.8800", "+0.0010", "0.500 (0.500)", "0.50"]  # 4L8H and 4L10H
+    assert cells[1] == ["t", "0.8700", "0.8650", "-0.0050", "0.500 (0.500)", "n/a"]  # its routes name no heads
+    assert script("front_report").route_heads("2L12H>4L8H") == 8
