@@ -175,3 +175,10 @@ def test_per_batch_head_sets_give_a_queue_one_set_the_top_k_of_summed_expected_r
     plan = ExecutionPlan((0, 1, 2, 3), ((0, 1, 2, 3),) * 2 + (heads,) * 2)  # b = 2 layers, then one group
     shared = model.run_plan(model.embed(test.input_ids), mask, plan)
     assert torch.allclose(h, shared, atol=1e-5)
+
+
+def test_head_sets_takes_per_sample_or_per_batch_only():
+    from dht.methods.dht import DHTOptions
+    assert DHTOptions(head_sets="per-batch").head_sets == "per-batch"
+    with pytest.raises(ValueError, match="--head-sets must be per-sample or per-batch"):
+        DHTOptions(head_sets="per-group")
