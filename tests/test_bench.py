@@ -36,9 +36,9 @@ def test_methods_keep_bl1_first_and_only_the_named_methods_runs():
 
 def test_a_saved_run_is_compared_on_its_training_settings_with_defaults_filled_in(tmp_path):
     wanted = replace(RunConfig(method="dht", options=dict(entry("f-dht-wu-fine").options)), train=TrainConfig(seed=1))
-    older = save_run(tmp_path / "older", wanted, drop=("full_depth_warmup", "layer_lr_cap"))
+    older = save_run(tmp_path / "older", wanted, drop=("full_depth_warmup", "warmup_lr", "layer_lr_cap"))
     # A run saved before an option existed holds its default: the same as asking for the default.
-    default = {k: v for k, v in wanted.options.items() if k != "full_depth_warmup"}
+    default = {k: v for k, v in wanted.options.items() if k not in ("full_depth_warmup", "warmup_lr")}
     assert bench.settings_differ(older, replace(wanted, options=default)) is None
     assert bench.settings_differ(older, wanted) == "option full_depth_warmup 0.0, not 0.5"
     same = save_run(tmp_path / "same", wanted)

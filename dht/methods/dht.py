@@ -83,6 +83,8 @@ class DHTOptions(MethodOptions):
     full_depth_warmup: float = option(0.0, "ours: the first W share of the training samples trains the whole network "
                                       "(its own learning-rate schedule), then the encoder freezes and the bandits "
                                       "learn to route it (dht/methods/dht_warmup.py); 0: the paper")
+    warmup_lr: float = option(0.0, "ours, with --full-depth-warmup: the peak learning rate of the warm-up and of the "
+                              "per-depth exits after it, in place of --lr; 0: --lr")
     continue_above: float = option(1.0, "continuation at inference (ours): a sample whose exit's normalised entropy "
                                    "is above this runs on to the next depth; 1: never (the paper)", inference=True)
     head_sets: str = option("per-sample", "at inference, per-sample: each sample keeps its own heads (the paper); "
@@ -103,6 +105,10 @@ class DHTOptions(MethodOptions):
             raise ValueError(f"--full-depth-warmup must be in [0, 1), got {self.full_depth_warmup}")
         if not 0 <= self.continue_above <= 1:
             raise ValueError(f"--continue-above must be in [0, 1], got {self.continue_above}")
+        if not 0 <= self.warmup_lr < float("inf"):
+            raise ValueError(f"--warmup-lr must be finite and >= 0 (0: --lr), got {self.warmup_lr}")
+        if self.warmup_lr and not self.full_depth_warmup:
+            raise ValueError("--warmup-lr needs --full-depth-warmup: it is the warm-up's peak learning rate")
         if self.head_sets not in ("per-sample", "per-batch"):
             raise ValueError(f"--head-sets must be per-sample or per-batch, got {self.head_sets!r}")
         if self.exit_classifiers not in ("shared", "per-depth"):
@@ -126,7 +132,8 @@ class DHTOptions(MethodOptions):
 # 0.692 and F-DHT-WU's (exits every two layers) 0.8914 at 0.459 / 0.632.
 OURS = {"f-dht-sd": {"config": "f-dht", "self_distill": 1.0},
         "f-dht-wu-fine": {"config": "f-dht-fine", "self_distill": 1.0, "exit_classifiers": "per-depth",
-                          "full_depth_warmup": 0.5, "cost_weight": 1000.0, "continue_above": 0.3}}
+                          "full_depth_warmup": 0.5, "warmup_lr": 2e-4, "cost_weight": 1000.0,
+                          "continue_above": 0.3}}
 
 
 @dataclass
@@ -211,6 +218,8 @@ class DHTMethod(DHTInference, FullDepthWarmup, Method):
         if self.options.full_depth_warmup and search.freeze_after is not None:
             raise ValueError("--full-depth-warmup cannot be combined with P-DHT's frozen phase (--config p-dht)")
         self.search = search
+        if self.options.warmup_lr:
+            self.lr_flag = "--warmup-lr"  # what a non-finite loss tells the user to lower
         self.strategy = search_strategy(search)  # tree or integrated search
         self.N_h = config.num_heads
         self.contexts = Contexts.create()
@@ -244,6 +253,11 @@ class DHTMethod(DHTInference, FullDepthWarmup, Method):
         """Per-depth exit classifiers start as copies of the final one (as FastBERT's branches)."""
         if self.options.exit_classifiers == "per-depth":
             self.model.branches_from_classifier()
+
+    def peak_lr(self) -> float:
+        """--warmup-lr where set (ours; with --full-depth-warmup the only schedule is the warm-up's and the
+        exits' after it), else the run's --lr."""
+        return self.options.warmup_lr or self.run.train.lr
 
     def exit_logits(self, h: Tensor, mask: Tensor, arm: Arm) -> Tensor:
         """Logits (B, C) of samples that ran ``arm``, from the last layer's states h (B, T, E): the shared

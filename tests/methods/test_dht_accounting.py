@@ -66,7 +66,8 @@ def test_the_bench_rows_are_the_papers_four_then_ours():
         ("t-dht", {"config": "t-dht"}), ("s-dht", {"config": "s-dht"}), ("f-dht", {"config": "f-dht"}),
         ("p-dht", {"config": "p-dht"}), ("f-dht-sd", {"config": "f-dht", "self_distill": 1.0}),
         ("f-dht-wu-fine", {"config": "f-dht-fine", "self_distill": 1.0, "exit_classifiers": "per-depth",
-                           "full_depth_warmup": 0.5, "cost_weight": 1000.0, "continue_above": 0.3})]
+                           "full_depth_warmup": 0.5, "warmup_lr": 2e-4, "cost_weight": 1000.0,
+                           "continue_above": 0.3})]
     assert (DHTMethod.row_title("f-dht"), DHTMethod.row_title("f-dht-sd")) == ("DHT F-DHT", "DHT F-DHT-SD (ours)")
     # Our row starts every sample on the cheapest arm, so the bench's curve moves its continuation threshold.
     assert DHTMethod.knob_for(runs[-1].options).option == "continue_above"

@@ -1,6 +1,7 @@
 """--full-depth-warmup W (ours, dht/methods/dht_warmup.py): the network trains as BL1 for its share, then
 the encoder freezes and the bandits learn to route it; on the tiny backbone (4 layers, 4 heads)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -224,3 +225,26 @@ def test_after_the_switch_the_exits_learn_from_the_peak_rate_down_to_zero_over_t
     assert method.group_lr("", 0.0) == 0.0
     method.routed_samples = 80  # past the end (the last queues): never negative
     assert method.group_lr("exits", 0.0) == 0.0
+
+
+def test_warmup_lr_trains_exactly_as_that_lr_and_names_its_own_flag(tmp_path):
+    """--warmup-lr X (ours) is the schedule's peak in place of --lr: a run at --lr 1e-4 with --warmup-lr 3e-4
+    ends with the weights of a run at --lr 3e-4, bit for bit, and differs from one at --lr 1e-4."""
+    def config(lr, **options):
+        run = run_config(**options)
+        return dataclasses.replace(run, train=dataclasses.replace(run.train, lr=lr))
+    train(config(1e-4, warmup_lr=3e-4), tmp_path / "option", progress=False)
+    train(config(3e-4), tmp_path / "flag", progress=False)
+    train(config(1e-4), tmp_path / "plain", progress=False)
+    option, flag, plain = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("option", "flag", "plain"))
+    assert all(torch.equal(option[k], flag[k]) for k in flag)
+    assert not all(torch.equal(option[k], plain[k]) for k in plain)
+    assert prepare(config(1e-4, warmup_lr=3e-4)).method.lr_flag == "--warmup-lr"
+    assert prepare(config(1e-4)).method.lr_flag == "--lr"
+
+
+@pytest.mark.parametrize("options, message", [({"warmup_lr": -1.0}, "finite and >= 0"),
+                                              ({"warmup_lr": 3e-4, "full_depth_warmup": 0.0}, "needs --full-depth")])
+def test_warmup_lr_is_refused_when_negative_or_without_a_warm_up(options, message):
+    with pytest.raises(ValueError, match=message):
+        DHTOptions(**{"full_depth_warmup": 0.5, **options})
