@@ -219,8 +219,6 @@ class DHTMethod(DHTInference, FullDepthWarmup, Method):
         if self.options.full_depth_warmup and search.freeze_after is not None:
             raise ValueError("--full-depth-warmup cannot be combined with P-DHT's frozen phase (--config p-dht)")
         self.search = search
-        if self.options.warmup_lr:
-            self.lr_flag = "--warmup-lr"  # what a non-finite loss tells the user to lower
         self.strategy = search_strategy(search)  # tree or integrated search
         self.N_h = config.num_heads
         self.contexts = Contexts.create()
@@ -259,6 +257,10 @@ class DHTMethod(DHTInference, FullDepthWarmup, Method):
         """--warmup-lr where set (ours; with --full-depth-warmup the only schedule is the warm-up's and the
         exits' after it), else the run's --lr."""
         return self.options.warmup_lr or self.run.train.lr
+
+    @property
+    def lr_flag(self) -> str:  # type: ignore[override]  # the flag of peak_lr, named when a loss is not finite
+        return "--warmup-lr" if self.options.warmup_lr else "--lr"
 
     def exit_logits(self, h: Tensor, mask: Tensor, arm: Arm) -> Tensor:
         """Logits (B, C) of samples that ran ``arm``, from the last layer's states h (B, T, E): the shared
