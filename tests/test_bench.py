@@ -151,3 +151,41 @@ def test_kept_timing_is_keyed_to_the_dht_packages_tree_not_the_commit():
     tree = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD:dht"], capture_output=True, text=True,
                           check=True).stdout.strip()
     assert package_version().split("+")[0] == tree  # a commit of docs alone leaves it as it was
+
+
+def test_each_seed_is_trained_timed_and_written_before_the_next_seed_trains(tmp_path, monkeypatch):
+    events = []
+    monkeypatch.setattr(bench, "train_all", lambda base, runs_dir, *a, **k: events.append(("train", runs_dir.name)))
+
+    def seed_results(runs_dir, runs, rounds, seed, device=None):
+        events.append(("time", runs_dir.name))
+        return [{"seed": seed}], []
+
+    monkeypatch.setattr(bench, "seed_results", seed_results)
+    monkeypatch.setattr(bench, "write_outputs", lambda output, rows, *a: events.append(("write", len(rows))))
+    rows = bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), progress=False, methods=("distil",))
+    assert rows == [{"seed": 0}, {"seed": 1}]
+    assert events == [("train", "seed0"), ("time", "seed0"), ("write", 1),
+                      ("train", "seed1"), ("time", "seed1"), ("write", 2)]
+    events.clear()
+    assert bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), progress=False, methods=("distil",),
+                           train_only=True) == []
+    assert events == [("train", "seed0"), ("train", "seed1")]
+
+
+def test_kept_rows_timed_by_other_code_count_only_for_runs_whose_weights_are_gone(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench, "result_rows", lambda *a, **k: calls.append(1) or ([{"timed": len(calls)}], []))
+    runs = bench.entries(6, tmp_path / "full", ("distil",))
+    for entry in runs:
+        (tmp_path / entry.run).mkdir()
+        (tmp_path / entry.run / "metrics.json").write_text('{"train": {}}')
+        (tmp_path / entry.run / "model.safetensors").write_text("weights")
+    monkeypatch.setattr(bench, "package_version", lambda: "tree-a")
+    assert bench.seed_results(tmp_path, runs, 2, 0, "cpu")[0] == [{"timed": 1}]
+    monkeypatch.setattr(bench, "package_version", lambda: "tree-b")
+    assert bench.seed_results(tmp_path, runs, 2, 0, "cpu")[0] == [{"timed": 2}]  # weights here: timed again
+    (tmp_path / runs[1].run / "model.safetensors").unlink()  # as bench/front_keep.py leaves a seed
+    monkeypatch.setattr(bench, "package_version", lambda: "tree-c")
+    assert bench.seed_results(tmp_path, runs, 2, 0, "cpu")[0] == [{"timed": 2}] and len(calls) == 2
+    assert bench.seed_results(tmp_path, runs, 3, 0, "cpu")[0] == [{"timed": 3}]  # other rounds: never kept

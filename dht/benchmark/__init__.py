@@ -9,10 +9,12 @@ train with; an interrupted one is resumed); a method with a ``teacher`` option g
 and its training cost is also reported with the teacher's. ``methods`` keeps some methods' runs (BL1's
 always: it is every row's reference). Then every run's inference is timed in one process, round-robin,
 each run with a knob is evaluated along its curve and each run with routes gets its oracle routers
-(``dht/benchmark/front.py``). A seed's rows are kept in its runs folder (``bench_rows.json``), so a bench
-over several seeds that is stopped goes on from the first seed it did not finish. Every seed trains before
-any is timed (``--train-only`` stops there, to time later on a quiet machine). Written: the paper's Table 1
-(training) and Table 2 (inference) as markdown, ``results.json`` (a row per run and seed, through
+(``dht/benchmark/front.py``). Seed by seed: a seed trains, is timed and the files below are written over
+the seeds timed so far before the next seed trains, so a bench stopped at any moment keeps every seed it
+finished (``--train-only`` trains every seed and times none, to time later on a quiet machine). A seed's
+rows are kept in its runs folder (``bench_rows.json``): a bench run again does not time that seed again,
+even on another machine from the run folders without their weights (``bench/front_keep.py``). Written:
+the paper's Table 1 (training) and Table 2 (inference) as markdown, ``results.json`` (a row per run and seed, through
 ``dht.provenance``), ``curves.json``, ``front.json`` and ``front.md`` (means over seeds), ``pareto.png``
 (inference) and ``pareto_training.png``. FastBERT's speed only decides where inference exits, so its
 branches are trained once and the three speeds are three evaluations of that one run (as FastBERT itself
@@ -149,6 +151,7 @@ def result_rows(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
                      "test_wall_ratio": wall / seconds[0], "test_seconds": wall,
                      "train_seconds": trained.get("seconds_all_in", trained["seconds"]),  # ACM: with its conversion
                      "train_device": trained.get("device", "not recorded"), "test_device": test["device"],
+                     "timed_by": package_version(),
                      "trainable_params": trained.get("trainable_params"),
                      "train_peak_rss_growth_mb": trained.get("memory", {}).get("rss_peak_growth_mb")})
         if entry.run not in curved:  # rows sharing a trained run (FastBERT's speeds) share its curve
@@ -177,6 +180,13 @@ def seed_results(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
         saved = json.loads(kept.read_text(encoding="utf-8"))
         if {k: saved.get(k) for k in what} == what:
             print(f"seed {seed}: timed already ({kept})")
+            return saved["rows"], saved["points"]
+        gone = [entry.run for entry in runs if not (runs_dir / entry.run / "model.safetensors").is_file()]
+        if gone and {k: saved.get(k) for k in what if k != "code"} == {k: v for k, v in what.items() if k != "code"}:
+            # Kept without their weights (another machine, bench/front_keep.py): they cannot be timed again,
+            # and each row names the code that timed it.
+            print(f"seed {seed}: timed already by dht {saved.get('code')}, not this code; kept as timed, since "
+                  f"{gone[0]} has no weights here ({kept})")
             return saved["rows"], saved["points"]
     print(f"seed {seed}: timing inference of every run, round-robin; then the operating points and oracles")
     rows, points = result_rows(runs_dir, runs, rounds, seed, device)
@@ -207,12 +217,12 @@ def tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
 def run_bench(data: str, backbone: str, output: Path, quick: bool, seeds: tuple[int, ...] = (0,), rounds: int = 2,
               progress: bool = True, device: str | None = None, lr: float | None = None,
               methods: tuple[str, ...] | None = None, train_only: bool = False) -> list[dict[str, Any]]:
-    """Train what is missing for every seed, then time each seed's inference, write the tables,
-    results.json (a row per run and seed), curves.json (operating points and oracles), front.json (means
-    over seeds) and the plots. One seed trains into OUTPUT/runs, several into OUTPUT/runs/seedS.
-    ``methods``: only these methods' runs (and BL1's). ``train_only``: stop after training (time later,
-    on a quiet machine; returns no rows). Raises ValueError for an unknown method or a run folder of
-    other settings."""
+    """Seed by seed, train what is missing, time the seed's inference and write the tables, results.json
+    (a row per run and seed), curves.json (operating points and oracles), front.json (means over seeds)
+    and the plots, over the seeds timed so far. One seed trains into OUTPUT/runs, several into
+    OUTPUT/runs/seedS. ``methods``: only these methods' runs (and BL1's). ``train_only``: train every seed
+    and time none (time later, on a quiet machine; returns no rows). Raises ValueError for an unknown
+    method or a run folder of other settings (every seed's folders are checked before anything trains)."""
     from dht.model import resolve_backbone
 
     num_layers = resolve_backbone(backbone).config.num_layers
@@ -226,16 +236,23 @@ def run_bench(data: str, backbone: str, output: Path, quick: bool, seeds: tuple[
         runs = entries(num_layers, runs_dir / TEACHER, methods)
         check_folders(base, runs_dir, runs)
         plan[seed] = base, runs_dir, runs
-    for base, runs_dir, runs in plan.values():  # every seed's training first, so the timing runs back to back
+    for seed, (base, runs_dir, runs) in plan.items():  # seed by seed: what a seed finished is written
         train_all(base, runs_dir, runs, progress, device)
-    if train_only:
-        return []
-    for seed, (_, runs_dir, runs) in plan.items():
+        if train_only:
+            continue
         seed_rows, seed_points = seed_results(runs_dir, runs, rounds, seed, device)
         rows, points = rows + seed_rows, points + seed_points
         for entry in runs:
             if (runs_dir / entry.run / "selection.png").is_file():  # what a dynamic method's runs chose
                 shutil.copy(runs_dir / entry.run / "selection.png", output / f"selection-{entry.name}.png")
+        write_outputs(output, rows, points, device)
+    return rows
+
+
+def write_outputs(output: Path, rows: list[dict[str, Any]], points: list[dict[str, Any]],
+                  device: str | None) -> None:
+    """The tables, results.json, curves.json, front.json, front.md and both Pareto plots over ``rows``
+    (one per run and seed) and ``points`` (operating points and oracles)."""
     table1, table2 = tables(rows)
     front = front_rows(rows)
     (output / "table1.md").write_text(table1, encoding="utf-8")
@@ -247,4 +264,3 @@ def run_bench(data: str, backbone: str, output: Path, quick: bool, seeds: tuple[
     write_result(output / "front.json", front, where)
     plot_inference_front(front, points, output / "pareto.png")
     plot_training_front(front, output / "pareto_training.png")
-    return rows

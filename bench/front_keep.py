@@ -1,0 +1,67 @@
+"""Copy a bench's run folders without their weights, so its timed seeds travel to another machine.
+
+`dht bench --seeds 0 1 2` on a 2-core CPU takes about three hours per seed (training, then the timing),
+longer than one session on a machine that may not be the same tomorrow. What a timed seed needs to count
+in `front.json` is small: its kept rows (``bench_rows.json``) and each run's ``run.json`` and
+``metrics.json`` (the bench checks the first against its settings and keys the rows to the second). This
+copies those and the runs' plots, and nothing else (no weights, checkpoints, tokenizers or logs), from
+SOURCE to DESTINATION, keeping the folders' layout. Copied back into a bench's ``runs`` folder, a seed
+counts as trained and timed, and the bench goes on with the next one.
+
+Usage:
+    python bench/front_keep.py runs/bench/runs bench/results/ag_news/front/runs   # keep the timed seeds
+    python bench/front_keep.py bench/results/ag_news/front/runs runs/bench/runs   # on the next machine
+
+Only seeds with a ``bench_rows.json`` are copied (a seed trained but not timed would need its weights).
+Exit code 2 with one line when SOURCE holds no timed seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+KEPT = ("bench_rows.json", "run.json", "metrics.json")  # and every .png
+
+
+def timed_seeds(source: Path) -> list[Path]:
+    """The folders under ``source`` (itself included) that hold a bench's kept rows, sorted."""
+    return sorted(rows.parent for rows in source.rglob("bench_rows.json"))
+
+
+def keep(source: Path, destination: Path) -> list[Path]:
+    """Copy each timed seed's kept rows, run.json, metrics.json and plots from ``source`` to
+    ``destination`` (same relative paths); return the files written, relative to ``destination``.
+    Raises ValueError when ``source`` holds no timed seed."""
+    seeds = timed_seeds(source)
+    if not seeds:
+        raise ValueError(f"{source}: no bench_rows.json under it (no seed was timed)")
+    written = []
+    for seed in seeds:
+        for path in sorted(seed.rglob("*")):
+            if path.is_file() and (path.name in KEPT or path.suffix == ".png") and "checkpoint" not in path.parts:
+                target = destination / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                written.append(target.relative_to(destination))
+    return written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path)
+    parser.add_argument("destination", type=Path)
+    args = parser.parse_args()
+    try:
+        written = keep(args.source, args.destination)
+    except ValueError as error:
+        print(f"front_keep: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.destination}: {len(written)} files ({len(timed_seeds(args.source))} timed seeds)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
