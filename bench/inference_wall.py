@@ -19,8 +19,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import dht.methods  # noqa: F401  (registers the methods)
 from dht.benchmark import time_inference
+from dht.cli.flags import parse_flag_value
 from dht.provenance import repo_path, write_result
+from dht.training.config import read_run_settings
+from dht.training.hooks import METHODS
 from dht.training.loop import load_run
 
 
@@ -35,8 +39,9 @@ def main() -> None:
     if len(args.runs) < 2:
         parser.error("give the reference run and at least one other")
     try:
-        also = parse_options(args.also)
-        timed = [(run, {}) for run in args.runs] + ([(run, also) for run in args.runs[1:]] if also else [])
+        timed = [(run, {}) for run in args.runs]
+        if args.also:  # each run's options typed as its method declares them, as `dht evaluate` reads flags
+            timed += [(run, parse_options(args.also, read_run_settings(run).method)) for run in args.runs[1:]]
         prepared = [load_run(run, overrides=options or None) for run, options in timed]
     except ValueError as error:  # a bad pair, or an option a run's method does not take at inference
         parser.error(str(error))
@@ -59,19 +64,19 @@ def main() -> None:
               f"wall {row['wall_ratio']:.3f}  {row['seconds']:.1f} s")
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
+def parse_options(pairs: list[str], method: str) -> dict[str, Any]:
     """``["head_sets=per-batch", "continue_above=0.3"]`` -> {"head_sets": "per-batch", "continue_above": 0.3}:
-    a value that reads as JSON (a number, true/false) is that, any other is a string. ValueError on a pair
-    without ``=``."""
+    each value read as the command line reads ``method``'s option of that name. Raises ValueError on a pair
+    without ``=``, an option the method does not take, or a value its type does not take."""
+    fields = {field.name: field for field in METHODS[method].Options.fields()}
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--also takes KEY=VALUE pairs, got {pair!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+        if key not in fields:
+            raise ValueError(f"--also: method {method} takes no option {key}")
+        options[key] = parse_flag_value(fields[key], value)
     return options
 
 

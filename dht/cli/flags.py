@@ -69,6 +69,15 @@ def _converter(field: OptionField) -> Callable[[str], Any]:
     return {bool: _parse_bool, int: int, float: float, str: str}[field.base_type]
 
 
+def parse_flag_value(field: OptionField, text: str) -> Any:
+    """``text`` read as the command line reads ``field``'s flag (true/false, an int, a float or a string).
+    Raises ValueError naming the flag for a text its type does not take."""
+    try:
+        return _converter(field)(text)
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        raise ValueError(f"{field.flag}: {error}") from None
+
+
 def add_method_flags(parser: argparse.ArgumentParser, methods: MethodFields, inference_only: bool = False) -> None:
     """Add one flag per option name across ``methods`` (only inference options if ``inference_only``);
     ``register`` has checked that the types are ones a flag carries and that shared names agree."""

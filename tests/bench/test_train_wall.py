@@ -111,6 +111,18 @@ def test_inference_wall_times_each_run_again_with_the_options_of_also(runs, tmp_
         assert row["wall_ratio"] == pytest.approx(row["seconds"] / rows[0]["seconds"])
 
 
+def test_also_reads_each_value_as_its_options_declared_type():
+    parse = script("inference_wall").parse_options
+    # head_sets is a string option: "1" stays a string; continue_above is a float, true/false a bool.
+    assert parse(["head_sets=1", "continue_above=1", "continue_above=0.5"], "dht") == {
+        "head_sets": "1", "continue_above": 0.5}
+    assert parse(["speed=1"], "fastbert") == {"speed": 1.0} and type(parse(["speed=1"], "fastbert")["speed"]) is float
+    with pytest.raises(ValueError, match="--continue-above: could not convert"):
+        parse(["continue_above=high"], "dht")
+    with pytest.raises(ValueError, match="--also: method full takes no option head_sets"):
+        parse(["head_sets=per-batch"], "full")
+
+
 def test_inference_wall_refuses_an_also_pair_without_a_value(runs, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["inference_wall.py", str(runs / "full"), str(runs / "dht"), "--also", "head_sets",
                                      "--output", str(tmp_path / "x.json")])
