@@ -12,13 +12,17 @@ Usage:
     python bench/front_keep.py runs/bench/runs bench/results/ag_news/front/runs   # keep the timed seeds
     python bench/front_keep.py bench/results/ag_news/front/runs runs/bench/runs   # on the next machine
 
-Only seeds with a ``bench_rows.json`` are copied (a seed trained but not timed would need its weights).
-Exit code 2 with one line when SOURCE holds no timed seed.
+Only seeds with a ``bench_rows.json`` are copied, and of them only the runs it was timed with (a seed trained
+but not timed would need its weights). Copied back, they count for a bench with the same ``--output``,
+``--methods`` and device as the one that timed them. Exit code 2 with one line when SOURCE holds no timed
+seed, or a run was trained again after its seed was timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -32,20 +36,31 @@ def timed_seeds(source: Path) -> list[Path]:
 
 
 def keep(source: Path, destination: Path) -> list[Path]:
-    """Copy each timed seed's kept rows, run.json, metrics.json and plots from ``source`` to
-    ``destination`` (same relative paths); return the files written, relative to ``destination``.
-    Raises ValueError when ``source`` holds no timed seed."""
+    """Copy each timed seed's kept rows, and the run.json, metrics.json and plots of the runs they name,
+    from ``source`` to ``destination`` (same relative paths); return the files written, relative to
+    ``destination``. Raises ValueError when ``source`` holds no timed seed, or a run's metrics.json is not
+    the one its seed was timed with (trained again since: its rows would not count, and its weights stay)."""
     seeds = timed_seeds(source)
     if not seeds:
         raise ValueError(f"{source}: no bench_rows.json under it (no seed was timed)")
-    written = []
+    files = []
     for seed in seeds:
-        for path in sorted(seed.rglob("*")):
-            if path.is_file() and (path.name in KEPT or path.suffix == ".png") and "checkpoint" not in path.parts:
-                target = destination / path.relative_to(source)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
-                written.append(target.relative_to(destination))
+        trained = json.loads((seed / "bench_rows.json").read_text(encoding="utf-8"))["trained"]
+        files.append(seed / "bench_rows.json")
+        for run, digest in trained.items():
+            metrics = seed / run / "metrics.json"
+            if hashlib.sha256(metrics.read_bytes()).hexdigest() != digest:
+                raise ValueError(f"{metrics}: not the run {seed / 'bench_rows.json'} was timed with (trained again "
+                                 "since); time that seed again first")
+            files += [path for path in sorted((seed / run).rglob("*")) if path.is_file()
+                      and "checkpoint" not in path.relative_to(seed / run).parts
+                      and (path.name in KEPT or path.suffix == ".png")]
+    written = []
+    for path in files:
+        target = destination / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        written.append(target.relative_to(destination))
     return written
 
 

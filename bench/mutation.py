@@ -1,7 +1,7 @@
 """Mutation testing of DHT's bandits, search and method (issue 20): how many planted mistakes the tests catch.
 
 Runs mutmut (configured in pyproject.toml, ``[tool.mutmut]``: the modules ``dht/bandits/``,
-``dht/search/``, ``dht/methods/dht.py`` and ``dht/methods/dht_inference.py``, run against the tests of
+``dht/search/``, ``dht/methods/dht.py``, ``dht_queues.py`` and ``dht_inference.py``, run against the tests of
 the bandits and the search and the hand-computed DHT tests of ``tests/methods/`` that the configuration lists)
 and writes ``bench/results/mutation.json``: the kill rate overall and per module, and every surviving
 mutant with its diff and the reason it survives where one is known: the mutant changes only the text of a

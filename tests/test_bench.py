@@ -84,13 +84,14 @@ def test_a_seeds_timing_is_kept_and_reused_only_for_the_same_runs_and_rounds(tmp
 
     def result_rows(runs_dir, runs, rounds, seed, device=None):
         calls.append(rounds)
-        return [{"config": "full", "seed": seed, "rounds": rounds}], [{"kind": "knob"}]
+        return [{"config": "full", "seed": seed, "rounds": rounds, "timed_by": "tree"}], [{"kind": "knob"}]
 
     monkeypatch.setattr(bench, "result_rows", result_rows)
     runs = bench.entries(6, tmp_path / "full", ("distil",))
     for entry in runs:
         (tmp_path / entry.run).mkdir()
         (tmp_path / entry.run / "metrics.json").write_text('{"train": {}}')
+        (tmp_path / entry.run / "model.safetensors").write_text("weights")
     first = bench.seed_results(tmp_path, runs, 2, 0, "cpu")
     assert bench.seed_results(tmp_path, runs, 2, 0, "cpu") == first and calls == [2]
     assert not list(tmp_path.glob("*.partial"))
@@ -175,17 +176,20 @@ def test_each_seed_is_trained_timed_and_written_before_the_next_seed_trains(tmp_
 
 def test_kept_rows_timed_by_other_code_count_only_for_runs_whose_weights_are_gone(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(bench, "result_rows", lambda *a, **k: calls.append(1) or ([{"timed": len(calls)}], []))
+    monkeypatch.setattr(bench, "result_rows", lambda *a, **k: calls.append(1) or ([{"timed": len(calls),
+                                                                                     "timed_by": "tree"}], []))
     runs = bench.entries(6, tmp_path / "full", ("distil",))
     for entry in runs:
         (tmp_path / entry.run).mkdir()
         (tmp_path / entry.run / "metrics.json").write_text('{"train": {}}')
         (tmp_path / entry.run / "model.safetensors").write_text("weights")
     monkeypatch.setattr(bench, "package_version", lambda: "tree-a")
-    assert bench.seed_results(tmp_path, runs, 2, 0, "cpu")[0] == [{"timed": 1}]
+    rows = bench.seed_results(tmp_path, runs, 2, 0, "cpu")[0]
+    assert rows == [{"timed": 1, "timed_by": "tree"}]
     monkeypatch.setattr(bench, "package_version", lambda: "tree-b")
-    assert bench.seed_results(tmp_path, runs, 2, 0, "cpu")[0] == [{"timed": 2}]  # weights here: timed again
+    assert bench.seed_results(tmp_path, runs, 2, 0, "cpu")[0][0]["timed"] == 2  # weights here: timed again
     (tmp_path / runs[1].run / "model.safetensors").unlink()  # as bench/front_keep.py leaves a seed
     monkeypatch.setattr(bench, "package_version", lambda: "tree-c")
-    assert bench.seed_results(tmp_path, runs, 2, 0, "cpu")[0] == [{"timed": 2}] and len(calls) == 2
-    assert bench.seed_results(tmp_path, runs, 3, 0, "cpu")[0] == [{"timed": 3}]  # other rounds: never kept
+    assert bench.seed_results(tmp_path, runs, 2, 0, "cpu")[0][0]["timed"] == 2 and len(calls) == 2
+    with pytest.raises(ValueError, match=r"kept for other rounds than this bench's, and distil-1 has no weights"):
+        bench.seed_results(tmp_path, runs, 3, 0, "cpu")  # other rounds: cannot be timed, not counted either

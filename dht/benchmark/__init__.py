@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import statistics
 from dataclasses import asdict, replace
@@ -170,24 +171,34 @@ def seed_results(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
                  device: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``result_rows`` for one seed, or what an earlier bench wrote for the same entries, trained runs
     (their metrics.json), rounds, device and ``dht`` package (``SEED_ROWS``): a bench stopped after a
-    seed's timing does not time that seed again; a run trained anew, or changed code, is timed again."""
+    seed's timing does not time that seed again; a run trained anew, or changed code, is timed again,
+    unless a run's weights are gone (the folders ``bench/front_keep.py`` copies): such a seed cannot be
+    timed again, so its kept rows count whatever code timed them (each row's ``timed_by``), and
+    ValueError is raised when anything else differs."""
     kept = runs_dir / SEED_ROWS
     trained = {entry.run: hashlib.sha256((runs_dir / entry.run / "metrics.json").read_bytes()).hexdigest()
                for entry in runs}
-    what = json.loads(json.dumps({"runs": [asdict(entry) for entry in runs], "trained": trained, "rounds": rounds,
+    entries_here = [asdict(entry) for entry in runs]
+    for entry in entries_here:  # a teacher as a path under the runs folder: kept rows move with the folder
+        if "teacher" in entry["options"]:
+            entry["options"]["teacher"] = os.path.relpath(entry["options"]["teacher"], runs_dir)
+    what = json.loads(json.dumps({"runs": entries_here, "trained": trained, "rounds": rounds,
                                   "device": str(resolve_device(device)), "code": package_version()}))
+    gone = [entry.run for entry in runs if not (runs_dir / entry.run / "model.safetensors").is_file()]
     if kept.is_file():
         saved = json.loads(kept.read_text(encoding="utf-8"))
-        if {k: saved.get(k) for k in what} == what:
-            print(f"seed {seed}: timed already ({kept})")
-            return saved["rows"], saved["points"]
-        gone = [entry.run for entry in runs if not (runs_dir / entry.run / "model.safetensors").is_file()]
-        if gone and {k: saved.get(k) for k in what if k != "code"} == {k: v for k, v in what.items() if k != "code"}:
-            # Kept without their weights (another machine, bench/front_keep.py): they cannot be timed again,
-            # and each row names the code that timed it.
-            print(f"seed {seed}: timed already by dht {saved.get('code')}, not this code; kept as timed, since "
+        differs = sorted(k for k in what if saved.get(k) != what[k])
+        if not differs or (gone and differs == ["code"]):
+            print(f"seed {seed}: timed already ({kept})" if not differs else
+                  f"seed {seed}: timed already by dht {saved.get('code')}, not this code; kept as timed, since "
                   f"{gone[0]} has no weights here ({kept})")
+            for row in saved["rows"]:  # rows kept before rows named it
+                row.setdefault("timed_by", saved.get("code"))
             return saved["rows"], saved["points"]
+        if gone:
+            other = ", ".join(k for k in differs if k != "code")
+            raise ValueError(f"{kept}: kept for other {other} than this bench's, and {gone[0]} has no weights to "
+                             "time again (a bench of the same methods on the same device counts it)")
     print(f"seed {seed}: timing inference of every run, round-robin; then the operating points and oracles")
     rows, points = result_rows(runs_dir, runs, rounds, seed, device)
     partial = kept.with_suffix(".partial")

@@ -1,16 +1,17 @@
 """DHT (spec; paper §4): Algorithm 2 (search) and Algorithm 3 (queues) through the loop's hooks.
 
-Per loader batch, S1 (``_enqueue``, Alg. 2 lines 1-6): a no-grad probe of the first b layers gives
-each sample its context, UCB_L (tree) or UCB_cp (integrated) picks its arm, and the sample joins the
-queue of its depth (Alg. 3). A full queue is released as a training batch (``training_step``, Alg. 2
-lines 7-17): the first b layers run again with gradients, then per group of c layers the search mode
-picks how many heads and TSB which, the loss is computed per sample, the rewards of §4 update every
-bandit, and the loop back-propagates. What differs between tree and integrated search lives in
+Per loader batch, S1 (``_enqueue``, Alg. 2 lines 1-6, in ``dht/methods/dht_queues.py``): a no-grad probe of
+the first b layers gives each sample its context, UCB_L (tree) or UCB_cp (integrated) picks its arm, and the
+sample joins the queue of its depth (Alg. 3). A full queue is released as a training batch (``training_step``,
+Alg. 2 lines 7-17): the first b layers run again with gradients, then per group of c layers the search mode
+picks how many heads and TSB which, the loss is computed per sample, the rewards of §4 update every bandit,
+and the loop back-propagates. What differs between tree and integrated search lives in
 ``dht/search/strategies.py``; arms, rewards, queues, contexts and layouts in the rest of ``dht/search``.
-Inference (``dht/methods/dht_inference.py``) is greedy, reuses the probe and queues samples by depth
-like training, so each depth runs in full batches.
+Inference (``dht/methods/dht_inference.py``) is greedy, reuses the probe and queues samples by depth like
+training, so each depth runs in full batches.
 
-Levers of ours beyond the paper, each off by default (docs/front.md measures them): self-distilled exits
+Levers of ours beyond the paper, each off by default (``dht/methods/dht_options.py``; docs/front.md
+measures them): self-distilled exits
 (``--self-distill``, dht/search/exits.py), a floor on full-depth samples (``--full-depth-floor``), a
 training-time FLOP target (``--train-budget``, dht/search/budget.py), per-layer learning rates that make
 up for the steps a layer sat out (``--layer-lr-cap``, dht/training/layer_lr.py), the network trained alone
@@ -32,118 +33,34 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from dht.bandits import LinUCB, LinUCBConfig, LogisticTS, LogisticTSConfig
-from dht.data import Batch, collate
-from dht.flops import classifier_flops, linucb_flops, plan_forward_flops, thompson_flops
+from dht.data import Batch
+from dht.flops import classifier_flops, linucb_flops, thompson_flops
 from dht.methods.dht_inference import DHTInference
+from dht.methods.dht_options import OURS, DHTOptions
+from dht.methods.dht_queues import DepthQueueing, QueuedBatch
 from dht.methods.dht_warmup import FullDepthWarmup
 from dht.model import DynamicEncoder, ExecutionPlan
 from dht.model.encoder import inverse_permutation
 from dht.search.arm_features import ArmFeatures, compute_arm_features
-from dht.search.arms import PRESETS, SEARCHES, Arm, load_search, read_search_file
+from dht.search.arms import PRESETS, SEARCHES, Arm, load_search
 from dht.search.budget import CostWeight
 from dht.search.exits import self_distillation
 from dht.search.features import HEAD_DIM, TOP_DIM, Contexts, with_arm_features
-from dht.search.layout import arm_layout, probe_layers, run_group, sample_plans
+from dht.search.layout import arm_layout, run_group, sample_plans
 from dht.search.queues import DepthQueues, length_chunks
 from dht.search.rewards import PreviousBatch, ratio_reward
 from dht.search.strategies import GroupDecision, search_strategy
 from dht.training.config import RunConfig
 from dht.training.distributed import World
-from dht.training.hooks import BenchRun, Knob, Method, NonFiniteError, StepResult, register
+from dht.training.hooks import BenchRun, Knob, Method, StepResult, register
 from dht.training.layer_lr import LayerLR, layer_group
-from dht.training.options import MethodOptions, option
-
-
-@dataclass(frozen=True)
-class DHTOptions(MethodOptions):
-    """DHT's settings: which search (the bandits' own settings live in the search config)."""
-
-    config: str = option("s-dht", f"DHT search: one of {', '.join(SEARCHES)} (the paper's four, then ours: "
-                         "F-DHT with an exit after every layer) or a JSON file of SearchConfig fields")
-    cost_weight: float = option(0.0, "at inference, each arm's predicted reward minus this times its share of "
-                                "the full model's FLOPs: > 0 cheaper arms, < 0 deeper ones", inference=True)
-    exit_classifiers: str = option("shared", "shared: one classifier reads every depth (the paper's); per-depth: "
-                                   "each exit depth has a classifier of its own (ours)")
-    self_distill: float = option(0.0, "weight of self-distilled exits (ours): each training forward's shallower "
-                                 "exits learn the deepest exit's detached prediction; 0: the paper")
-    full_depth_floor: float = option(0.0, "share of training samples sent to the deepest arm whatever the bandit "
-                                     "chose (ours), so the top layers train on them; 0: the paper")
-    train_budget: float = option(0.0, "training-time target (ours): the share of the full model's forward FLOPs that "
-                                 "the bandits' greedy choices are steered to by a cost weight adapted online; "
-                                 "0: none (the paper)")
-    layer_lr_cap: float = option(1.0, "ours: each encoder layer's learning rate times the inverse of the share of "
-                                 "steps that reached it, up to this cap (dht/training/layer_lr.py); 1: the paper")
-    full_depth_warmup: float = option(0.0, "ours: the first W share of the training samples trains the whole network "
-                                      "(its own learning-rate schedule), then the encoder freezes and the bandits "
-                                      "learn to route it (dht/methods/dht_warmup.py); 0: the paper")
-    warmup_lr: float = option(0.0, "ours, with --full-depth-warmup: the peak learning rate of the warm-up and of the "
-                              "per-depth exits after it, in place of --lr; 0: --lr")
-    continue_above: float = option(1.0, "continuation at inference (ours): a sample whose exit's normalised entropy "
-                                   "is above this runs on to the next depth; 1: never (the paper)", inference=True)
-    head_sets: str = option("per-sample", "at inference, per-sample: each sample keeps its own heads (the paper); "
-                            "per-batch: the samples of a queued batch with the same head count share the set "
-                            "with the highest summed expected reward (ours; dense attention, faster on a CPU)",
-                            inference=True)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.self_distill < float("inf"):
-            raise ValueError(f"--self-distill must be finite and >= 0, got {self.self_distill}")
-        if not 0 <= self.full_depth_floor <= 1:
-            raise ValueError(f"--full-depth-floor must be in [0, 1], got {self.full_depth_floor}")
-        if not 0 <= self.train_budget <= 1:
-            raise ValueError(f"--train-budget must be in [0, 1] (0: none), got {self.train_budget}")
-        if not 1 <= self.layer_lr_cap < float("inf"):
-            raise ValueError(f"--layer-lr-cap must be finite and >= 1 (1: off), got {self.layer_lr_cap}")
-        if not 0 <= self.full_depth_warmup < 1:
-            raise ValueError(f"--full-depth-warmup must be in [0, 1), got {self.full_depth_warmup}")
-        if not 0 <= self.continue_above <= 1:
-            raise ValueError(f"--continue-above must be in [0, 1], got {self.continue_above}")
-        if not 0 <= self.warmup_lr < float("inf"):
-            raise ValueError(f"--warmup-lr must be finite and >= 0 (0: --lr), got {self.warmup_lr}")
-        if self.warmup_lr and not self.full_depth_warmup:
-            raise ValueError("--warmup-lr needs --full-depth-warmup: it is the warm-up's peak learning rate")
-        if self.head_sets not in ("per-sample", "per-batch"):
-            raise ValueError(f"--head-sets must be per-sample or per-batch, got {self.head_sets!r}")
-        if self.exit_classifiers not in ("shared", "per-depth"):
-            raise ValueError(f"--exit-classifiers must be shared or per-depth, got {self.exit_classifiers!r}")
-
-    def check_training_inputs(self) -> None:
-        super().check_training_inputs()
-        if self.config not in SEARCHES:
-            read_search_file(self.config, flag="--config")
-
-
-# Our configuration beyond the paper's four (docs/front.md, "Levers beyond the paper"): F-DHT with
-# self-distilled exits, the one lever that helped over three seeds on AG News: F-DHT's macro-F1 (within a
-# tenth of a point) at 0.92 of its inference FLOPs, and the same again with every sample on the 2-layer
-# arm (cost weight 1000: 0.334 of BL1's FLOPs), where F-DHT's own 2-layer exit loses 4 points.
-# F-DHT-WU-FINE (docs/front.md, "The network first", "An exit after every layer" and "A higher peak learning
-# rate for the warm-up"): the network trains alone for half the run at a peak learning rate of 2e-4, then the
-# bandits learn to route it frozen; the search has an exit after every layer (f-dht-fine), and at inference
-# every sample starts on the cheapest arm (one layer) and an unsure one (normalised entropy above 0.3)
-# continues a layer at a time. Over three seeds on AG News: macro-F1 0.8933 at 0.385 of BL1's inference FLOPs
-# and 0.602 of its training FLOPs (all-in), against F-DHT's 0.8851 at 0.544 / 0.692; above FastBERT's curve
-# on every seed from 0.17 to 0.28 of BL1's inference FLOPs.
-OURS = {"f-dht-sd": {"config": "f-dht", "self_distill": 1.0},
-        "f-dht-wu-fine": {"config": "f-dht-fine", "self_distill": 1.0, "exit_classifiers": "per-depth",
-                          "full_depth_warmup": 0.5, "warmup_lr": 2e-4, "cost_weight": 1000.0,
-                          "continue_above": 0.3}}
-
-
-@dataclass
-class QueuedBatch(Batch):
-    """A released queue: the padded batch plus each sample's arm and S1 context."""
-
-    arms: Tensor = None  # (B,) long: index into the current arm list
-    x: Tensor = None  # (B, TOP_DIM) float64: normalised S1 context
-    hidden: Tensor | None = None  # (B, T, E) the probe's states, when S2 goes on from them (frozen encoder)
 
 
 def hidden_rows(batch: Batch, rows: list[int], part: Batch) -> Tensor | None:
@@ -183,7 +100,7 @@ class Shard:
 
 
 @register
-class DHTMethod(DHTInference, FullDepthWarmup, Method):
+class DHTMethod(DHTInference, FullDepthWarmup, DepthQueueing, Method):
     """Dynamic layers and heads chosen per sample by LinUCB and logistic Thompson sampling."""
 
     name = "dht"
@@ -340,111 +257,6 @@ class DHTMethod(DHTInference, FullDepthWarmup, Method):
         self.check_training_rows(len(ids))
         self.warm_target = self.warmup_target(len(ids))
         self.route_target = self.run.train.epochs * len(ids) - self.warm_target
-
-    # --- Algorithm 3: S1 and the queues ------------------------------------------------
-    def training_batches(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        yield from self._drain()
-        if self.warming():  # --full-depth-warmup: plain loader batches, trained at full depth
-            yield from self.warmup_batches(batches)
-            if self.warming():
-                self.consumed = 0
-                return
-        if self.warm_target and not self.switched:
-            self.switch_to_routing(self.train_ids)
-        for batch in batches:
-            self.pending.extend(self._enqueue(batch))
-            self.consumed += 1
-            yield from self._drain()
-        self.pending.extend(items for _, items in self.queues.flush())
-        yield from self._drain()
-        self.consumed = 0
-
-    def _drain(self) -> Iterator[QueuedBatch]:
-        while self.pending:
-            items = self.pending.pop(0)
-            batch = self._collate(items)
-            hidden = None  # the probe's states (B, T, E), kept for a frozen encoder; padding stays zero, masked out
-            if "h" in items[0]:
-                hidden = torch.nn.utils.rnn.pad_sequence([i["h"] for i in items], batch_first=True).to(self.device)
-            yield QueuedBatch(batch.input_ids, batch.attention_mask, batch.labels, batch.index,
-                              arms=torch.tensor([i["arm"] for i in items]), x=torch.stack([i["x"] for i in items]),
-                              hidden=hidden)
-
-    @torch.no_grad()
-    def _probe(self, batch: Batch, spread: bool = False) -> tuple[Tensor, Tensor]:
-        """S1: hidden states after the probe layers (no grad, no dropout) and the normalised context x.
-        ``spread`` (training under torchrun): each rank probes its rows and the states are gathered."""
-        was_training = self.model.training
-        self.model.eval()
-        mask, rows, own = batch.attention_mask, list(range(len(batch))), len(batch)
-        if spread and self.world.distributed:  # a rank without rows of its own probes row 0, unused
-            rows, own = self.world.rows_to_run(len(batch))
-        h = self.model.run_plan(self.model.embed(batch.input_ids[rows]), mask[rows],
-                                ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h))
-        if spread:
-            h = self.world.gather(h[:own], len(batch))
-        self.model.train(was_training)
-        if not torch.isfinite(h).all():  # diverged weights: say so, not that a context holds a NaN
-            raise NonFiniteError("the probe's hidden states are not finite (the weights have diverged)")
-        x = self.contexts.x_top(h, mask)
-        return h, x
-
-    def _enqueue(self, batch: Batch) -> list[list[dict]]:
-        """Alg. 2 lines 2-6 and Alg. 3: choose each sample's arm and queue it by depth."""
-        h, x = self._probe(batch, spread=True)
-        W = with_arm_features(x, self.features.top)
-        if self.lagrange is None:
-            chosen = self.ucb_top.select(W).tolist()
-        else:  # ours: the budget's cost weight shifts the choice; λ steps towards the target (budget.py)
-            shares = self.arm_shares()
-            penalty = self.lagrange.value * shares
-            chosen = (self.ucb_top.scores(W) - penalty).argmax(1).tolist()
-            greedy = (self.ucb_top.scores(W, greedy=True) - penalty).argmax(1)  # inference's choice
-            self.lagrange.update(shares[greedy])
-            self.overhead += linucb_flops(len(batch), len(self.arms), self.ucb_top.config.dim, update=False)
-        if self.options.full_depth_floor:
-            chosen = self._floor(chosen)
-        self.overhead += linucb_flops(len(batch), len(self.arms), self.ucb_top.config.dim, update=False)
-        if self.switched:  # --full-depth-warmup: a frozen encoder's S2 goes on from the probe's states, counted there
-            return self._queue_samples(batch, chosen, self.queues,
-                                       lambda i, length: {"x": x[i], "h": h[i, :length].clone()})  # not a view
-        probe = ExecutionPlan.first(probe_layers(self.search, self.phase_two), self.N_h)
-        lengths = batch.attention_mask.sum(1).tolist()
-        self.overhead += sum(plan_forward_flops(self.model.config, probe, t, classify=False) for t in lengths)
-        return self._queue_samples(batch, chosen, self.queues, lambda i, length: {"x": x[i]})
-
-    def _floor(self, chosen: list[int]) -> list[int]:
-        """Ours (issue 23): each sample goes to the deepest arm (most heads) with probability
-        ``full_depth_floor``, whatever UCB chose. Layers above the shallowest exits learn only from the
-        samples that reach them (``bench/replay_batches.py``); the floor guarantees them a share. The
-        bandits are updated with the arm each sample ran, as for any other choice."""
-        deepest = self.deepest_arm()
-        draws = torch.rand(len(chosen), generator=self.floor_generator) < self.options.full_depth_floor
-        return [deepest if forced else arm for arm, forced in zip(chosen, draws.tolist())]
-
-    def deepest_arm(self) -> int:
-        """The index of the current arm list's deepest arm (most heads among the deepest)."""
-        return max(range(len(self.arms)), key=lambda a: (self.arms[a].depth, self.arms[a].heads or 0))
-
-    def _queue_samples(self, batch: Batch, chosen: list[int], queues: DepthQueues,
-                       extra: Callable[[int, int], dict]) -> list[list[dict]]:
-        """Alg. 3 lines 2-5: each sample (tokens, label, arm, plus ``extra(row, length)``) joins the queue
-        of its arm's depth; returns the queues that filled."""
-        lengths = batch.attention_mask.sum(1).tolist()
-        ids, labels, index = batch.input_ids.tolist(), batch.labels.tolist(), batch.index.tolist()  # one copy
-        released = []
-        for i, arm in enumerate(chosen):
-            item = {"index": index[i], "ids": ids[i][:lengths[i]], "label": labels[i], "arm": arm,
-                    **extra(i, lengths[i])}
-            full = queues.push(self.arms[arm].depth, item)
-            if full is not None:
-                released.append(full)
-        return released
-
-    def _collate(self, items: list[dict]) -> Batch:
-        """A released queue's samples, padded into one batch on the network's device."""
-        return collate([i["ids"] for i in items], [i["label"] for i in items], [i["index"] for i in items],
-                       self.pad_id).to(self.device)
 
     # --- Algorithm 2: S2, rewards and updates ------------------------------------------
     def training_step(self, batch: QueuedBatch) -> StepResult:
