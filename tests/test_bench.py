@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import dht.benchmark as bench
+import dht.benchmark.front as bench_front
 from dht.cli import main
 from dht.training.config import RunConfig, TrainConfig
 
@@ -119,6 +120,16 @@ def test_train_only_trains_every_seed_and_the_next_bench_times_without_training(
         folders = sorted(p.name for p in (tmp_path / "runs" / f"seed{seed}").iterdir())
         assert folders == ["distil-1", "distil-2", "distil-3", "fastbert", "full"]
     assert not (tmp_path / "front.json").exists()
+    # --points-only: the curves (FastBERT's speeds) are kept in the run folders; the timing pass reuses them.
+    assert bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), progress=False, methods=methods,
+                           points_only=True) == []
+    assert (tmp_path / "runs" / "seed1" / "fastbert" / "bench_points.json").is_file()
+    assert not (tmp_path / "front.json").exists() and not (tmp_path / "runs" / "seed0" / bench.SEED_ROWS).exists()
+
+    def no_curves(*args, **kwargs):
+        raise AssertionError("kept operating points were evaluated again")
+
+    monkeypatch.setattr(bench_front, "operating_points", no_curves)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a trained run was trained again")
@@ -193,3 +204,15 @@ def test_kept_rows_timed_by_other_code_count_only_for_runs_whose_weights_are_gon
     assert bench.seed_results(tmp_path, runs, 2, 0, "cpu")[0][0]["timed"] == 2 and len(calls) == 2
     with pytest.raises(ValueError, match=r"kept for other rounds than this bench's, and distil-1 has no weights"):
         bench.seed_results(tmp_path, runs, 3, 0, "cpu")  # other rounds: cannot be timed, not counted either
+
+
+def test_a_runs_points_are_kept_for_the_same_key_only(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench_front, "operating_points", lambda *a, **k: calls.append(1) or [{"n": len(calls)}])
+    entry = bench.BenchRun("f-dht", method="dht")
+    key = {"entry": "f-dht", "trained": "abc", "code": "tree"}
+    assert bench_front.run_points(None, entry, tmp_path, 0, {}, key) == [{"n": 1}]
+    assert bench_front.run_points(None, entry, tmp_path, 0, {}, dict(key)) == [{"n": 1}] and calls == [1]
+    assert bench_front.run_points(None, entry, tmp_path, 0, {}, {**key, "trained": "retrained"}) == [{"n": 2}]
+    assert bench_front.run_points(None, entry, tmp_path, 0, {}, {**key, "code": "other"}) == [{"n": 3}]
+    assert not list(tmp_path.glob("*.partial"))

@@ -57,3 +57,31 @@ def test_operating_points_put_the_knob_back_even_when_an_evaluation_fails(monkey
     with pytest.raises(RuntimeError):
         front.operating_points(prepared, BenchRun("f-dht", method="dht", folder="f-dht"), 0, {})
     assert calls == [-10.0] and prepared.method.options.cost_weight == 3.0
+
+
+def test_the_curves_value_of_the_entry_reuses_its_evaluation_and_oracles_only_where_asked(monkeypatch):
+    import dht.benchmark.front as front
+    from dht.training.config import RunConfig, TrainConfig
+    from dht.training.hooks import BenchRun
+    from dht.training.setup import prepare
+
+    prepared = prepare(RunConfig(method="dht", backbone="tiny", options={"config": "f-dht", "cost_weight": 2.0},
+                                 train=TrainConfig(max_train=16, max_test=8)))
+    evaluated_at = []
+
+    def evaluate(_):
+        evaluated_at.append(prepared.method.options.cost_weight)
+        return {"f1_macro": 0.5, "accuracy": 0.5, "flop_ratio": 0.5}
+
+    def no_oracles(_):
+        raise AssertionError("oracles scored for an entry without them")
+
+    monkeypatch.setattr(front, "evaluate", evaluate)
+    monkeypatch.setattr(front, "oracle_scores", no_oracles)
+    timed = {"f1_macro": 0.9, "accuracy": 0.8, "flop_ratio": 0.7, "flop_ratio_all_in": 0.75}
+    entry = BenchRun("s-dht", method="dht", folder="s-dht", oracles=False)
+    points = front.operating_points(prepared, entry, 0, {}, evaluated=timed)
+    assert evaluated_at == [-10.0, -2.0, 0.0, 10.0, 25.0, 50.0]  # not 2.0, the entry's own
+    assert [(p["value"], p["f1_macro"], p["test_flop_ratio_all_in"]) for p in points if p["value"] == 2.0] == [
+        (2.0, 0.9, 0.75)]
+    assert len(points) == 7 and prepared.method.options.cost_weight == 2.0

@@ -1,24 +1,23 @@
 """`dht bench`: every registered method on the same data, budget and seeds, one FLOP counter and one clock.
 
-Each method says which runs it contributes (``Method.bench_runs``): BL1 (full model), BL2 (students of
-1, 3 and N_L/2 layers), BL3 (FastBERT at speeds 0.1, 0.5, 0.8), the four DHT presets and dynamic layer
-tying (whose Table 1 columns of trainable parameters and peak memory are what it saves). For each seed
-they train into OUTPUT/runs/FOLDER (OUTPUT/runs/seedS/FOLDER with several seeds) in registry order, BL1
-first (a finished run is not redone, once its run.json is checked to hold the settings the bench would
-train with; an interrupted one is resumed); a method with a ``teacher`` option gets that seed's BL1 run,
-and its training cost is also reported with the teacher's. ``methods`` keeps some methods' runs (BL1's
-always: it is every row's reference). Then every run's inference is timed in one process, round-robin,
-each run with a knob is evaluated along its curve and each run with routes gets its oracle routers
-(``dht/benchmark/front.py``). Seed by seed: a seed trains, is timed and the files below are written over
-the seeds timed so far before the next seed trains, so a bench stopped at any moment keeps every seed it
-finished (``--train-only`` trains every seed and times none, to time later on a quiet machine). A seed's
-rows are kept in its runs folder (``bench_rows.json``): a bench run again does not time that seed again,
-even on another machine from the run folders without their weights (``bench/front_keep.py``). Written:
-the paper's Table 1 (training) and Table 2 (inference) as markdown, ``results.json`` (a row per run and seed, through
+Each method says which runs it contributes (``Method.bench_runs``): BL1 (full model), BL2 (students of 1, 3
+and N_L/2 layers), BL3 (FastBERT at speeds 0.1, 0.5, 0.8), the four DHT presets and dynamic layer tying (whose
+Table 1 columns of trainable parameters and peak memory are what it saves). For each seed they train into
+OUTPUT/runs/FOLDER (OUTPUT/runs/seedS/FOLDER with several seeds) in registry order, BL1 first (a finished run
+is not redone, once its run.json is checked to hold the settings the bench would train with; an interrupted
+one is resumed); a method with a ``teacher`` option gets that seed's BL1 run, and its training cost is also
+reported with the teacher's. ``methods`` keeps some methods' runs (BL1's always: it is every row's reference).
+Then every run's inference is timed in one process, round-robin, each run with a knob is evaluated along its
+curve and each run with routes that asks for them (``BenchRun.oracles``: F-DHT's and ours) gets its oracle
+routers (``dht/benchmark/front.py``). Seed by seed: a seed trains, is timed and the files below are written
+over the seeds timed so far before the next seed trains, so a bench stopped at any moment keeps every seed it
+finished (``--train-only`` trains every seed and times none, to time later on a quiet machine). A seed's rows
+are kept in its runs folder (``bench_rows.json``): a bench run again does not time that seed again, even on
+another machine from the run folders without their weights (``bench/front_keep.py``). Written: the paper's
+Table 1 (training) and Table 2 (inference) as markdown, ``results.json`` (a row per run and seed, through
 ``dht.provenance``), ``curves.json``, ``front.json`` and ``front.md`` (means over seeds), ``pareto.png``
-(inference) and ``pareto_training.png``. FastBERT's speed only decides where inference exits, so its
-branches are trained once and the three speeds are three evaluations of that one run (as FastBERT itself
-is used).
+(inference) and ``pareto_training.png``. FastBERT's speed only decides where inference exits, so its branches
+are trained once and the three speeds are three evaluations of that one run (as FastBERT itself is used).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import dht.methods  # noqa: F401  (registers the built-in methods)
-from dht.benchmark.front import front_rows, front_table, operating_points, read_train, with_teacher
+from dht.benchmark.front import front_rows, front_table, read_train, run_points, with_teacher
 from dht.benchmark.plots import plot_inference_front, plot_training_front
 from dht.provenance import package_version, write_result
 from dht.training.config import RunConfig, TrainConfig, read_run_settings
@@ -131,19 +130,47 @@ def time_inference(prepared: list[Prepared], rounds: int) -> tuple[list[dict[str
     return results, [statistics.median(s) for s in seconds]
 
 
+def portable(entry: BenchRun, runs_dir: Path) -> dict[str, Any]:
+    """The entry as kept rows and points are keyed to it: a teacher as a path under the seed's runs folder,
+    so what is kept moves with the folder (another ``--output``, another machine)."""
+    kept = json.loads(json.dumps(asdict(entry)))
+    if "teacher" in kept["options"]:
+        kept["options"]["teacher"] = os.path.relpath(kept["options"]["teacher"], runs_dir)
+    return kept
+
+
+def digest(runs_dir: Path, entry: BenchRun) -> str:
+    """The sha256 of the entry's metrics.json: which training a kept measurement belongs to."""
+    return hashlib.sha256((runs_dir / entry.run / "metrics.json").read_bytes()).hexdigest()
+
+
+def training_costs(runs_dir: Path, runs: list[BenchRun], entry: BenchRun) -> dict[str, float]:
+    """The entry's training FLOPs (all-in) against BL1's (``runs[0]``), alone and with its teacher's."""
+    trained, reference = read_train(runs_dir / entry.run), read_train(runs_dir / runs[0].run)
+    teacher = read_train(Path(entry.options["teacher"])) if "teacher" in entry.options else None
+    return {"train_flop_ratio_all_in": trained["flop_ratio_all_in"],
+            "train_flop_ratio_with_teacher": with_teacher(trained, reference, teacher)}
+
+
+def entry_points(ready: Prepared, runs_dir: Path, runs: list[BenchRun], entry: BenchRun, seed: int,
+                 evaluated: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The entry's operating points and oracles (``run_points``: kept in its run folder)."""
+    costs = training_costs(runs_dir, runs, entry)
+    key = {"entry": portable(entry, runs_dir), "trained": digest(runs_dir, entry), "seed": seed, "costs": costs,
+           "code": package_version(), "device": str(ready.method.device)}
+    return run_points(ready, entry, runs_dir / entry.run, seed, costs, key, evaluated)
+
+
 def result_rows(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
                 device: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One row per run: training figures from its metrics.json, inference timed here, on one clock; and
-    each trained run's operating points and oracles (``operating_points``)."""
+    each trained run's operating points and oracles (``entry_points``)."""
     prepared = [load_run(runs_dir / entry.run, overrides=inference_options(entry), device=device) for entry in runs]
     tests, seconds = time_inference(prepared, rounds)
-    reference = read_train(runs_dir / runs[0].run)  # BL1
     rows, points, curved = [], [], set()
     for entry, test, wall, ready in zip(runs, tests, seconds, prepared):
         trained = read_train(runs_dir / entry.run)
-        teacher = read_train(Path(entry.options["teacher"])) if "teacher" in entry.options else None
-        costs = {"train_flop_ratio_all_in": trained["flop_ratio_all_in"],
-                 "train_flop_ratio_with_teacher": with_teacher(trained, reference, teacher)}
+        costs = training_costs(runs_dir, runs, entry)
         config = {k: v for k, v in entry.options.items() if k != "teacher"}
         rows.append({"method": entry.method, "config": entry.name, "seed": seed, "options": config,
                      "f1_macro": test["f1_macro"], "accuracy": test["accuracy"],
@@ -157,11 +184,27 @@ def result_rows(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
                      "train_peak_rss_growth_mb": trained.get("memory", {}).get("rss_peak_growth_mb")})
         if entry.run not in curved:  # rows sharing a trained run (FastBERT's speeds) share its curve
             curved.add(entry.run)
-            points += operating_points(ready, entry, seed, costs)
+            points += entry_points(ready, runs_dir, runs, entry, seed, evaluated=test)
     bl1 = rows[0]["trainable_params"]
     for row in rows:  # what tying (DLT) or freezing (FastBERT) leaves to train, against BL1
         row["trainable_params_ratio"] = row["trainable_params"] / bl1 if row["trainable_params"] and bl1 else None
     return rows, points
+
+
+def seed_points(runs_dir: Path, runs: list[BenchRun], seed: int, device: str | None = None) -> list[str]:
+    """``dht bench --points-only``: the operating points and oracles of each of the seed's trained runs
+    (once BL1 is trained), kept in their folders for the timing pass. F1 and FLOPs do not depend on the
+    machine's load, so this may run beside training. Returns the run folders done."""
+    done: list[str] = []
+    if not (runs_dir / runs[0].run / "metrics.json").is_file():
+        return done
+    for entry in runs:
+        if entry.run in done or not (runs_dir / entry.run / "metrics.json").is_file():
+            continue
+        ready = load_run(runs_dir / entry.run, overrides=inference_options(entry), device=device)
+        entry_points(ready, runs_dir, runs, entry, seed)
+        done.append(entry.run)
+    return done
 
 
 SEED_ROWS = "bench_rows.json"  # a seed's rows and points, kept in its runs folder
@@ -176,14 +219,10 @@ def seed_results(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
     timed again, so its kept rows count whatever code timed them (each row's ``timed_by``), and
     ValueError is raised when anything else differs."""
     kept = runs_dir / SEED_ROWS
-    trained = {entry.run: hashlib.sha256((runs_dir / entry.run / "metrics.json").read_bytes()).hexdigest()
-               for entry in runs}
-    entries_here = [asdict(entry) for entry in runs]
-    for entry in entries_here:  # a teacher as a path under the runs folder: kept rows move with the folder
-        if "teacher" in entry["options"]:
-            entry["options"]["teacher"] = os.path.relpath(entry["options"]["teacher"], runs_dir)
-    what = json.loads(json.dumps({"runs": entries_here, "trained": trained, "rounds": rounds,
-                                  "device": str(resolve_device(device)), "code": package_version()}))
+    trained = {entry.run: digest(runs_dir, entry) for entry in runs}
+    what = json.loads(json.dumps({"runs": [portable(entry, runs_dir) for entry in runs], "trained": trained,
+                                  "rounds": rounds, "device": str(resolve_device(device)),
+                                  "code": package_version()}))
     gone = [entry.run for entry in runs if not (runs_dir / entry.run / "model.safetensors").is_file()]
     if kept.is_file():
         saved = json.loads(kept.read_text(encoding="utf-8"))
@@ -227,12 +266,15 @@ def tables(rows: list[dict[str, Any]]) -> tuple[str, str]:
 
 def run_bench(data: str, backbone: str, output: Path, quick: bool, seeds: tuple[int, ...] = (0,), rounds: int = 2,
               progress: bool = True, device: str | None = None, lr: float | None = None,
-              methods: tuple[str, ...] | None = None, train_only: bool = False) -> list[dict[str, Any]]:
+              methods: tuple[str, ...] | None = None, train_only: bool = False,
+              points_only: bool = False) -> list[dict[str, Any]]:
     """Seed by seed, train what is missing, time the seed's inference and write the tables, results.json
     (a row per run and seed), curves.json (operating points and oracles), front.json (means over seeds)
     and the plots, over the seeds timed so far. One seed trains into OUTPUT/runs, several into
     OUTPUT/runs/seedS. ``methods``: only these methods' runs (and BL1's). ``train_only``: train every seed
-    and time none (time later, on a quiet machine; returns no rows). Raises ValueError for an unknown
+    and time none (time later, on a quiet machine; returns no rows). ``points_only``: train nothing and
+    time nothing, only keep the trained runs' operating points and oracles (``seed_points``, which may run
+    beside training; returns no rows). Raises ValueError for an unknown
     method or a run folder of other settings (every seed's folders are checked before anything trains)."""
     from dht.model import resolve_backbone
 
@@ -248,11 +290,15 @@ def run_bench(data: str, backbone: str, output: Path, quick: bool, seeds: tuple[
         check_folders(base, runs_dir, runs)
         plan[seed] = base, runs_dir, runs
     for seed, (base, runs_dir, runs) in plan.items():  # seed by seed: what a seed finished is written
+        if points_only:
+            done = seed_points(runs_dir, runs, seed, device)
+            print(f"seed {seed}: operating points and oracles kept for {len(done)} trained runs")
+            continue
         train_all(base, runs_dir, runs, progress, device)
         if train_only:
             continue
-        seed_rows, seed_points = seed_results(runs_dir, runs, rounds, seed, device)
-        rows, points = rows + seed_rows, points + seed_points
+        timed_rows, timed_points = seed_results(runs_dir, runs, rounds, seed, device)
+        rows, points = rows + timed_rows, points + timed_points
         for entry in runs:
             if (runs_dir / entry.run / "selection.png").is_file():  # what a dynamic method's runs chose
                 shutil.copy(runs_dir / entry.run / "selection.png", output / f"selection-{entry.name}.png")

@@ -49,10 +49,14 @@ def point(method: str, config: str, seed: int, kind: str, knob: str | None, valu
             "test_flop_ratio_all_in": scores.get("flop_ratio_all_in", scores["flop_ratio"]), **costs}
 
 
-def operating_points(prepared: Prepared, entry: BenchRun, seed: int, costs: dict[str, float]) -> list[dict[str, Any]]:
-    """The run at each value of its method's knob curve, then its oracle routers (for methods with routes).
+def operating_points(prepared: Prepared, entry: BenchRun, seed: int, costs: dict[str, float],
+                     evaluated: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The run at each value of its method's knob curve, then its oracle routers (for methods with routes,
+    when the entry asks for them: ``BenchRun.oracles``).
 
-    The method's knob is left as the entry set it. An oracle's FLOPs are its chosen routes' networks."""
+    ``evaluated``: the run's scores as the entry set it (the bench's timed evaluation), used for the curve's
+    value that equals the entry's instead of evaluating it again (inference is deterministic). The method's
+    knob is left as the entry set it. An oracle's FLOPs are its chosen routes' networks."""
     method = prepared.method
     rows: list[dict[str, Any]] = []
     knob = method.active_knob
@@ -60,15 +64,38 @@ def operating_points(prepared: Prepared, entry: BenchRun, seed: int, costs: dict
         kept = getattr(method.options, knob.option)
         try:
             for value in knob.curve:
-                method.set_inference_options(**{knob.option: value})
-                rows.append(point(entry.method, entry.run, seed, "knob", knob.option, value, evaluate(prepared),
-                                  costs))
+                if evaluated is not None and value == kept:
+                    scores = evaluated
+                else:
+                    method.set_inference_options(**{knob.option: value})
+                    scores = evaluate(prepared)
+                rows.append(point(entry.method, entry.run, seed, "knob", knob.option, value, scores, costs))
         finally:
             method.set_inference_options(**{knob.option: kept})
-    if method.fixed_routes():
+    if entry.oracles and method.fixed_routes():
         oracle = oracle_scores(prepared)
         rows += [point(entry.method, entry.run, seed, kind, None, None, oracle[kind], costs) for kind in ORACLES]
     return rows
+
+
+POINTS = "bench_points.json"  # a run's operating points and oracles, kept in its folder
+
+
+def run_points(prepared: Prepared, entry: BenchRun, folder: Path, seed: int, costs: dict[str, float],
+               key: dict[str, Any], evaluated: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """``operating_points``, or what an earlier bench kept in ``folder`` (``POINTS``) under the same ``key``
+    (the entry, its trained run, the code and device): the points are deterministic, so a stopped timing
+    pass, or ``dht bench --points-only`` run beside training, leaves them to the next bench."""
+    kept = folder / POINTS
+    if kept.is_file():
+        saved = json.loads(kept.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return saved["points"]
+    points = operating_points(prepared, entry, seed, costs, evaluated)
+    partial = kept.with_suffix(".partial")
+    partial.write_text(json.dumps({"key": key, "points": points}, indent=1), encoding="utf-8")
+    partial.replace(kept)  # whole or absent
+    return points
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -124,8 +124,12 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
     bench.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate of every run")
     bench.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                        help="only these methods' runs (BL1's always: it is every row's reference); default: all")
-    bench.add_argument("--train-only", action="store_true",
-                       help="train what is missing for every seed and stop; time it later, with nothing else running")
+    only = bench.add_mutually_exclusive_group()
+    only.add_argument("--train-only", action="store_true",
+                      help="train what is missing for every seed and stop; time it later, with nothing else running")
+    only.add_argument("--points-only", action="store_true",
+                      help="only evaluate the trained runs along their knobs and score their oracles, kept in their "
+                      "folders for the timing pass (F1 and FLOPs: may run beside training)")
     bench.add_argument("--device", default="auto", help=DEVICE_HELP)
     bench.add_argument("--quiet", action="store_true")
 
@@ -268,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
 
             run_bench(args.data, args.backbone, args.output, args.quick, tuple(args.seeds), progress=not args.quiet,
                       device=args.device, lr=args.lr, methods=tuple(args.methods) if args.methods else None,
-                      train_only=args.train_only)
+                      train_only=args.train_only, points_only=args.points_only)
             if args.train_only:
                 print("trained; the same command without --train-only times every run and writes the tables")
-            else:
+            elif not args.points_only:
                 print((args.output / "front.md").read_text())
             print(f"bench folder: {args.output}")
         elif args.command == "bench-paths":

@@ -43,7 +43,7 @@ from dht.bandits import LinUCB, LinUCBConfig, LogisticTS, LogisticTSConfig
 from dht.data import Batch
 from dht.flops import classifier_flops, linucb_flops, thompson_flops
 from dht.methods.dht_inference import DHTInference
-from dht.methods.dht_options import OURS, DHTOptions
+from dht.methods.dht_options import ORACLE_ROWS, OURS, DHTOptions
 from dht.methods.dht_queues import DepthQueueing, QueuedBatch
 from dht.methods.dht_warmup import FullDepthWarmup
 from dht.model import DynamicEncoder, ExecutionPlan
@@ -193,8 +193,8 @@ class DHTMethod(DHTInference, FullDepthWarmup, DepthQueueing, Method):
     @classmethod
     def bench_runs(cls, num_layers: int) -> list[BenchRun]:
         """The paper's four configurations (§6.1), then ours (``OURS``)."""
-        return [BenchRun(preset, {"config": preset}) for preset in PRESETS] + [
-            BenchRun(name, options) for name, options in OURS.items()]
+        return [BenchRun(preset, {"config": preset}, oracles=preset in ORACLE_ROWS) for preset in PRESETS] + [
+            BenchRun(name, options, oracles=name in ORACLE_ROWS) for name, options in OURS.items()]
 
     @classmethod
     def row_title(cls, row: str) -> str:

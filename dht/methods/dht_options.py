@@ -83,3 +83,8 @@ OURS = {"f-dht-sd": {"config": "f-dht", "self_distill": 1.0},
         "f-dht-wu-fine": {"config": "f-dht-fine", "self_distill": 1.0, "exit_classifiers": "per-depth",
                           "full_depth_warmup": 0.5, "warmup_lr": 2e-4, "cost_weight": 1000.0,
                           "continue_above": 0.3}}
+
+# The bench rows whose oracle routers `dht bench` scores: F-DHT and ours. Scoring a run's oracles evaluates
+# the test split on every one of its routes (5-16 on MiniLM-L6, 3-10 times a full evaluation), the largest
+# part of a seed's timing pass on a CPU; the other rows' oracles are one `dht evaluate RUN --oracle` away.
+ORACLE_ROWS = ("f-dht", "f-dht-wu-fine")

@@ -78,6 +78,7 @@ class BenchRun:
     folder: str = ""
     overrides: dict[str, Any] | None = None
     method: str = ""  # the registered method's name, filled in by the bench
+    oracles: bool = True  # the bench scores its oracle routers (for a method with routes)
 
     @property
     def run(self) -> str:

@@ -178,7 +178,7 @@ def test_bench_runs_every_method_and_skips_finished_runs(tmp_path, monkeypatch):
         teacher = 1.0 if r["method"] in ("distil", "fastbert", "acm") else 0.0
         assert r["train_flop_ratio_with_teacher"] == pytest.approx(r["train_flop_ratio_all_in"] + teacher)
     # Curves: FastBERT's trained run at every tenth of speed (once, not once per speed row), each DHT
-    # preset at its cost weights, and the oracle routers of every method with routes.
+    # preset at its cost weights, and the oracle routers of F-DHT (ORACLE_ROWS; not T-, S- or P-DHT).
     points = json.loads((tmp_path / "curves.json").read_text())["result"]
     speeds = [p for p in points if p["config"] == "fastbert" and p["kind"] == "knob"]
     assert [p["value"] for p in speeds] == [i / 10 for i in range(11)]
@@ -186,7 +186,10 @@ def test_bench_runs_every_method_and_skips_finished_runs(tmp_path, monkeypatch):
     assert speeds[5]["f1_macro"] == by_name["fastbert-0.5"]["f1_macro"]  # the same evaluation as the row
     for preset in ("t-dht", "s-dht", "f-dht", "p-dht"):
         kinds = [p["kind"] for p in points if p["config"] == preset]
-        assert kinds == ["knob"] * 7 + ["oracle_correct", "oracle_agrees_with_full"]
+        assert kinds == ["knob"] * 7 + (["oracle_correct", "oracle_agrees_with_full"] if preset == "f-dht" else [])
+    at_zero = next(p for p in points if p["config"] == "s-dht" and p["value"] == 0.0)  # the row's own λ: its scores
+    assert (at_zero["f1_macro"], at_zero["test_flop_ratio_all_in"]) == (by_name["s-dht"]["f1_macro"],
+                                                                        by_name["s-dht"]["test_flop_ratio_all_in"])
     front = json.loads((tmp_path / "front.json").read_text())["result"]
     assert [f["config"] for f in front] == names and all(f["seeds"] == [0] and f["f1_macro_std"] == 0 for f in front)
     assert front[0]["f1_macro_mean"] == rows[0]["f1_macro"]

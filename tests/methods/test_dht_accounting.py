@@ -69,6 +69,7 @@ def test_the_bench_rows_are_the_papers_four_then_ours():
                            "full_depth_warmup": 0.5, "warmup_lr": 2e-4, "cost_weight": 1000.0,
                            "continue_above": 0.3})]
     assert (DHTMethod.row_title("f-dht"), DHTMethod.row_title("f-dht-sd")) == ("DHT F-DHT", "DHT F-DHT-SD (ours)")
+    assert [r.name for r in runs if r.oracles] == ["f-dht", "f-dht-wu-fine"]  # the bench scores their oracles
     # Our row starts every sample on the cheapest arm, so the bench's curve moves its continuation threshold.
     assert DHTMethod.knob_for(runs[-1].options).option == "continue_above"
     assert DHTMethod.knob_for(runs[0].options).option == "cost_weight"
