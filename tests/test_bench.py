@@ -124,6 +124,14 @@ def test_train_only_trains_every_seed_and_the_next_bench_times_without_training(
     assert bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), progress=False, methods=methods,
                            points_only=True) == []
     assert (tmp_path / "runs" / "seed1" / "fastbert" / "bench_points.json").is_file()
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a run whose points are kept was loaded again")
+
+    with monkeypatch.context() as patch:  # run again (as beside a training): nothing new, nothing loaded
+        patch.setattr(bench, "load_run", no_loading)
+        bench.run_bench("", "tiny", tmp_path, quick=True, seeds=(0, 1), progress=False, methods=methods,
+                        points_only=True)
     assert not (tmp_path / "front.json").exists() and not (tmp_path / "runs" / "seed0" / bench.SEED_ROWS).exists()
 
     def no_curves(*args, **kwargs):

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import dht.methods  # noqa: F401  (registers the built-in methods)
-from dht.benchmark.front import front_rows, front_table, read_train, run_points, with_teacher
+from dht.benchmark.front import POINTS, front_rows, front_table, read_train, run_points, with_teacher
 from dht.benchmark.plots import plot_inference_front, plot_training_front
 from dht.provenance import package_version, write_result
 from dht.training.config import RunConfig, TrainConfig, read_run_settings
@@ -152,13 +152,18 @@ def training_costs(runs_dir: Path, runs: list[BenchRun], entry: BenchRun) -> dic
             "train_flop_ratio_with_teacher": with_teacher(trained, reference, teacher)}
 
 
+def points_key(runs_dir: Path, runs: list[BenchRun], entry: BenchRun, seed: int, device: str | None) -> dict[str, Any]:
+    """What an entry's kept operating points depend on: the entry, its training, its costs, code and device."""
+    return {"entry": portable(entry, runs_dir), "trained": digest(runs_dir, entry), "seed": seed,
+            "costs": training_costs(runs_dir, runs, entry), "code": package_version(),
+            "device": str(resolve_device(device))}
+
+
 def entry_points(ready: Prepared, runs_dir: Path, runs: list[BenchRun], entry: BenchRun, seed: int,
-                 evaluated: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                 device: str | None, evaluated: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The entry's operating points and oracles (``run_points``: kept in its run folder)."""
-    costs = training_costs(runs_dir, runs, entry)
-    key = {"entry": portable(entry, runs_dir), "trained": digest(runs_dir, entry), "seed": seed, "costs": costs,
-           "code": package_version(), "device": str(ready.method.device)}
-    return run_points(ready, entry, runs_dir / entry.run, seed, costs, key, evaluated)
+    key = points_key(runs_dir, runs, entry, seed, device)
+    return run_points(ready, entry, runs_dir / entry.run, seed, key["costs"], key, evaluated)
 
 
 def result_rows(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
@@ -184,7 +189,7 @@ def result_rows(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
                      "train_peak_rss_growth_mb": trained.get("memory", {}).get("rss_peak_growth_mb")})
         if entry.run not in curved:  # rows sharing a trained run (FastBERT's speeds) share its curve
             curved.add(entry.run)
-            points += entry_points(ready, runs_dir, runs, entry, seed, evaluated=test)
+            points += entry_points(ready, runs_dir, runs, entry, seed, device, evaluated=test)
     bl1 = rows[0]["trainable_params"]
     for row in rows:  # what tying (DLT) or freezing (FastBERT) leaves to train, against BL1
         row["trainable_params_ratio"] = row["trainable_params"] / bl1 if row["trainable_params"] and bl1 else None
@@ -201,8 +206,11 @@ def seed_points(runs_dir: Path, runs: list[BenchRun], seed: int, device: str | N
     for entry in runs:
         if entry.run in done or not (runs_dir / entry.run / "metrics.json").is_file():
             continue
-        ready = load_run(runs_dir / entry.run, overrides=inference_options(entry), device=device)
-        entry_points(ready, runs_dir, runs, entry, seed)
+        kept = runs_dir / entry.run / POINTS
+        if not kept.is_file() or json.loads(kept.read_text(encoding="utf-8")).get("key") != json.loads(
+                json.dumps(points_key(runs_dir, runs, entry, seed, device))):  # else kept already: not loaded
+            ready = load_run(runs_dir / entry.run, overrides=inference_options(entry), device=device)
+            entry_points(ready, runs_dir, runs, entry, seed, device)
         done.append(entry.run)
     return done
 

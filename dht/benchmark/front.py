@@ -86,7 +86,7 @@ def run_points(prepared: Prepared, entry: BenchRun, folder: Path, seed: int, cos
     """``operating_points``, or what an earlier bench kept in ``folder`` (``POINTS``) under the same ``key``
     (the entry, its trained run, the code and device): the points are deterministic, so a stopped timing
     pass, or ``dht bench --points-only`` run beside training, leaves them to the next bench."""
-    kept = folder / POINTS
+    kept, key = folder / POINTS, json.loads(json.dumps(key))  # compared as it is kept
     if kept.is_file():
         saved = json.loads(kept.read_text(encoding="utf-8"))
         if saved.get("key") == key:
