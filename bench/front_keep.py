@@ -4,7 +4,7 @@
 longer than one session on a machine that may not be the same tomorrow. What a timed seed needs to count
 in `front.json` is small: its kept rows (``bench_rows.json``) and each run's ``run.json`` and
 ``metrics.json`` (the bench checks the first against its settings and keys the rows to the second). This
-copies those and the runs' plots, and nothing else (no weights, checkpoints, tokenizers or logs), from
+copies those and the runs' selection plots, and nothing else (no weights, checkpoints, tokenizers, logs), from
 SOURCE to DESTINATION, keeping the folders' layout. Copied back into a bench's ``runs`` folder, a seed
 counts as trained and timed, and the bench goes on with the next one.
 
@@ -27,7 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
-KEPT = ("bench_rows.json", "run.json", "metrics.json")  # and every .png
+KEPT = ("bench_rows.json", "run.json", "metrics.json", "selection.png")  # what `dht bench` reads of a timed seed
 
 
 def timed_seeds(source: Path) -> list[Path]:
@@ -36,7 +36,7 @@ def timed_seeds(source: Path) -> list[Path]:
 
 
 def keep(source: Path, destination: Path) -> list[Path]:
-    """Copy each timed seed's kept rows, and the run.json, metrics.json and plots of the runs they name,
+    """Copy each timed seed's kept rows, and the run.json, metrics.json and selection.png of the runs they name,
     from ``source`` to ``destination`` (same relative paths); return the files written, relative to
     ``destination``. Raises ValueError when ``source`` holds no timed seed, or a run's metrics.json is not
     the one its seed was timed with (trained again since: its rows would not count, and its weights stay)."""
@@ -54,7 +54,7 @@ def keep(source: Path, destination: Path) -> list[Path]:
                                  "since); time that seed again first")
             files += [path for path in sorted((seed / run).rglob("*")) if path.is_file()
                       and "checkpoint" not in path.relative_to(seed / run).parts
-                      and (path.name in KEPT or path.suffix == ".png")]
+                      and path.name in KEPT]
     written = []
     for path in files:
         target = destination / path.relative_to(source)

@@ -24,7 +24,8 @@ def timed(seed_dir, runs):
 def test_only_the_runs_a_seed_was_timed_with_are_copied_without_weights(tmp_path):
     source = tmp_path / "runs"
     for name in ("seed0/full/run.json", "seed0/full/metrics.json", "seed0/full/model.safetensors",
-                 "seed0/full/tokenizer.json", "seed0/full/log.jsonl", "seed0/full/checkpoint/metrics.json",
+                 "seed0/full/tokenizer.json", "seed0/full/log.jsonl", "seed0/full/loss.png",
+                 "seed0/full/checkpoint/metrics.json",
                  "seed0/f-dht/run.json", "seed0/f-dht/metrics.json", "seed0/f-dht/selection.png",
                  "seed0/other/metrics.json",  # not one of the seed's timed runs
                  "seed1/full/run.json", "seed1/full/metrics.json"):  # seed 1: trained, not timed
