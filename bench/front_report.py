@@ -33,7 +33,7 @@ def fastbert_curve(rows: list[dict]) -> list[tuple[float, float]]:
     """FastBERT's (inference FLOPs all-in, macro-F1) means over seeds per speed, sorted by FLOPs."""
     by_speed = defaultdict(list)
     for r in rows:
-        if r["method"] == "fastbert":
+        if r["method"] == "fastbert" and r.get("kind", "knob") == "knob":  # not the bench's oracle rows
             by_speed[r["value"]].append(r)
     return sorted((mean(r["test_flop_ratio_all_in"] for r in rs), mean(r["f1_macro"] for r in rs))
                   for rs in by_speed.values())
@@ -55,20 +55,20 @@ def sweep_table(paths: list[Path], fastbert: Path | None = None) -> str:
     curve = fastbert_curve(rows)
     per_seed = {seed: fastbert_curve([r for r in rows if r["seed"] == seed]) for seed in {r["seed"] for r in rows}}
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        groups[(r["config"], r["knob"], r["value"])].append(r)
+    for r in rows:  # the bench's curves.json also holds oracle rows (``kind``), one each per run and seed
+        groups[(r["config"], r["knob"], r["value"], r.get("kind", "knob"))].append(r)
     lines = ["| run | knob | seeds | macro-F1 mean (min-max) | inference FLOPs all-in | training FLOPs all-in "
              "(per token) | FastBERT's curve there | above it | seeds above their own seed's curve |",
              "|---|---|---|---|---|---|---|---|---|"]
     seen = set()
-    for (config, knob, value), rs in groups.items():
+    for (config, knob, value, kind), rs in groups.items():
         seeds = sorted({r["seed"] for r in rs})
-        if (config, knob, value) in seen:
+        if (config, knob, value, kind) in seen:
             continue
-        seen.add((config, knob, value))
+        seen.add((config, knob, value, kind))
         f1 = [r["f1_macro"] for r in rs]
         flops = mean(r["test_flop_ratio_all_in"] for r in rs)
-        label = "" if knob is None else knob if value is None else f"{knob} {value:g}"
+        label = kind if kind != "knob" else "" if knob is None else knob if value is None else f"{knob} {value:g}"
         reference = interpolate(curve, flops) if rs[0]["method"] == "dht" else None
         verdict = "" if reference is None else "yes" if mean(f1) > reference else "no"
         paired = [(r["f1_macro"], interpolate(per_seed[r["seed"]], r["test_flop_ratio_all_in"]))

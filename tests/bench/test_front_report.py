@@ -46,3 +46,21 @@ def test_head_sets_table_pairs_each_runs_two_evaluations_and_counts_samples_on_f
     assert cells[0] == ["f", "0.8790", "0.8800", "+0.0010", "0.500 (0.500)", "0.50"]  # 4L8H and 4L10H
     assert cells[1] == ["t", "0.8700", "0.8650", "-0.0050", "0.500 (0.500)", "n/a"]  # its routes name no heads
     assert script("front_report").route_heads("2L12H>4L8H") == 8
+
+
+def test_the_benchs_oracle_rows_stay_off_fastberts_curve_and_apart_from_each_other(tmp_path):
+    rows = [row(0, "fastbert", 0.80, 0.2, value=1.0), row(0, "fastbert", 0.90, 0.4, value=0.5),
+            row(0, "dht", 0.84, 0.3, knob="continue_above", value=0.5)]
+    for method, f1, kind in (("fastbert", 0.99, "oracle_correct"), ("dht", 0.97, "oracle_correct"),
+                             ("dht", 0.85, "oracle_agrees_with_full")):
+        rows.append({**row(0, method, f1, 0.25, knob=None), "kind": kind})
+    rows = [{"kind": "knob", **r} for r in rows]
+    path = tmp_path / "curves.json"
+    path.write_text(json.dumps({"provenance": {}, "result": rows}))
+    lines = {tuple(c.strip() for c in x.strip("|").split("|"))[:2]: [c.strip() for c in x.strip("|").split("|")]
+             for x in script("front_report").sweep_table([path]).splitlines()[2:]}
+    # FastBERT's curve from its two speeds only: 0.85 at 0.3, not pulled up by its oracle's 0.99 at 0.25.
+    assert lines[("dht", "continue_above 0.5")][6] == "0.8500" and lines[("dht", "continue_above 0.5")][7] == "no"
+    assert lines[("dht", "oracle_correct")][3].startswith("0.9700")
+    assert lines[("dht", "oracle_agrees_with_full")][3].startswith("0.8500")
+    assert lines[("dht", "oracle_correct")][6] == "0.8250"  # the curve at 0.25
