@@ -40,14 +40,20 @@ def test_curve_means_average_each_knob_value_over_seeds_and_sort_by_cost():
     assert curves[("fastbert", "fastbert", "oracle_correct")] == [(None, 0.2, 0.95)]
 
 
-def test_operating_points_put_the_knob_back_even_when_an_evaluation_fails(monkeypatch):
-    import dht.benchmark.front as front
+def tiny_f_dht(cost_weight):
+    """An untrained tiny F-DHT, prepared for evaluation at ``cost_weight``."""
     from dht.training.config import RunConfig, TrainConfig
-    from dht.training.hooks import BenchRun
     from dht.training.setup import prepare
 
-    prepared = prepare(RunConfig(method="dht", backbone="tiny", options={"config": "f-dht", "cost_weight": 3.0},
-                                 train=TrainConfig(max_train=16, max_test=8)))
+    return prepare(RunConfig(method="dht", backbone="tiny", options={"config": "f-dht", "cost_weight": cost_weight},
+                             train=TrainConfig(max_train=16, max_test=8)))
+
+
+def test_operating_points_put_the_knob_back_even_when_an_evaluation_fails(monkeypatch):
+    import dht.benchmark.front as front
+    from dht.training.hooks import BenchRun
+
+    prepared = tiny_f_dht(3.0)
     calls = []
 
     def failing(_):
@@ -61,12 +67,9 @@ def test_operating_points_put_the_knob_back_even_when_an_evaluation_fails(monkey
 
 def test_the_curves_value_of_the_entry_reuses_its_evaluation_and_oracles_only_where_asked(monkeypatch):
     import dht.benchmark.front as front
-    from dht.training.config import RunConfig, TrainConfig
     from dht.training.hooks import BenchRun
-    from dht.training.setup import prepare
 
-    prepared = prepare(RunConfig(method="dht", backbone="tiny", options={"config": "f-dht", "cost_weight": 2.0},
-                                 train=TrainConfig(max_train=16, max_test=8)))
+    prepared = tiny_f_dht(2.0)
     evaluated_at = []
 
     def evaluate(_):
