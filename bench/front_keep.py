@@ -9,8 +9,8 @@ SOURCE to DESTINATION, keeping the folders' layout. Copied back into a bench's `
 counts as trained and timed, and the bench goes on with the next one.
 
 Usage:
-    python bench/front_keep.py runs/bench/runs bench/results/ag_news/front/runs   # keep the timed seeds
-    python bench/front_keep.py bench/results/ag_news/front/runs runs/bench/runs   # on the next machine
+    python bench/front_keep.py runs/bench/runs bench/results/ag_news/front/kept   # keep the timed seeds
+    python bench/front_keep.py bench/results/ag_news/front/kept runs/bench/runs   # on the next machine
 
 Only seeds with a ``bench_rows.json`` are copied, and of them only the runs it was timed with (a seed trained
 but not timed would need its weights). Copied back, they count for a bench with the same ``--output``,
@@ -21,11 +21,12 @@ seed, or a run was trained again after its seed was timed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
+
+from dht.benchmark import training_digest
 
 KEPT = ("bench_rows.json", "run.json", "metrics.json", "selection.png")  # what `dht bench` reads of a timed seed
 
@@ -49,7 +50,7 @@ def keep(source: Path, destination: Path) -> list[Path]:
         files.append(seed / "bench_rows.json")
         for run, digest in trained.items():
             metrics = seed / run / "metrics.json"
-            if hashlib.sha256(metrics.read_bytes()).hexdigest() != digest:
+            if training_digest(seed / run) != digest:
                 raise ValueError(f"{metrics}: not the run {seed / 'bench_rows.json'} was timed with (trained again "
                                  "since); time that seed again first")
             files += [path for path in sorted((seed / run).rglob("*")) if path.is_file()

@@ -224,3 +224,14 @@ def test_a_runs_points_are_kept_for_the_same_key_only(tmp_path, monkeypatch):
     assert bench_front.run_points(None, entry, tmp_path, 0, {}, {**key, "trained": "retrained"}) == [{"n": 2}]
     assert bench_front.run_points(None, entry, tmp_path, 0, {}, {**key, "code": "other"}) == [{"n": 3}]
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_runs_training_digest_is_its_training_block_only(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"train": {"seconds": 1.0, "samples": 8}, "test": {"f1": 0.5}}))
+    before = bench.training_digest(tmp_path)
+    # `dht evaluate RUN --oracle` adds its oracles to metrics.json: the kept rows and points still count.
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {"f1": 0.5}, "oracle": {"f1": 0.9},
+                                                       "train": {"samples": 8, "seconds": 1.0}}))
+    assert bench.training_digest(tmp_path) == before
+    (tmp_path / "metrics.json").write_text(json.dumps({"train": {"seconds": 2.0, "samples": 8}}))
+    assert bench.training_digest(tmp_path) != before

@@ -8,7 +8,7 @@ is not redone, once its run.json is checked to hold the settings the bench would
 one is resumed); a method with a ``teacher`` option gets that seed's BL1 run, and its training cost is also
 reported with the teacher's. ``methods`` keeps some methods' runs (BL1's always: it is every row's reference).
 Then every run's inference is timed in one process, round-robin, each run with a knob is evaluated along its
-curve and each run with routes that asks for them (``BenchRun.oracles``: F-DHT's and ours) gets its oracle
+curve and each run with routes that asks for them (``BenchRun.oracles``; of DHT's, F-DHT's and ours) gets its oracle
 routers (``dht/benchmark/front.py``). Seed by seed: a seed trains, is timed and the files below are written
 over the seeds timed so far before the next seed trains, so a bench stopped at any moment keeps every seed it
 finished (``--train-only`` trains every seed and times none, to time later on a quiet machine). A seed's rows
@@ -139,9 +139,15 @@ def portable(entry: BenchRun, runs_dir: Path) -> dict[str, Any]:
     return kept
 
 
+def training_digest(folder: Path) -> str:
+    """The sha256 of a finished run's training block (metrics.json's ``train``): which training a kept
+    measurement belongs to. Only that block: ``dht evaluate RUN --oracle`` adds to the file's other parts."""
+    return hashlib.sha256(json.dumps(read_train(folder), sort_keys=True).encode()).hexdigest()
+
+
 def digest(runs_dir: Path, entry: BenchRun) -> str:
-    """The sha256 of the entry's metrics.json: which training a kept measurement belongs to."""
-    return hashlib.sha256((runs_dir / entry.run / "metrics.json").read_bytes()).hexdigest()
+    """``training_digest`` of the entry's run folder."""
+    return training_digest(runs_dir / entry.run)
 
 
 def training_costs(runs_dir: Path, runs: list[BenchRun], entry: BenchRun) -> dict[str, float]:
@@ -199,13 +205,15 @@ def result_rows(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
 def seed_points(runs_dir: Path, runs: list[BenchRun], seed: int, device: str | None = None) -> list[str]:
     """``dht bench --points-only``: the operating points and oracles of each of the seed's trained runs
     (once BL1 is trained), kept in their folders for the timing pass. F1 and FLOPs do not depend on the
-    machine's load, so this may run beside training. Returns the run folders done."""
+    machine's load, so this may run beside training. A run without its weights (a seed kept by
+    ``bench/front_keep.py``, whose points are in its kept rows) is left out. Returns the run folders done."""
     done: list[str] = []
     if not (runs_dir / runs[0].run / "metrics.json").is_file():
         return done
     for entry in runs:
-        if entry.run in done or not (runs_dir / entry.run / "metrics.json").is_file():
-            continue
+        folder = runs_dir / entry.run
+        if entry.run in done or not ((folder / "metrics.json").is_file() and (folder / "model.safetensors").is_file()):
+            continue  # not trained yet, or kept without its weights
         kept = runs_dir / entry.run / POINTS
         if not kept.is_file() or json.loads(kept.read_text(encoding="utf-8")).get("key") != json.loads(
                 json.dumps(points_key(runs_dir, runs, entry, seed, device))):  # else kept already: not loaded

@@ -1,7 +1,6 @@
 """bench/front_keep.py: a bench's timed seeds copied without their weights, and a bench on another machine
 going on from them."""
 
-import hashlib
 import json
 
 import pytest
@@ -16,8 +15,8 @@ def touch(path, text="{}"):
 
 
 def timed(seed_dir, runs):
-    """A seed's bench_rows.json naming ``runs`` with their metrics.json digests, as the bench keeps them."""
-    trained = {run: hashlib.sha256((seed_dir / run / "metrics.json").read_bytes()).hexdigest() for run in runs}
+    """A seed's bench_rows.json naming ``runs`` with their training digests, as the bench keeps them."""
+    trained = {run: bench.training_digest(seed_dir / run) for run in runs}
     touch(seed_dir / "bench_rows.json", json.dumps({"trained": trained, "rows": [], "points": []}))
 
 
@@ -29,14 +28,14 @@ def test_only_the_runs_a_seed_was_timed_with_are_copied_without_weights(tmp_path
                  "seed0/f-dht/run.json", "seed0/f-dht/metrics.json", "seed0/f-dht/selection.png",
                  "seed0/other/metrics.json",  # not one of the seed's timed runs
                  "seed1/full/run.json", "seed1/full/metrics.json"):  # seed 1: trained, not timed
-        touch(source / name)
+        touch(source / name, '{"train": {"seconds": 1}}' if name.endswith("metrics.json") else "{}")
     timed(source / "seed0", ["full", "f-dht"])
     written = script("front_keep").keep(source, tmp_path / "kept")
     assert sorted(map(str, written)) == ["seed0/bench_rows.json", "seed0/f-dht/metrics.json", "seed0/f-dht/run.json",
                                          "seed0/f-dht/selection.png", "seed0/full/metrics.json", "seed0/full/run.json"]
     assert sorted(str(p.relative_to(tmp_path / "kept")) for p in (tmp_path / "kept").rglob("*") if p.is_file()) \
         == sorted(map(str, written))
-    touch(source / "seed0" / "full" / "metrics.json", '{"trained": "again"}')
+    touch(source / "seed0" / "full" / "metrics.json", '{"train": {"seconds": 2}}')  # trained again
     with pytest.raises(ValueError, match=r"seed0/full/metrics.json: not the run .* was timed with"):
         script("front_keep").keep(source, tmp_path / "kept2")
 
@@ -66,6 +65,9 @@ def test_kept_seeds_count_on_another_machine_whatever_code_timed_them(tmp_path, 
     monkeypatch.setattr(bench, "train", no_work)
     monkeypatch.setattr(bench, "load_run", no_work)
     monkeypatch.setattr(bench, "package_version", lambda: "another-tree")
+    # --points-only beside the next seed's training leaves the kept seeds alone (nothing to load).
+    bench.run_bench("", "tiny", bench.Path("there"), quick=True, seeds=(0, 1), progress=False, methods=("distil",),
+                    points_only=True)
     again = bench.run_bench("", "tiny", bench.Path("there"), quick=True, seeds=(0, 1), rounds=1, progress=False,
                             methods=("distil",))
     assert again == first
