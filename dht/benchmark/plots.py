@@ -2,7 +2,10 @@
 
 Every bench row is a marker (its mean over seeds), BL1 a star. On the inference plot a run with a knob
 is also a line through its operating points (FastBERT's speeds, DHT's cost weights; means over seeds)
-and its oracle routers are hollow markers. The training plot counts a distilled run's teacher.
+and its oracle routers are hollow markers (a circle: the cheapest correct route, a square: the cheapest
+route agreeing with full depth; the colour is the method's). The F1 axis starts 0.03 below the lowest
+row, so a curve that falls far below every row (P-DHT's at large cost weights) is cut rather than
+squeezing the rest. The training plot counts a distilled run's teacher.
 """
 
 from __future__ import annotations
@@ -49,16 +52,19 @@ def plot_inference_front(front: list[dict[str, Any]], points: list[dict[str, Any
     """Macro-F1 against inference FLOPs (all-in): rows, knob curves and oracle routers."""
     plt, fig, ax = _axes("Accuracy against inference cost")
     colours = _markers(ax, front, "test_flop_ratio_all_in_mean")
-    for (method, config, kind), values in curve_means(points).items():
+    labelled = set()
+    for (method, _, kind), values in curve_means(points).items():
         colour = colours.get(method)
         xs, ys = [v[1] for v in values], [v[2] for v in values]
         if kind == "knob":
             ax.plot(xs, ys, "-", color=colour, alpha=0.6, linewidth=1)
-        elif kind in ORACLES:
+        elif kind in ORACLES:  # one legend entry per oracle kind, not a label per run
+            name = "oracle: cheapest correct route" if kind == ORACLES[0] else "oracle: agrees with full depth"
             ax.scatter(xs, ys, marker="o" if kind == ORACLES[0] else "s", facecolors="none", edgecolors=[colour],
-                       s=50, zorder=2)
-            ax.annotate(f"{config} {kind.replace('oracle_', 'oracle ')}", (xs[0], ys[0]), fontsize=6,
-                        xytext=(4, -8), textcoords="offset points")
+                       s=50, zorder=2, label=None if kind in labelled else name)
+            labelled.add(kind)
+    if front:
+        ax.set_ylim(bottom=min(r["f1_macro_mean"] for r in front) - 0.03)
     ax.set_xlabel("inference FLOP ratio vs BL1 (all-in); lines: a run's knob, hollow: its oracle routers")
     ax.legend(fontsize=8)
     fig.tight_layout()
