@@ -214,10 +214,10 @@ def seed_points(runs_dir: Path, runs: list[BenchRun], seed: int, device: str | N
         folder = runs_dir / entry.run
         if entry.run in done or not ((folder / "metrics.json").is_file() and (folder / "model.safetensors").is_file()):
             continue  # not trained yet, or kept without its weights
-        kept = runs_dir / entry.run / POINTS
+        kept = folder / POINTS
         if not kept.is_file() or json.loads(kept.read_text(encoding="utf-8")).get("key") != json.loads(
                 json.dumps(points_key(runs_dir, runs, entry, seed, device))):  # else kept already: not loaded
-            ready = load_run(runs_dir / entry.run, overrides=inference_options(entry), device=device)
+            ready = load_run(folder, overrides=inference_options(entry), device=device)
             entry_points(ready, runs_dir, runs, entry, seed, device)
         done.append(entry.run)
     return done
@@ -229,7 +229,7 @@ SEED_ROWS = "bench_rows.json"  # a seed's rows and points, kept in its runs fold
 def seed_results(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
                  device: str | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``result_rows`` for one seed, or what an earlier bench wrote for the same entries, trained runs
-    (their metrics.json), rounds, device and ``dht`` package (``SEED_ROWS``): a bench stopped after a
+    (``training_digest``), rounds, device and ``dht`` package (``SEED_ROWS``): a bench stopped after a
     seed's timing does not time that seed again; a run trained anew, or changed code, is timed again,
     unless a run's weights are gone (the folders ``bench/front_keep.py`` copies): such a seed cannot be
     timed again, so its kept rows count whatever code timed them (each row's ``timed_by``), and
@@ -290,8 +290,8 @@ def run_bench(data: str, backbone: str, output: Path, quick: bool, seeds: tuple[
     OUTPUT/runs/seedS. ``methods``: only these methods' runs (and BL1's). ``train_only``: train every seed
     and time none (time later, on a quiet machine; returns no rows). ``points_only``: train nothing and
     time nothing, only keep the trained runs' operating points and oracles (``seed_points``, which may run
-    beside training; returns no rows). Raises ValueError for an unknown
-    method or a run folder of other settings (every seed's folders are checked before anything trains)."""
+    beside training; returns no rows). Raises ValueError for an unknown method or a run folder of other
+    settings (every seed's folders are checked before anything trains)."""
     from dht.model import resolve_backbone
 
     num_layers = resolve_backbone(backbone).config.num_layers
