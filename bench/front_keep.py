@@ -26,14 +26,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from dht.benchmark import training_digest
+from dht.benchmark import SEED_ROWS, training_digest
 
-KEPT = ("bench_rows.json", "run.json", "metrics.json", "selection.png")  # what `dht bench` reads of a timed seed
+RUN_FILES = ("run.json", "metrics.json", "selection.png")  # what `dht bench` reads of a timed seed's runs
 
 
 def timed_seeds(source: Path) -> list[Path]:
     """The folders under ``source`` (itself included) that hold a bench's kept rows, sorted."""
-    return sorted(rows.parent for rows in source.rglob("bench_rows.json"))
+    return sorted(rows.parent for rows in source.rglob(SEED_ROWS))
 
 
 def keep(source: Path, destination: Path) -> list[Path]:
@@ -43,19 +43,16 @@ def keep(source: Path, destination: Path) -> list[Path]:
     the one its seed was timed with (trained again since: its rows would not count, and its weights stay)."""
     seeds = timed_seeds(source)
     if not seeds:
-        raise ValueError(f"{source}: no bench_rows.json under it (no seed was timed)")
+        raise ValueError(f"{source}: no {SEED_ROWS} under it (no seed was timed)")
     files = []
     for seed in seeds:
-        trained = json.loads((seed / "bench_rows.json").read_text(encoding="utf-8"))["trained"]
-        files.append(seed / "bench_rows.json")
+        trained = json.loads((seed / SEED_ROWS).read_text(encoding="utf-8"))["trained"]
+        files.append(seed / SEED_ROWS)
         for run, digest in trained.items():
-            metrics = seed / run / "metrics.json"
             if training_digest(seed / run) != digest:
-                raise ValueError(f"{metrics}: not the run {seed / 'bench_rows.json'} was timed with (trained again "
-                                 "since); time that seed again first")
-            files += [path for path in sorted((seed / run).rglob("*")) if path.is_file()
-                      and "checkpoint" not in path.relative_to(seed / run).parts
-                      and path.name in KEPT]
+                raise ValueError(f"{seed / run / 'metrics.json'}: not the run {seed / SEED_ROWS} was timed with "
+                                 "(trained again since); time that seed again first")
+            files += [seed / run / name for name in RUN_FILES if (seed / run / name).is_file()]
     written = []
     for path in files:
         target = destination / path.relative_to(source)

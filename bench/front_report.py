@@ -60,12 +60,8 @@ def sweep_table(paths: list[Path], fastbert: Path | None = None) -> str:
     lines = ["| run | knob | seeds | macro-F1 mean (min-max) | inference FLOPs all-in | training FLOPs all-in "
              "(per token) | FastBERT's curve there | above it | seeds above their own seed's curve |",
              "|---|---|---|---|---|---|---|---|---|"]
-    seen = set()
     for (config, knob, value, kind), rs in groups.items():
         seeds = sorted({r["seed"] for r in rs})
-        if (config, knob, value, kind) in seen:
-            continue
-        seen.add((config, knob, value, kind))
         f1 = [r["f1_macro"] for r in rs]
         flops = mean(r["test_flop_ratio_all_in"] for r in rs)
         label = kind if kind != "knob" else "" if knob is None else knob if value is None else f"{knob} {value:g}"

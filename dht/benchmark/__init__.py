@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import dht.methods  # noqa: F401  (registers the built-in methods)
-from dht.benchmark.front import POINTS, front_rows, front_table, read_train, run_points, with_teacher
+from dht.benchmark.front import front_rows, front_table, kept_points, read_train, run_points, with_teacher
 from dht.benchmark.plots import plot_inference_front, plot_training_front
 from dht.provenance import package_version, write_result
 from dht.training.config import RunConfig, TrainConfig, read_run_settings
@@ -145,9 +145,10 @@ def training_digest(folder: Path) -> str:
     return hashlib.sha256(json.dumps(read_train(folder), sort_keys=True).encode()).hexdigest()
 
 
-def digest(runs_dir: Path, entry: BenchRun) -> str:
-    """``training_digest`` of the entry's run folder."""
-    return training_digest(runs_dir / entry.run)
+def has_weights(folder: Path) -> bool:
+    """Whether a run folder holds its model (a finished run, or one mid-finishing; not one kept by
+    ``bench/front_keep.py``, which copies no weights)."""
+    return (folder / "model.safetensors").is_file()
 
 
 def training_costs(runs_dir: Path, runs: list[BenchRun], entry: BenchRun) -> dict[str, float]:
@@ -160,7 +161,7 @@ def training_costs(runs_dir: Path, runs: list[BenchRun], entry: BenchRun) -> dic
 
 def points_key(runs_dir: Path, runs: list[BenchRun], entry: BenchRun, seed: int, device: str | None) -> dict[str, Any]:
     """What an entry's kept operating points depend on: the entry, its training, its costs, code and device."""
-    return {"entry": portable(entry, runs_dir), "trained": digest(runs_dir, entry), "seed": seed,
+    return {"entry": portable(entry, runs_dir), "trained": training_digest(runs_dir / entry.run), "seed": seed,
             "costs": training_costs(runs_dir, runs, entry), "code": package_version(),
             "device": str(resolve_device(device))}
 
@@ -212,13 +213,12 @@ def seed_points(runs_dir: Path, runs: list[BenchRun], seed: int, device: str | N
         return done
     for entry in runs:
         folder = runs_dir / entry.run
-        if entry.run in done or not ((folder / "metrics.json").is_file() and (folder / "model.safetensors").is_file()):
+        if entry.run in done or not ((folder / "metrics.json").is_file() and has_weights(folder)):
             continue  # not trained yet, or kept without its weights
-        kept = folder / POINTS
-        if not kept.is_file() or json.loads(kept.read_text(encoding="utf-8")).get("key") != json.loads(
-                json.dumps(points_key(runs_dir, runs, entry, seed, device))):  # else kept already: not loaded
+        key = points_key(runs_dir, runs, entry, seed, device)
+        if kept_points(folder, key) is None:  # else kept already: not loaded
             ready = load_run(folder, overrides=inference_options(entry), device=device)
-            entry_points(ready, runs_dir, runs, entry, seed, device)
+            run_points(ready, entry, folder, seed, key["costs"], key)
         done.append(entry.run)
     return done
 
@@ -235,11 +235,11 @@ def seed_results(runs_dir: Path, runs: list[BenchRun], rounds: int, seed: int,
     timed again, so its kept rows count whatever code timed them (each row's ``timed_by``), and
     ValueError is raised when anything else differs."""
     kept = runs_dir / SEED_ROWS
-    trained = {entry.run: digest(runs_dir, entry) for entry in runs}
+    trained = {entry.run: training_digest(runs_dir / entry.run) for entry in runs}
     what = json.loads(json.dumps({"runs": [portable(entry, runs_dir) for entry in runs], "trained": trained,
                                   "rounds": rounds, "device": str(resolve_device(device)),
                                   "code": package_version()}))
-    gone = [entry.run for entry in runs if not (runs_dir / entry.run / "model.safetensors").is_file()]
+    gone = [entry.run for entry in runs if not has_weights(runs_dir / entry.run)]
     if kept.is_file():
         saved = json.loads(kept.read_text(encoding="utf-8"))
         differs = sorted(k for k in what if saved.get(k) != what[k])

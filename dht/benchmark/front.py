@@ -86,16 +86,23 @@ def run_points(prepared: Prepared, entry: BenchRun, folder: Path, seed: int, cos
     """``operating_points``, or what an earlier bench kept in ``folder`` (``POINTS``) under the same ``key``
     (the entry, its trained run, the code and device): the points are deterministic, so a stopped timing
     pass, or ``dht bench --points-only`` run beside training, leaves them to the next bench."""
-    kept, key = folder / POINTS, json.loads(json.dumps(key))  # compared as it is kept
-    if kept.is_file():
-        saved = json.loads(kept.read_text(encoding="utf-8"))
-        if saved.get("key") == key:
-            return saved["points"]
+    kept = kept_points(folder, key)
+    if kept is not None:
+        return kept
     points = operating_points(prepared, entry, seed, costs, evaluated)
-    partial = kept.with_suffix(".partial")
+    partial = (folder / POINTS).with_suffix(".partial")
     partial.write_text(json.dumps({"key": key, "points": points}, indent=1), encoding="utf-8")
-    partial.replace(kept)  # whole or absent
+    partial.replace(folder / POINTS)  # whole or absent
     return points
+
+
+def kept_points(folder: Path, key: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The points kept in ``folder`` (``POINTS``) under ``key``, or None (none kept, or under another key)."""
+    kept = folder / POINTS
+    if not kept.is_file():
+        return None
+    saved = json.loads(kept.read_text(encoding="utf-8"))
+    return saved["points"] if saved.get("key") == json.loads(json.dumps(key)) else None  # compared as kept
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
