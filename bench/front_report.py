@@ -47,6 +47,15 @@ def interpolate(curve: list[tuple[float, float]], x: float) -> float | None:
     return None
 
 
+def row_label(knob: str | None, value: float | None, kind: str) -> str:
+    """A sweep row's knob column: the oracle's name, the knob and its value, or nothing (a row without a knob)."""
+    if kind != "knob":
+        return kind
+    if knob is None:
+        return ""
+    return knob if value is None else f"{knob} {value:g}"
+
+
 def sweep_table(paths: list[Path], fastbert: Path | None = None) -> str:
     rows = [r for path in paths for r in load(path)[1]]
     if fastbert is not None:
@@ -64,7 +73,7 @@ def sweep_table(paths: list[Path], fastbert: Path | None = None) -> str:
         seeds = sorted({r["seed"] for r in rs})
         f1 = [r["f1_macro"] for r in rs]
         flops = mean(r["test_flop_ratio_all_in"] for r in rs)
-        label = kind if kind != "knob" else "" if knob is None else knob if value is None else f"{knob} {value:g}"
+        label = row_label(knob, value, kind)
         reference = interpolate(curve, flops) if rs[0]["method"] == "dht" else None
         verdict = "" if reference is None else "yes" if mean(f1) > reference else "no"
         paired = [(r["f1_macro"], interpolate(per_seed[r["seed"]], r["test_flop_ratio_all_in"]))

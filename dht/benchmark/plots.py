@@ -48,6 +48,10 @@ def _markers(ax: Any, front: list[dict[str, Any]], x_key: str) -> dict[str, str]
     return colours
 
 
+ORACLE_STYLE = dict(zip(ORACLES, (("o", "oracle: cheapest correct route"),
+                                  ("s", "oracle: agrees with full depth"))))  # marker, legend entry
+
+
 def plot_inference_front(front: list[dict[str, Any]], points: list[dict[str, Any]], out: Path) -> None:
     """Macro-F1 against inference FLOPs (all-in): rows, knob curves and oracle routers."""
     plt, fig, ax = _axes("Accuracy against inference cost")
@@ -58,10 +62,10 @@ def plot_inference_front(front: list[dict[str, Any]], points: list[dict[str, Any
         xs, ys = [v[1] for v in values], [v[2] for v in values]
         if kind == "knob":
             ax.plot(xs, ys, "-", color=colour, alpha=0.6, linewidth=1)
-        elif kind in ORACLES:  # one legend entry per oracle kind, not a label per run
-            name = "oracle: cheapest correct route" if kind == ORACLES[0] else "oracle: agrees with full depth"
-            ax.scatter(xs, ys, marker="o" if kind == ORACLES[0] else "s", facecolors="none", edgecolors=[colour],
-                       s=50, zorder=2, label=None if kind in labelled else name)
+        elif kind in ORACLE_STYLE:  # one legend entry per oracle kind, not a label per run
+            marker, name = ORACLE_STYLE[kind]
+            ax.scatter(xs, ys, marker=marker, facecolors="none", edgecolors=[colour], s=50, zorder=2,
+                       label=None if kind in labelled else name)
             labelled.add(kind)
     if front:
         ax.set_ylim(bottom=min(r["f1_macro_mean"] for r in front) - 0.03)
