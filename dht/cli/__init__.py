@@ -134,9 +134,11 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
     bench.add_argument("--quiet", action="store_true")
 
     paths = commands.add_parser("bench-paths", help="Transformer⁻¹: warm-up, steady seconds and switching overhead "
-                                "per layer of eager, bucketed and compiled inference", allow_abbrev=False)
+                                "per layer of eager, bucketed, compiled and graph-replayed inference",
+                                allow_abbrev=False)
     paths.add_argument("run_dir", type=Path)
     paths.add_argument("--compile", action="store_true", help="also torch.compile the folded layer (slow on a CPU)")
+    paths.add_argument("--graphs", action="store_true", help="also replay CUDA graphs (a CUDA device only)")
     paths.add_argument("--reference", type=Path, default=None, help="a BL1 run timed in the same process")
     paths.add_argument("--output", type=Path, default=None, help="JSON to write (default RUN/bench_paths.json)")
     paths.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench-paths":
             from dht.benchmark.paths import bench_paths
 
-            result = bench_paths(args.run_dir, args.compile, args.reference, args.device, args.output)
+            result = bench_paths(args.run_dir, args.compile, args.reference, args.device, args.output, args.graphs)
             for row in result["modes"]:
                 switching = row["switch_overhead_us_per_layer"]
                 print(f"{row['mode']:8} warm-up {row['warm_up_seconds']:.1f} s, first pass "

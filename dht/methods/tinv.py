@@ -83,6 +83,8 @@ class TInvOptions(MethodOptions):
                            "up at load (spec §11)", inference=True)
     compile: bool = option(False, "torch.compile the folded layer once per length bucket (implies --buckets; "
                            "minutes to compile on a CPU)", inference=True)
+    graphs: bool = option(False, "replay one CUDA graph per layer, width and shape bucket, captured at load "
+                          "(spec §11; needs --device cuda)", inference=True)
 
     def __post_init__(self) -> None:
         if self.config not in PRESETS:
@@ -93,6 +95,8 @@ class TInvOptions(MethodOptions):
             raise ValueError(f"--controller must be one of {', '.join(CONTROLLERS)}, got {self.controller!r}")
         if not self.cost_weight >= 0:
             raise ValueError(f"--cost-weight must be >= 0, got {self.cost_weight}")
+        if self.graphs and self.compile:
+            raise ValueError("--graphs and --compile are two ways to pre-compile the layers: give one")
         for name in ("predictor_quantile", "entropy_threshold"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
@@ -153,7 +157,8 @@ class TInvMethod(TInvInference, Method):
         self.updates, self.total_updates, self.steps = 0, 1, 0
         self.calibration: dict[str, Any] = {}
         self.importance: dict[str, Any] = {}  # tinv-w's head-importance pass: rows, seconds, FLOPs
-        self.warm_up_seconds = 0.0  # of the last fold with --buckets
+        self.warm_up_seconds = 0.0  # of the last fold with --buckets or --graphs
+        self.layer_graphs = None  # with --graphs, the captured layers (fold)
 
     # --- features ------------------------------------------------------------------------
     def _mean_embedding(self, input_ids: Tensor, mask: Tensor) -> Tensor:

@@ -4,7 +4,8 @@ A batch's features and the predictor's prior are computed once; with the policy,
 sample's width; the samples of one width then run layer by layer, and after each layer the controller
 (the policy's HALT, the predictor's depth, or the entropy exit) halts some of them. The rest are compacted
 and their padding trimmed; with ``--buckets`` each layer call is padded up to a fixed shape bucket, warmed
-up once (``fold``), and with ``--compile`` (on buckets) the folded layer is compiled once per length bucket.
+up once (``fold``); with ``--compile`` (on buckets) the folded layer is compiled once per length bucket; with
+``--graphs`` (CUDA) each layer and its exit replay a graph captured at load (``dht/model/graphs.py``).
 
 ``TInvInference`` is a mixin of ``TInvMethod`` (``dht/methods/tinv.py``), which owns training and state.
 """
@@ -22,16 +23,9 @@ from dht.data import Batch
 from dht.flops import classifier_flops, full_forward_flops, plan_forward_flops
 from dht.model import ExecutionPlan
 from dht.model.folding import FoldedStack, folded_layer
+from dht.model.graphs import BATCH_BUCKETS, LENGTH_BUCKETS, Capture, LayerGraphs, bucket, cuda_graph_capture
 from dht.search.exits import normalised_entropy
 from dht.training.hooks import Prediction
-
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # spec §11: the running samples are padded up to one of these
-LENGTH_BUCKETS = (16, 32, 48, 64, 96, 128)  # and their tokens up to one of these
-
-
-def bucket(size: int, buckets: tuple[int, ...]) -> int:
-    """The smallest bucket that holds ``size``; ``size`` itself beyond the largest."""
-    return next((b for b in buckets if b >= size), size)
 
 
 def route_name(depth: int, width: int) -> str:
@@ -74,26 +68,51 @@ class TInvInference:
     def fold(self) -> FoldedStack:
         """The folded layers, rebuilt when the layers' weights or head order changed (training updates the
         weights in place); with ``--buckets`` (or ``--compile``, which implies them), every shape bucket is
-        run once first (oneDNN builds its kernels per shape; the compiler compiles), and the seconds that takes
-        are kept in ``warm_up_seconds``."""
+        run once first (oneDNN builds its kernels per shape; the compiler compiles); with ``--graphs``, one
+        graph per layer, width and shape bucket is captured (``layer_graphs``). The seconds either takes are
+        kept in ``warm_up_seconds``."""
+        o = self.options
         weights = tuple((p.data_ptr(), p._version) for p in self.model.layers.parameters())
-        key = (weights, str(self.head_order), self.options.buckets, self.options.compile)
+        key = (weights, str(self.head_order), o.buckets, o.compile, o.graphs)
         if getattr(self, "_folded", None) is not None and self._folded[0] == key:
             return self._folded[1]
+        capture = self.graph_capture() if o.graphs else None  # refused before anything is built
+        self._folded, self.layer_graphs = None, None  # the old graphs' memory goes before the new capture
         folded = FoldedStack(self.model, self.head_order)
-        self._folded = (key, folded)
-        self.warm_up_seconds = 0.0
-        if self.options.buckets or self.options.compile:
-            start = time.perf_counter()
-            E = self.model.config.hidden_size
-            with torch.no_grad():
+        start = time.perf_counter()
+        config = self.model.config
+        with torch.no_grad():
+            if capture is not None:
+                self.layer_graphs = LayerGraphs(folded, self.model.pool, self.model.classifier, self.widths,
+                                                config.hidden_size, config.num_classes, self.device, capture,
+                                                length_buckets=self.length_buckets())
+            elif o.buckets or o.compile:
                 for width in self.widths:
                     for B in BATCH_BUCKETS:
                         for T in LENGTH_BUCKETS:
                             mask = torch.ones(B, T, dtype=torch.bool, device=self.device)
-                            self._run_layer(folded, torch.zeros(B, T, E, device=self.device), mask, 0, width)
-            self.warm_up_seconds = time.perf_counter() - start
+                            self._run_layer(folded, torch.zeros(B, T, config.hidden_size, device=self.device),
+                                            mask, 0, width)
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.warm_up_seconds = time.perf_counter() - start
+        self._folded = (key, folded)
         return folded
+
+    def check_device(self) -> None:
+        """``--graphs`` runs on a CUDA device only (ValueError elsewhere)."""
+        if self.options.graphs and torch.device(self.device).type != "cuda":
+            raise ValueError(f"--graphs needs a CUDA device (--device cuda); this run is on {self.device}")
+
+    def graph_capture(self) -> Capture:
+        """How ``--graphs`` captures a layer's work: CUDA graphs (``check_device`` refuses other devices)."""
+        self.check_device()
+        return cuda_graph_capture()
+
+    def length_buckets(self) -> tuple[int, ...]:
+        """The length buckets up to the run's --max-length, which is the last one."""
+        longest = self.run.train.max_length
+        return tuple(T for T in LENGTH_BUCKETS if T < longest) + (longest,)
 
     def _run_layer(self, folded: FoldedStack, h: Tensor, mask: Tensor, layer: int, width: int) -> Tensor:
         """One folded layer on the running samples, padded up to their shape bucket with ``--buckets``
@@ -149,14 +168,16 @@ class TInvInference:
             out, _, state = self.policy.step(x, None, None, first=True)
             width = torch.tensor(self.widths)[out.argmax(-1).cpu()]
         context = (features, prior, cost_weight)
+        # With --graphs a group is at most the largest batch bucket; each chunk halts on its own, as a batch would.
+        chunk = self.layer_graphs.max_rows if o.graphs else B
         for w in width.unique().tolist():
-            rows = (width == w).nonzero().squeeze(1).to(input_ids.device)
-            group_state = None if state is None else (state[0][rows], state[1][rows])
-            group_logits, group_depth = self._halt_group(folded, input_ids[rows], mask[rows], w,
-                                                         [None if c is None else c[rows] for c in context],
-                                                         group_state)
-            logits[rows] = group_logits
-            depth[rows.cpu()] = group_depth
+            for rows in (width == w).nonzero().squeeze(1).to(input_ids.device).split(chunk):
+                group_state = None if state is None else (state[0][rows], state[1][rows])
+                group_logits, group_depth = self._halt_group(folded, input_ids[rows], mask[rows], w,
+                                                             [None if c is None else c[rows] for c in context],
+                                                             group_state)
+                logits[rows] = group_logits
+                depth[rows.cpu()] = group_depth
         return self._halting_prediction(logits, depth.tolist(), width.tolist(), tokens)
 
     def _halt_group(self, folded: FoldedStack, input_ids: Tensor, mask: Tensor, width: int,
@@ -176,11 +197,16 @@ class TInvInference:
         logits = torch.empty(n, model.config.num_classes, device=input_ids.device)
         depth = torch.full((n,), L, dtype=torch.long)
         active = torch.arange(n, device=input_ids.device)
-        h, previous = model.embed(input_ids), None
+        h, previous, graphs = model.embed(input_ids), None, self.layer_graphs if o.graphs else None
+        if graphs is not None:
+            graphs.load(h, mask)
         for t in range(L):
-            h = self._run_layer(folded, h, mask, t, width)
-            pooled = model.pool(h, mask)
-            exit_logits = model.classifier(pooled)
+            if graphs is not None:  # the layer, the pooling and the exit: one replay, read from static buffers
+                pooled, exit_logits = graphs.layer(t, width)
+            else:
+                h = self._run_layer(folded, h, mask, t, width)
+                pooled = model.pool(h, mask)
+                exit_logits = model.classifier(pooled)
             if t == L - 1:
                 logits[active] = exit_logits
                 break
@@ -199,10 +225,14 @@ class TInvInference:
             if halt.all():
                 break
             keep = ~halt
-            active, h, mask, previous = active[keep], h[keep], mask[keep], exit_logits[keep]
+            active, previous = active[keep], exit_logits[keep]
             state = None if state is None else (state[0][keep], state[1][keep])
-            trimmed = int(mask.sum(1).max())
-            h, mask = h[:, :trimmed], mask[:, :trimmed]
+            if graphs is not None:
+                graphs.keep(keep)
+            else:
+                h, mask = h[keep], mask[keep]
+                trimmed = int(mask.sum(1).max())
+                h, mask = h[:, :trimmed], mask[:, :trimmed]
         return logits, depth
 
     def _halting_prediction(self, logits: Tensor, depth: list[int], width: list[int], tokens: list[int]) -> Prediction:

@@ -262,7 +262,16 @@ class Method:
         changeable = {field.name for field in self.Options.fields() if field.inference}
         if set(changes) - changeable:
             raise ValueError(f"method {self.name} has no inference option {', '.join(set(changes) - changeable)}")
-        self.options = self.options.replace(**changes)
+        previous, self.options = self.options, self.options.replace(**changes)
+        try:
+            self.check_device()
+        except ValueError:
+            self.options = previous  # a refused change leaves the method as it was
+            raise
+
+    def check_device(self) -> None:
+        """Refuse options this device cannot run (ValueError naming the flag); called once the network is
+        on its device, before anything is written or evaluated, and after each ``set_inference_options``."""
 
     def fixed_routes(self) -> list[str]:
         """The paths a sample can take at inference (DHT's arms, FastBERT's exits), shallowest first;

@@ -92,6 +92,7 @@ def prepare(run: RunConfig, data: str | None = None, device: str | None = None) 
     prepared = _assemble(run, dataset, backbone.tokenizer_json, model)
     model.to(where)  # after the method has added its modules (FastBERT's branches), before it copies a teacher
     prepared.method.check_training_rows(len(prepared.train))  # before anything is written
+    prepared.method.check_device()
     prepared.method.initialise()
     return prepared
 
@@ -157,6 +158,7 @@ def open_run(run_dir: Path, overrides: dict | None = None, device: str | None = 
                          f"({str(error).splitlines()[0][:200]})") from None
     method = make_method(model, run)
     model.to(where)
+    method.check_device()
     if (run_dir / "method.json").is_file():
         with damaged(run_dir / "method.safetensors"):
             tensors = load_file(str(run_dir / "method.safetensors"))

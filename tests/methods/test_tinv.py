@@ -293,6 +293,84 @@ def test_buckets_pad_rows_and_tokens_without_changing_a_logit(tinv_run):
 # --compile is not tested here: compiling the layer takes minutes on a 2-core CPU (`dht bench-paths --compile`).
 
 
+@pytest.mark.parametrize("preset", ["tinv", "tinv-w"])
+def test_graph_replay_halts_like_the_eager_loop(preset, tinv_run, tinv_w_run, monkeypatch):
+    """--graphs with every replay a call of the captured work on the same buffers (``rerun_capture``, what a
+    CUDA graph replays): the same paths, logits and FLOPs as the eager loop, on 70 samples, more than the
+    largest batch bucket (64), so one width group runs in two chunks."""
+    from dht.methods.tinv_inference import TInvInference
+    from dht.model.graphs import rerun_capture
+
+    monkeypatch.setattr(TInvInference, "check_device", lambda self: None)  # this CPU stands in for a GPU
+    monkeypatch.setattr(TInvInference, "graph_capture", lambda self: rerun_capture)
+    method = open_run(tinv_run if preset == "tinv" else tinv_w_run).method
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(5, 100, (70, 17), generator=g)
+    mask = torch.arange(17)[None, :] < torch.randint(3, 18, (70, 1), generator=g)
+    batch = Batch(ids, mask, torch.zeros(70, dtype=torch.long), torch.arange(70))
+    with torch.no_grad():
+        method.model.eval()
+        first_exit = method.forward_exits(batch, method.widths[0])[0][:, 0]
+    split = float(normalised_entropy(first_exit).median()) + 1e-6
+    for controller, knob in (("policy", {"cost_weight": 0.05}), ("entropy", {"entropy_threshold": split}),
+                             ("predictor", {"predictor_quantile": 0.5})):
+        method.set_inference_options(controller=controller, graphs=False, **knob)
+        eager = method.predict(batch)
+        method.set_inference_options(graphs=True)
+        replayed = method.predict(batch)
+        assert method.layer_graphs is not None and method.warm_up_seconds > 0
+        assert replayed.routes == eager.routes, controller
+        assert torch.allclose(replayed.logits, eager.logits, atol=1e-5), controller
+        assert torch.equal(replayed.flops, eager.flops) and torch.equal(replayed.all_in, eager.all_in)
+        if controller == "entropy":
+            assert len(set(eager.routes)) > 1  # samples halted at several depths: compaction was exercised
+
+
+def test_bench_paths_measures_every_mode_on_the_same_paths(tinv_run, tmp_path, monkeypatch):
+    from dht.benchmark.paths import bench_paths
+    from dht.methods.tinv_inference import TInvInference
+    from dht.model.graphs import rerun_capture
+
+    monkeypatch.setattr(TInvInference, "check_device", lambda self: None)  # as in the test above
+    monkeypatch.setattr(TInvInference, "graph_capture", lambda self: rerun_capture)
+    deeper = {"controller": "entropy", "entropy_threshold": 0.999}  # a third halt at depth 1, the rest go on
+    result = bench_paths(tinv_run, output=tmp_path / "paths.json", graphs=True, overrides=deeper)
+    assert json.loads((tmp_path / "paths.json").read_text())["result"] == json.loads(json.dumps(result))
+    modes = {row["mode"]: row for row in result["modes"]}
+    assert list(modes) == ["eager", "buckets", "graphs"] and result["samples"] == 32
+    boundaries = {row["layer_boundaries"] for row in modes.values()}
+    assert len(boundaries) == 1 and boundaries.pop() > 0  # one schedule, replayed in every mode
+    for row in modes.values():
+        assert row["same_paths_as_eager"] and row["max_log_probability_difference_to_eager"] < 1e-5
+        assert row["flop_ratio_all_in"] == modes["eager"]["flop_ratio_all_in"]
+        assert row["switch_overhead_us_per_layer"] == pytest.approx(
+            (row["halting_seconds"] - row["fixed_plan_seconds"]) / row["layer_boundaries"] * 1e6)
+    assert modes["graphs"]["graphs"] and modes["graphs"]["warm_up_seconds"] > 0
+
+
+def test_graphs_on_a_cpu_stop_with_one_line(tinv_run, tmp_path, capsys):
+    code = main(["evaluate", str(tinv_run), "--graphs", "true", "--output", str(tmp_path / "e.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--graphs needs a CUDA device" in err[0], err
+    assert not (tmp_path / "e.json").exists()
+    code = main(["train", "--method", "tinv", "--backbone", "tiny", "--output", str(tmp_path / "r"), "--quiet",
+                 "--predictor", "logistic", "--graphs", "true"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--graphs needs a CUDA device" in err[0], err
+    assert not (tmp_path / "r").exists()
+    method = open_run(tinv_run).method
+    with pytest.raises(ValueError, match="--graphs needs a CUDA device"):
+        method.set_inference_options(graphs=True, controller="entropy")
+    assert not method.options.graphs and method.options.controller == "policy"  # left as it was
+    code = main(["bench-paths", str(tinv_run), "--graphs", "--output", str(tmp_path / "paths.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--graphs needs a CUDA device" in err[0], err
+    assert not (tmp_path / "paths.json").exists()
+    code = main(["evaluate", str(tinv_run), "--graphs", "true", "--compile", "true"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "give one" in err[0], err
+
+
 # --- tinv-w: widths and head importance ---------------------------------------------------------
 def test_head_importance_is_zero_for_a_head_that_writes_nothing():
     from dht.model.folding import head_importance
