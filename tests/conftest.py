@@ -46,3 +46,11 @@ def dataset_read_once():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(setup, "read_dataset", functools.lru_cache(maxsize=None)(setup.read_dataset))
         yield
+
+
+@pytest.fixture
+def float32_products():
+    """A call that makes matrix products float32 (no TF32, which a CUDA run turns on); undone after the test."""
+    before = torch.get_float32_matmul_precision()
+    yield lambda: torch.set_float32_matmul_precision("highest")
+    torch.set_float32_matmul_precision(before)

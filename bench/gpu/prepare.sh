@@ -3,7 +3,8 @@
 #   .gpu/minilm16  MiniLM-L6 as a local Hugging Face directory, its weights in float16 (the float32 file is
 #                  90 MB, over the 64 MiB a call carries; dht widens them to float32 when it loads them)
 #   .whl/          Python 3.12 wheels of dht's needs the GPU machine's image lacks (torchrl and tensordict
-#                  for Transformer⁻¹'s PPO, pydantic for the run files). Not lightgbm: with the tracked
+#                  for Transformer⁻¹'s PPO, pydantic for the run files), and the versions they need of two
+#                  it has (typing_extensions, zipp). Not lightgbm: with the tracked
 #                  files the two folders fill about 60.5 of the 64 MiB a call carries, so the GPU's
 #                  Transformer⁻¹ run takes --predictor logistic.
 # Both folders are ignored by git (.gitignore) and travel by name: carry=[".gpu", ".whl"].
@@ -31,7 +32,7 @@ rm -rf .whl && mkdir .whl
 version() { "$PY" -m pip show "$1" 2>/dev/null | awk '/^Version:/{print $2}'; }
 wheels=()
 for name in torchrl tensordict pyvers hoptorch orjson importlib_metadata lazy-importer pydantic pydantic_core \
-            annotated-types typing-inspection; do
+            annotated-types typing-inspection typing_extensions zipp; do
   wheels+=("$name==$(version "$name")")
 done
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -72,7 +72,9 @@ class TInvInference:
         graph per layer, width and shape bucket is captured (``layer_graphs``). The seconds either takes are
         kept in ``warm_up_seconds``."""
         o = self.options
-        weights = tuple((p.data_ptr(), p._version) for p in self.model.layers.parameters())
+        # The classifier too: captured graphs read its weights where they are.
+        weights = tuple((p.data_ptr(), p._version) for p in (*self.model.layers.parameters(),
+                                                              *self.model.classifier.parameters()))
         key = (weights, str(self.head_order), o.buckets, o.compile, o.graphs)
         if getattr(self, "_folded", None) is not None and self._folded[0] == key:
             return self._folded[1]
@@ -85,7 +87,7 @@ class TInvInference:
             if capture is not None:
                 self.layer_graphs = LayerGraphs(folded, self.model.pool, self.model.classifier, self.widths,
                                                 config.hidden_size, config.num_classes, self.device, capture,
-                                                length_buckets=self.length_buckets())
+                                                BATCH_BUCKETS, self.length_buckets())
             elif o.buckets or o.compile:
                 for width in self.widths:
                     for B in BATCH_BUCKETS:
@@ -95,7 +97,7 @@ class TInvInference:
                                             mask, 0, width)
         if torch.device(self.device).type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.warm_up_seconds = time.perf_counter() - start
+        self.warm_up_seconds = time.perf_counter() - start if o.buckets or o.compile or o.graphs else 0.0
         self._folded = (key, folded)
         return folded
 
@@ -107,7 +109,7 @@ class TInvInference:
     def graph_capture(self) -> Capture:
         """How ``--graphs`` captures a layer's work: CUDA graphs (``check_device`` refuses other devices)."""
         self.check_device()
-        return cuda_graph_capture()
+        return cuda_graph_capture(self.device)
 
     def length_buckets(self) -> tuple[int, ...]:
         """The length buckets up to the run's --max-length, which is the last one."""

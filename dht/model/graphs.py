@@ -47,21 +47,23 @@ def bucket(size: int, buckets: Sequence[int]) -> int:
     return next((b for b in buckets if b >= size), size)
 
 
-def cuda_graph_capture(pool: tuple[int, int] | None = None) -> Capture:
-    """Capture on the current CUDA device (``torch.cuda.CUDAGraph``), every graph in ``pool`` (one
+def cuda_graph_capture(device: torch.device | str = "cuda", pool: tuple[int, int] | None = None) -> Capture:
+    """Capture on CUDA ``device`` (``torch.cuda.CUDAGraph``), every graph in ``pool`` (one
     ``torch.cuda.graph_pool_handle()`` by default). Each function runs once on a side stream first, as
     PyTorch asks before a capture (cuBLAS workspaces and lazy initialisation happen outside the graph)."""
-    pool = torch.cuda.graph_pool_handle() if pool is None else pool
+    with torch.cuda.device(device):
+        pool = torch.cuda.graph_pool_handle() if pool is None else pool
 
     def capture(fn: Callable[[], None]) -> Callable[[], None]:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            fn()
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                fn()
         return graph.replay
 
     return capture
@@ -97,6 +99,9 @@ class LayerGraphs:
                  length_buckets: Sequence[int] = LENGTH_BUCKETS) -> None:
         self.batch_buckets, self.length_buckets = tuple(batch_buckets), tuple(length_buckets)
         self.max_rows = self.batch_buckets[-1]
+        # A graph holds the addresses of what it reads, not the tensors: the folded stack and the classifier
+        # must outlive the graphs, so they are kept here.
+        self.folded, self.classifier = folded, classifier
         self.buffers: dict[tuple[int, int], _Buffers] = {}
         self.replays: dict[tuple[int, int, int, int], Callable[[], None]] = {}
         num_layers = folded.w_qkv.shape[0]
