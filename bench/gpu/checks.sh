@@ -8,7 +8,7 @@
 #   metrics-bl1.json, metrics-tinv.json   BL1 and Transformer⁻¹ trained on the GPU (MiniLM-L6 from float16;
 #                       4,096 training and 2,000 test rows, the spec's test size, so that the call fits)
 #   bench_paths-graphs.json   dht bench-paths --graphs: eager, buckets and CUDA graphs, switching μs per layer
-#   ddp_scaling-gpu.json      bench/ddp_scaling.py under torchrun with NCCL, on the GPUs the machine has
+#   ddp_scaling-gpu.json      bench/ddp_scaling.py under torchrun on the GPUs the machine has (NCCL from 2)
 #   log.txt             everything the steps printed
 # DEVICE=cpu BACKBONE=tiny MAX_TRAIN=64 MAX_TEST=64 runs the same steps on a CPU (no graphs, no wheels): a
 # check of this script (tests/bench/test_gpu_checks.py), not of the GPU.
