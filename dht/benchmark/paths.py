@@ -19,8 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dht.data import Batch
 from dht.data.batching import iterate_batches
-from dht.methods.tinv_inference import parse_route
+from dht.methods.tinv_inference import TInvInference, parse_route
+from dht.model.folding import FoldedStack
 from dht.model.graphs import LayerGraphs
 from dht.provenance import write_result
 from dht.training.evaluation import predict_split
@@ -69,8 +71,8 @@ def switch_overhead(prepared: Prepared) -> dict[str, float]:
             "switch_overhead_us_per_layer": (halting - fixed) / boundaries * 1e6 if boundaries else None}
 
 
-def _fixed_schedule(method: Any, folded: Any, graphs: LayerGraphs | None, batch: Any, rows: Tensor,
-                    depth: Tensor, width: int) -> int:
+def _fixed_schedule(method: TInvInference, folded: FoldedStack, graphs: LayerGraphs | None, batch: Batch,
+                    rows: Tensor, depth: Tensor, width: int) -> int:
     """``rows`` of ``batch`` run to their halting ``depth`` (n,) through the layers alone, compacted and
     trimmed as the halting loop does; returns the layer boundaries the deepest crossed."""
     deepest = int(depth.max())
