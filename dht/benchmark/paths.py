@@ -21,7 +21,7 @@ from torch import Tensor
 
 from dht.data import Batch
 from dht.data.batching import iterate_batches
-from dht.methods.tinv_inference import TInvInference, parse_route
+from dht.methods.tinv_inference import TInvInference, compact, parse_route
 from dht.model.folding import FoldedStack
 from dht.model.graphs import LayerGraphs
 from dht.provenance import write_result
@@ -91,12 +91,7 @@ def _fixed_schedule(method: TInvInference, folded: FoldedStack, graphs: LayerGra
             depth = depth[keep]
             if not len(depth):
                 break
-            if graphs is not None:
-                graphs.keep(keep)
-            else:
-                h, mask = h[keep], mask[keep]
-                T = int(mask.sum(1).max())
-                h, mask = h[:, :T], mask[:, :T]
+            h, mask = compact(h, mask, keep, graphs)
     return deepest - 1
 
 

@@ -28,6 +28,18 @@ from dht.search.exits import normalised_entropy
 from dht.training.hooks import Prediction
 
 
+def compact(h: Tensor, mask: Tensor, keep: Tensor, graphs: LayerGraphs | None) -> tuple[Tensor, Tensor]:
+    """The running samples where ``keep`` (n,) is true, their padding trimmed to the longest left (spec §8):
+    h (n, T, E) and mask (n, T) cut down, or, with graphs, moved within the graphs' buffers (h and mask are
+    then returned as they were, unused)."""
+    if graphs is not None:
+        graphs.keep(keep)
+        return h, mask
+    h, mask = h[keep], mask[keep]
+    longest = int(mask.sum(1).max())
+    return h[:, :longest], mask[:, :longest]
+
+
 def route_name(depth: int, width: int) -> str:
     return f"{depth}L{width}H"
 
@@ -229,12 +241,7 @@ class TInvInference:
             keep = ~halt
             active, previous = active[keep], exit_logits[keep]
             state = None if state is None else (state[0][keep], state[1][keep])
-            if graphs is not None:
-                graphs.keep(keep)
-            else:
-                h, mask = h[keep], mask[keep]
-                trimmed = int(mask.sum(1).max())
-                h, mask = h[:, :trimmed], mask[:, :trimmed]
+            h, mask = compact(h, mask, keep, graphs)
         return logits, depth
 
     def _halting_prediction(self, logits: Tensor, depth: list[int], width: list[int], tokens: list[int]) -> Prediction:
