@@ -6,9 +6,10 @@ classes, test scores and FLOP ratios, and the server's limits).
 
 Requests that arrive within ``max_wait_ms`` of each other are predicted as one list, so DHT's depth
 queues and FastBERT's exits run on full batches rather than one text at a time; a single worker thread
-runs the model, so predictions never interleave. Malformed JSON, a non-string text and an empty list are
-answered 422, too many texts or too long a text 413, a body over the byte limit 413 (one without a
-Content-Length 411), each with a message;
+runs the model, so predictions never interleave. The body is read as JSON whatever its Content-Type (curl's
+``-d`` sends form encoding). Malformed JSON, a non-string text and an empty list are answered 422, too many
+texts or too long a text 413, a body over the byte limit 413 (one without a Content-Length 411), each with a
+one-line message naming what is wrong;
 none of them reaches the model, and an error inside one prediction is answered 500 to the requests of
 that batch only.
 
@@ -27,7 +28,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, StrictStr
+from pydantic import BaseModel, StrictStr, ValidationError
 
 from dht.classifier import Classifier, TextPrediction
 
@@ -53,6 +54,17 @@ class Limits:
 
 class PredictRequest(BaseModel):
     texts: list[StrictStr]
+
+
+def request_texts(body: bytes) -> list[str]:
+    """The texts of a ``/predict`` body, JSON whatever the Content-Type; an HTTPException 422 with one line
+    naming the first thing wrong (pydantic's check: the location, then its message)."""
+    try:
+        return PredictRequest.model_validate_json(body).texts
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise HTTPException(422, f'{where}: {first["msg"]} (send {{"texts": ["...", ...]}})') from None
 
 
 class Batcher:
@@ -136,9 +148,10 @@ def create_app(classifier: Classifier, limits: Limits = Limits()) -> FastAPI:
     async def info() -> dict[str, Any]:
         return {**classifier.info(), "limits": limits.__dict__, "batches": batcher.batches}
 
-    @app.post("/predict")
-    async def predict(request: PredictRequest) -> dict[str, Any]:
-        texts = request.texts
+    @app.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": PredictRequest.model_json_schema()}}}})
+    async def predict(request: Request) -> dict[str, Any]:
+        texts = request_texts(await request.body())
         if not texts:
             raise HTTPException(422, "texts is empty: send a list of one or more strings")
         if len(texts) > limits.max_texts:

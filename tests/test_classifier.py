@@ -122,7 +122,9 @@ def test_inference_options_change_predict(runs, tmp_path, capsys):
     assert cheap["route"] == "1L"  # speed 1: every sample leaves at the first exit
     with pytest.raises(SystemExit) as stop:  # a training option is not an inference flag
         main(["predict", str(runs / "fastbert"), "--text", "a b c", "--temperature", "2"])
-    assert stop.value.code == 2 and "unrecognized arguments: --temperature" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "unrecognized arguments: --temperature" in err
+    assert err.count("\n") == 1 and err.endswith("--help)\n")  # one line, not argparse's usage
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -132,6 +134,7 @@ def test_inference_options_change_predict(runs, tmp_path, capsys):
     ("empty.csv", "id,text\n1,   \n", r"empty.csv:2: empty text"),
     ("latin.txt", b"caf\xe9\n", r"latin.txt:1: not valid UTF-8"),
     ("split.csv", "9,a text\n", r"split.csv:1: label 9 is outside 1..4"),
+    ("body.csv", "label,body\n1,a text\n", r"body.csv:1: no 'text' column in the header 'label,body'"),
 ])
 def test_bad_input_is_one_line_naming_file_and_line_and_writes_nothing(runs, tmp_path, capsys, name, content,
                                                                         message):

@@ -152,3 +152,17 @@ def test_a_flag_prefix_is_not_taken_for_a_flag(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["train", "--method", "fastbert", "--spe", "0.5", "--output", str(tmp_path / "run")])
     assert stop.value.code == 2 and "unrecognized arguments: --spe" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epochs", "abc"],
+     "dht train: error: argument --epochs: invalid int value: 'abc' (see dht train --help)"),
+    (["serve", "runs/x", "--port", "99999"], "argument --port: '99999' is not a port (0-65535)"),
+    (["serve", "runs/x", "--port", "-1"], "argument --port: '-1' is not a port"),
+    (["bogus"], "dht: error: argument command: invalid choice: 'bogus'"),
+])
+def test_a_flag_argparse_refuses_is_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and message in err, err

@@ -15,6 +15,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from dht.cli.flags import MethodFields, add_method_flags, check_method_flags, given_options, method_fields
 from dht.training.config import RunConfig, TrainConfig
@@ -23,12 +24,27 @@ EXIT_BAD_INPUT = 2
 DEVICE_HELP = "auto (the GPU when torch sees one, else the CPU), cpu, or cuda[:N]"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with an error in one line naming the command, what is wrong and where help is (argparse
+    prints the whole usage first: 26 lines for train). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0-65535 (argparse type)."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return int(text)
+
+
 def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser:
     """The ``dht`` parser, its method flags from ``methods`` (default: ``method_fields()``)."""
     methods = method_fields() if methods is None else methods
     # allow_abbrev=False: a prefix of a flag (--dep for --depth) is an error, never another method's option.
-    parser = argparse.ArgumentParser(prog="dht", description="Dynamic Hierarchical Transformer classifiers.",
-                                     allow_abbrev=False)
+    parser = OneLineParser(prog="dht", description="Dynamic Hierarchical Transformer classifiers.",
+                           allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a method on a dataset folder, then evaluate it",
@@ -40,16 +56,19 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
                                                    "(default: the embedded AG News)")
     train.add_argument("--backbone", default="minilm-l6",
                        help="minilm-l6, tiny, bert-base-random, or a local Hugging Face BERT directory")
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--lr", type=float, default=defaults.lr)
-    train.add_argument("--max-length", type=int, default=defaults.max_length)
+    train.add_argument("--epochs", type=int, default=defaults.epochs, help=f"(default {defaults.epochs})")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help=f"training samples per step (default {defaults.batch_size})")
+    train.add_argument("--lr", type=float, default=defaults.lr,
+                       help=f"peak learning rate of AdamW (default {defaults.lr:g})")
+    train.add_argument("--max-length", type=int, default=defaults.max_length,
+                       help=f"tokens per text, [CLS] and [SEP] included (default {defaults.max_length})")
     train.add_argument("--max-train", type=int, default=None, help="train on a seeded subset of N rows")
     train.add_argument("--max-test", type=int, default=None, help="evaluate on a seeded subset of N rows")
     train.add_argument("--holdout", type=int, default=defaults.holdout,
                        help="keep N seeded training rows out of training: dht evaluate --budget sets its knob on "
                             "them (default 0: on training rows)")
-    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--seed", type=int, default=defaults.seed, help=f"(default {defaults.seed})")
     train.add_argument("--pooling", default=defaults.pooling, choices=("mean", "cls"))
     train.add_argument("--train-word-embeddings", action="store_true",
                        help="also fine-tune the word-embedding table (slower on CPU; frozen by default)")
@@ -97,7 +116,7 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
                                               "GET /info)", allow_abbrev=False)
     serve.add_argument("run_dir", type=Path)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port_number, default=8000)
     serve.add_argument("--max-wait-ms", type=float, default=5.0,
                        help="how long a request waits for others to share its batch (default 5)")
     serve.add_argument("--max-texts", type=int, default=256, help="texts per request at most (default 256)")
@@ -139,6 +158,9 @@ def build_parser(methods: MethodFields | None = None) -> argparse.ArgumentParser
     paths.add_argument("run_dir", type=Path)
     paths.add_argument("--compile", action="store_true", help="also torch.compile the folded layer (slow on a CPU)")
     paths.add_argument("--graphs", action="store_true", help="also replay CUDA graphs (a CUDA device only)")
+    modes = ("buckets", "compile", "graphs")  # bench-paths sets these itself, mode by mode
+    add_method_flags(paths.add_argument_group("inference options (default: the run's own)"),
+                     {"tinv": [f for f in methods.get("tinv", []) if f.name not in modes]}, inference_only=True)
     paths.add_argument("--reference", type=Path, default=None, help="a BL1 run timed in the same process")
     paths.add_argument("--output", type=Path, default=None, help="JSON to write (default RUN/bench_paths.json)")
     paths.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -226,8 +248,12 @@ def _note(message: Warning | str, category: type[Warning], *rest: object, **kwar
     return f"dht: note: {message}\n"  # a warning (a backbone's dropped head) as one line, not a traceback
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`): stops a run as Ctrl-C does, with the shell's exit code 128 + 15."""
+
+
 def _stop(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) stops a run as Ctrl-C does
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench-paths":
             from dht.benchmark.paths import bench_paths
 
-            result = bench_paths(args.run_dir, args.compile, args.reference, args.device, args.output, args.graphs)
+            result = bench_paths(args.run_dir, args.compile, args.reference, args.device, args.output, args.graphs,
+                                 given_options(args) or None)
             for row in result["modes"]:
                 switching = row["switch_overhead_us_per_layer"]
                 print(f"{row['mode']:8} warm-up {row['warm_up_seconds']:.1f} s, first pass "
@@ -318,11 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:  # DataError, BackboneError, bad settings
         print(f"dht: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         hint = {"train": "; continue with --resume (progress since the last checkpoint is lost)",
                 "bench": "; the same dht bench continues (finished runs are kept)"}.get(args.command, "")
         print(f"dht: interrupted{hint}", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
     return 0
 
 

@@ -90,7 +90,9 @@ def add_method_flags(parser: argparse.ArgumentParser, methods: MethodFields, inf
         first = declared[0][1]
         texts: dict[str, list[str]] = {}  # methods that declare the same help and default share one line
         for method, field in declared:
-            default = "" if field.default in ("", None) else f" (default {field.default})"
+            # An inference flag left out keeps the run's own value: what it shows is the method's default.
+            default = "" if field.default in ("", None) else \
+                f" ({'method ' if inference_only else ''}default {field.default})"
             texts.setdefault(field.help + default, []).append(method)
         helps = "; ".join(f"{', '.join(methods)}: {text}" for text, methods in texts.items())
         parser.add_argument(first.flag, dest=PREFIX + name, type=_converter(first), default=argparse.SUPPRESS,

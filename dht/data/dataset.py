@@ -178,6 +178,9 @@ def read_split(path: Path, num_classes: int) -> TextSplit:
         records = records[1:]
         if not records:
             raise DataError(path, "no data rows after the header")
+    elif not _INTEGER.fullmatch(first[0].strip()):  # a header of other names, or a bad first label
+        raise DataError(path, f"first row {_show(','.join(first))} is neither the header {','.join(HEADERS[width])} "
+                        "nor a row whose label is an integer", first_line)
     texts, labels = [], []
     for line, row in records:
         if len(row) != width:

@@ -116,7 +116,7 @@ class TInvInference:
     def check_device(self) -> None:
         """``--graphs`` runs on a CUDA device only (ValueError elsewhere)."""
         if self.options.graphs and torch.device(self.device).type != "cuda":
-            raise ValueError(f"--graphs needs a CUDA device (--device cuda); this run is on {self.device}")
+            raise ValueError(f"--graphs needs a CUDA device (--device cuda); this run's device is {self.device}")
 
     def graph_capture(self) -> Capture:
         """How ``--graphs`` captures a layer's work: CUDA graphs (``check_device`` refuses other devices)."""

@@ -54,15 +54,15 @@ class TrainConfig:
             raise ValueError(f"weight decay must be finite and >= 0 and the gradient-norm bound finite and > 0, "
                              f"got {self.weight_decay} and {self.max_grad_norm}")
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise ValueError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_length < 2:
-            raise ValueError(f"max-length must be >= 2, got {self.max_length}")
+            raise ValueError(f"--max-length must be >= 2, got {self.max_length}")
         if self.holdout < 0:
             raise ValueError(f"--holdout must be >= 0, got {self.holdout}")
         for name in ("max_train", "max_test"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}")
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,7 @@ def stop_on_non_finite(output: Path, step: Callable[[], int | None], marks: Mark
         options = (f"resume the checkpoint of step {marks.saved} with a lower peak learning rate (dht train "
                    f"--resume --lr LR --output {output}) or " if resumable else "")
         raise NonFiniteError(f"{output}: {where}: {error}; {options}run it again with a lower {lr_flag} "
-                             "(the same command starts it afresh)") from None
+                             f"(with the same --output {output}, the run starts afresh)") from None
 
 
 def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:

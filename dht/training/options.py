@@ -13,6 +13,7 @@ threshold). A run folder stores them as a JSON object
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -31,12 +32,18 @@ def option(default: Any, doc: str, inference: bool = False, check: str = "") -> 
 
 
 def finished_run(flag: str, value: str) -> None:
-    """A required option naming a finished run folder (run.json, or an older run's config.json, and
-    model.safetensors written); a ValueError naming ``flag`` otherwise."""
+    """A required option naming a finished BL1 run folder (run.json, or an older run's config.json, of
+    ``--method full``, and model.safetensors written); a ValueError naming ``flag`` otherwise."""
     if not value:
         raise ValueError(f"{flag} is required: a finished run of --method full (BL1)")
     if not (Path(value) / "model.safetensors").is_file() or not run_file(value).is_file():
         raise ValueError(f"{flag} {value}: not a finished run (needs run.json and model.safetensors)")
+    try:  # read as plain JSON (no torch yet); a damaged file is named when the teacher's settings are read
+        method = json.loads(run_file(value).read_text(encoding="utf-8"))["run"]["method"]
+    except (ValueError, KeyError, TypeError, OSError):
+        return
+    if method != "full":  # a student's or FastBERT's costs are reported as BL1's plus theirs
+        raise ValueError(f"{flag} {value}: a run of --method {method}; the teacher is a run of --method full (BL1)")
 
 
 INPUT_CHECKS: dict[str, Callable[[str, Any], None]] = {"finished_run": finished_run}

@@ -203,7 +203,7 @@ def encode_splits(run: RunConfig, dataset: Dataset,
 def _assemble(run: RunConfig, dataset: Dataset, tokenizer_json: Path, model: DynamicEncoder) -> Prepared:
     tokenizer = TextTokenizer(tokenizer_json, max_length=run.train.max_length)
     if run.train.max_length > model.config.max_position:
-        raise ValueError(f"max-length {run.train.max_length} exceeds the backbone's "
+        raise ValueError(f"--max-length {run.train.max_length} exceeds the backbone's "
                          f"{model.config.max_position} positions")
     if tokenizer.vocab_size > model.config.vocab_size:  # a token id past the table would fail mid-run
         raise ValueError(f"{tokenizer_json}: the tokenizer has {tokenizer.vocab_size} tokens but the backbone's "

@@ -99,6 +99,8 @@ def test_embedded_dataset_loads():
         ('label,text\n1,"multi\nline\n', 2, "malformed"),  # unterminated quote: the record's start
         ('label,text\n1,"a"b\n', 2, "malformed"),
         ("1,ok\n\n\n2,a,b\n", 4, "columns"),  # blank lines still count
+        ("lbl,txt\n1,ok\n", 1, "first row 'lbl,txt' is neither the header label,text nor a row whose label"),
+        ("x,bad\n1,ok\n", 1, "neither the header label,text"),  # no header: a first label that is no integer
     ],
 )
 def test_bad_rows_name_file_and_line(tmp_path, train, line, words):

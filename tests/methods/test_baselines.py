@@ -151,6 +151,22 @@ def test_methods_that_need_a_teacher_say_so(tmp_path, capsys):
         assert not (tmp_path / method).exists()
 
 
+def test_a_teacher_that_is_not_a_bl1_run_is_refused(teacher, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "dht-run"
+    shutil.copytree(teacher, other)
+    saved = json.loads((other / "run.json").read_text())
+    saved["run"]["method"] = "dht"  # a finished run of another method, with the same weights
+    (other / "run.json").write_text(json.dumps(saved))
+    for method in ("distil", "fastbert"):
+        code = main(["train", "--method", method, "--backbone", "tiny", "--teacher", str(other), "--output",
+                     str(tmp_path / method), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"--teacher {other}: a run of --method dht; the teacher is a run of --method full" in err
+        assert not (tmp_path / method).exists()
+
+
 def test_bench_runs_every_method_and_skips_finished_runs(tmp_path, monkeypatch):
     import dht.benchmark as bench
     monkeypatch.setitem(bench.QUICK, "max_train", 32)

@@ -358,6 +358,16 @@ def test_bench_paths_measures_every_mode_on_the_same_paths(tinv_run, tmp_path, m
     assert modes["graphs"]["graphs"] and modes["graphs"]["warm_up_seconds"] > 0
 
 
+def test_bench_paths_takes_the_runs_inference_options_from_the_command_line(tinv_run, tmp_path, capsys):
+    output = tmp_path / "paths.json"
+    assert main(["bench-paths", str(tinv_run), "--controller", "entropy", "--entropy-threshold", "0.999",
+                 "--output", str(output)]) == 0
+    result = json.loads(output.read_text())["result"]
+    assert result["overrides"] == {"controller": "entropy", "entropy_threshold": 0.999}
+    assert result["modes"][0]["layer_boundaries"] > 0  # the run's own policy halts every sample at depth 1
+    assert "switching n/a" not in capsys.readouterr().out
+
+
 def test_graphs_on_a_cpu_stop_with_one_line(tinv_run, tmp_path, capsys):
     code = main(["evaluate", str(tinv_run), "--graphs", "true", "--output", str(tmp_path / "e.json")])
     err = capsys.readouterr().err.strip().splitlines()

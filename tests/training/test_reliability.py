@@ -89,7 +89,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_it_starts_again(tmp
     err = capsys.readouterr().err
     step = int(err.split("step ")[1].split(":")[0])
     assert "is not finite" in err and err.count("\n") == 1
-    assert "run it again with a lower --lr (the same command starts it afresh)" in err
+    assert "run it again with a lower --lr (with the same --output " in err and "the run starts afresh)" in err
     stopped = json.loads((tmp_path / "run" / "stopped.json").read_text())
     assert stopped["where"] == f"step {step}" and not (tmp_path / "run" / "metrics.json").exists()
     # step 1's update made the weights huge but finite; step 2's loss overflowed: the checkpoint of step 1
@@ -226,7 +226,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(tmp_path):
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 130 and "interrupted; continue with --resume" in err
+    assert process.returncode == 143 and "interrupted; continue with --resume" in err  # 128 + SIGTERM
     assert latest_checkpoint(tmp_path / "run") is not None and not (tmp_path / "run" / "metrics.json").exists()
 
 
