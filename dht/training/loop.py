@@ -1,7 +1,8 @@
 """The one training loop (every method plugs in through dht.training.hooks), and evaluation.
 
 Run folder: run.json, tokenizer.json, model.safetensors, metrics.json, log.jsonl, loss.png,
-checkpoint/ (for --resume), and method.safetensors / method.json when the method has state.
+checkpoint/ (for --resume; removed once the run is finished), and method.safetensors / method.json when the
+method has state.
 """
 
 from __future__ import annotations
@@ -430,6 +431,10 @@ def finish(prepared: Prepared, output: Path, counters: dict[str, Any], progress:
     save_model(output / "model.safetensors", prepared.model)
     save_method_state(output, prepared.method)
     write_atomically(output / "metrics.json", json.dumps(metrics, indent=1))  # it marks the run finished
+    # A finished run cannot be resumed: its checkpoint (weights and optimizer moments, twice the model's
+    # size) is dead weight. A stop before this line leaves it, also harmless.
+    for name in ("checkpoint", "checkpoint.old"):
+        shutil.rmtree(output / name, ignore_errors=True)
     plot_loss(output / "log.jsonl", output / "loss.png")
     if not (output / "decisions.jsonl").stat().st_size:
         (output / "decisions.jsonl").unlink()  # methods without per-sample decisions

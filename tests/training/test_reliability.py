@@ -56,6 +56,8 @@ def test_a_kill_between_the_checkpoint_renames_resumes_from_the_previous_one(tmp
 
 def test_a_finished_run_is_neither_resumed_nor_overwritten(tmp_path, capsys):
     train(RUN, tmp_path / "run", progress=False)
+    assert latest_checkpoint(tmp_path / "run") is None  # removed once finished: it could not be resumed
+    assert (tmp_path / "run" / "model.safetensors").is_file()
     assert main(["train", "--resume", "--output", str(tmp_path / "run")]) == 2
     assert "the run is finished" in capsys.readouterr().err
     assert main(["train", "--backbone", "tiny", "--output", str(tmp_path / "run")]) == 2
@@ -355,13 +357,13 @@ def test_a_checkpoint_whose_state_has_a_wrong_field_is_named(tmp_path, capsys):
 
 def test_a_log_line_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
     train(RUN, tmp_path / "run", stop_after_steps=4, progress=False)
+    shutil.copytree(tmp_path / "run", tmp_path / "bad")  # the same stopped run, for a damaged middle line
     with open(tmp_path / "run" / "log.jsonl", "a", encoding="utf-8") as log:
         log.write('{"epoch": 1, "step": 5, "lo')  # the kill came mid-line
     metrics = train(RUN, tmp_path / "run", resume=True, progress=False)
     steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert metrics is not None and steps == list(range(1, steps[-1] + 1))
-    (tmp_path / "run" / "metrics.json").unlink()  # a damaged line in the middle is named, not skipped
-    shutil.copytree(tmp_path / "run", tmp_path / "bad")
+    # a damaged line in the middle is named, not skipped
     text = (tmp_path / "bad" / "log.jsonl").read_text().splitlines()
     (tmp_path / "bad" / "log.jsonl").write_text("\n".join(text[:2] + ["{oops"] + text[2:]) + "\n")
     with pytest.raises(ValueError, match=r"log.jsonl, line 3: not a JSON record"):
