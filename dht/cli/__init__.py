@@ -234,7 +234,7 @@ def check_train_flags(args: argparse.Namespace, argv: list[str], methods: Method
         raise ValueError("--resume needs the --output folder of the run to continue")
     if args.resume:
         typed = dict.fromkeys(arg.split("=", 1)[0] for arg in argv if arg.startswith("--"))
-        # A run a value that was not finite stopped (dht.training.loop.STOPPED_FILE) may resume at a new --lr.
+        # A run a value that was not finite stopped (dht.training.run_folder.STOPPED_FILE) may resume at a new --lr.
         allowed = RESUME_FLAGS + (("--lr",) if (args.output / "stopped.json").is_file() else ())
         changes = [flag for flag in typed if flag not in allowed]
         if changes:
