@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from safetensors.torch import save_file
 
 import dht.methods  # noqa: F401  (registers the built-in methods)
-from dht.model.backbones import hf_config, hf_state_dict
+from dht.model.backbones import hf_config, hf_state_dict, keep_layers
 from dht.provenance import device_name, umask
 from dht.training.config import read_run_dataset, run_file
 from dht.training.evaluation import SplitPrediction, predict_split
@@ -120,16 +120,21 @@ class Classifier:
 def export_run(run_dir: Path, directory: Path) -> list[str]:
     """Write a finished run as a Hugging Face BERT folder: ``config.json`` (BertConfig) and
     ``model.safetensors`` (BertModel names) that ``transformers.AutoModel.from_pretrained(directory)``
-    loads as the run's encoder at the full plan, ``tokenizer.json``, and beside them what transformers does
-    not know: ``dht_head.safetensors`` (the classifier and any exit classifiers, our names), ``run.json``
-    (the run's settings and class names) and the method's state (``method.json``/``method.safetensors``).
-    The folder is written whole or not at all; an existing non-empty ``directory`` is refused (ValueError).
-    Returns the file names written."""
+    loads as the run's encoder at the full plan (a BL2 student's own layers alone), ``tokenizer.json``, and
+    beside them what transformers does not know: ``dht_head.safetensors`` (the classifier and any exit
+    classifiers, our names), ``run.json`` (the run's settings and class names) and the method's state
+    (``method.json``/``method.safetensors``). The run's predictions are the classifier on the mean of the
+    last hidden states over real tokens (or the first token's, for ``--pooling cls``). The folder is written
+    whole or not at all; an existing non-empty ``directory`` is refused (ValueError). Returns the file names
+    written."""
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise ValueError(f"{directory}: exists and is not an empty folder; choose a new export folder")
     saved = open_run(Path(run_dir), device="cpu")
     model = saved.model
+    layers = saved.method.export_layers()
+    if layers != tuple(range(model.config.num_layers)):  # the student's layers, not its teacher's encoder
+        model = keep_layers(model, layers)
     if model.config.acm_learners:
         raise ValueError(f"{run_dir}: an ACM run's FFNs are learners and gates, which transformers' BertModel has "
                          "no place for; use the run folder itself (dht.load, dht predict, dht serve)")

@@ -203,6 +203,32 @@ def test_an_exported_run_loads_in_transformers_with_our_hidden_states(runs, tmp_
     assert "not an empty folder" in capsys.readouterr().err
 
 
+def test_a_students_export_holds_its_own_layers_and_predicts_as_the_run(runs, tmp_path):
+    """A BL2 student of 2 layers runs its teacher's layers 0 and 2: the export is that 2-layer encoder, and
+    mean pooling of transformers' last hidden states through the exported head gives the run's predictions."""
+    transformers = pytest.importorskip("transformers")
+    student = tmp_path / "student"
+    train(RunConfig(method="distil", backbone="tiny", train=SMALL,
+                    options={"teacher": str(runs / "full"), "layers": 2}), student, progress=False)
+    assert main(["export", str(student), str(tmp_path / "export")]) == 0
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 2
+    theirs = transformers.AutoModel.from_pretrained(str(tmp_path / "export"), attn_implementation="sdpa").eval()
+    head = load_file(str(tmp_path / "export" / "dht_head.safetensors"))
+    texts = ["stocks rallied after the fed held rates", "the team won the final", "a new chip"]
+    classifier = dht.load(student, device="cpu")
+    rows = classifier._saved.tokenizer.encode(texts)
+    longest = max(map(len, rows))
+    ids = torch.tensor([row + [0] * (longest - len(row)) for row in rows])
+    mask = torch.arange(longest)[None, :] < torch.tensor([len(row) for row in rows])[:, None]
+    with torch.no_grad():
+        hidden = theirs(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        probabilities = torch.softmax(pooled @ head["classifier.weight"].T + head["classifier.bias"], -1)
+    ours = [[row.probabilities[name] for name in classifier.classes] for row in classifier.predict(texts)]
+    assert torch.allclose(probabilities, torch.tensor(ours), atol=1e-4)
+
+
 def test_a_run_made_before_run_json_still_loads(runs, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(runs / "full", old)

@@ -86,6 +86,9 @@ class DistilMethod(Method):
     def plans(self, batch: Batch) -> ExecutionPlan:
         return self.plan
 
+    def export_layers(self) -> tuple[int, ...]:
+        return self.plan.layers
+
     def training_step(self, batch: Batch) -> StepResult:
         logits = self.model(batch.input_ids, batch.attention_mask, self.plan)
         with torch.no_grad():

@@ -21,7 +21,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -241,6 +241,22 @@ def hf_config(config: EncoderConfig) -> dict[str, object]:
             "max_position_embeddings": config.max_position, "type_vocab_size": config.type_vocab_size,
             "layer_norm_eps": config.layer_norm_eps, "pad_token_id": config.pad_token_id,
             "position_embedding_type": "absolute", "initializer_range": 0.02}
+
+
+def keep_layers(model: DynamicEncoder, layers: Sequence[int]) -> DynamicEncoder:
+    """A copy of ``model`` with only ``layers`` (ascending), renumbered 0..len − 1: what ``dht export``
+    writes for a run whose full plan skips layers (a BL2 student over its teacher's encoder)."""
+    kept = DynamicEncoder(model.config.replace(num_layers=len(layers)))
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("layers."):
+            _, index, rest = key.split(".", 2)
+            if int(index) not in layers:
+                continue
+            key = f"layers.{list(layers).index(int(index))}.{rest}"
+        state[key] = value
+    kept.load_state_dict(state)
+    return kept
 
 
 def hf_state_dict(model: DynamicEncoder) -> dict[str, Tensor]:

@@ -269,6 +269,11 @@ class Method:
             self.options = previous  # a refused change leaves the method as it was
             raise
 
+    def export_layers(self) -> tuple[int, ...]:
+        """The layers ``dht export`` writes, in order: those the run's full plan passes through (every layer
+        by default; a BL2 student's own, since the teacher's other layers are not part of the student)."""
+        return tuple(range(self.model.config.num_layers))
+
     def check_device(self) -> None:
         """Refuse options this device cannot run (ValueError naming the flag); called once the network is
         on its device, before anything is written or evaluated, and after each ``set_inference_options``."""
