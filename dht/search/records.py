@@ -73,18 +73,28 @@ def plot_selection(records: list[dict[str, Any]], num_heads: int, out: Path) -> 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, title in ((axes[0], lambda r: r["depth"], "layers (depth L)"),
                            (axes[1], lambda r: head_count(r, num_heads), "heads per dynamic layer (H)")):
-        xs, series = windows(records, key)
-        ax.stackplot(xs, *series.values(), labels=[str(v) for v in series], alpha=0.85)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("share of samples")
-        ax.set_ylim(0, 1)
-        if len(xs) > 1:
-            ax.set_xlim(xs[0], xs[-1])
+        draw_shares(ax, *windows(records, key))
         ax.set_title(f"Selected {title}")
         ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def draw_shares(ax: Any, xs: list[float], series: dict[Any, list[float]]) -> None:
+    """Each value's share per window as stacked areas; a run of one window (fewer than twice
+    ``windows``' min_steps) as one stacked bar, since an area over one step draws nothing."""
+    if len(xs) > 1:
+        ax.stackplot(xs, *series.values(), labels=[str(v) for v in series], alpha=0.85)
+        ax.set_xlim(xs[0], xs[-1])
+    else:
+        bottom = 0.0
+        for value, shares in series.items():
+            ax.bar(xs, shares, bottom=bottom, width=0.8, label=str(value), alpha=0.85)
+            bottom += shares[0] if shares else 0.0
+    ax.set_xlabel("training step")
+    ax.set_ylabel("share of samples")
+    ax.set_ylim(0, 1)
 
 
 def kept_shares(records: list[dict[str, Any]], num_heads: int) -> tuple[list[int], list[list[float]]]:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from dht.search.records import (
+    draw_shares,
     head_count,
     kept_shares,
     plot_heads,
@@ -53,6 +54,24 @@ def test_windows_give_each_values_share_per_window_of_steps():
     assert xs == [19, 39] and series[6] == [0.0, 0.5]
     xs, series = windows(records[:5], lambda r: r["depth"])  # fewer steps than a window: one window
     assert xs == [4] and series == {2: [0.6], 4: [0.4]}
+
+
+def test_a_run_of_one_window_is_drawn_as_one_stacked_bar():
+    """An area over a single step draws nothing (a short run's selection.png was blank)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [record(0, s, 2 if s < 3 else 4, []) for s in range(5)]
+    figure, ax = plt.subplots()
+    draw_shares(ax, *windows(records, lambda r: r["depth"]))
+    heights = [(bar.get_y(), bar.get_height()) for bar in ax.patches]
+    assert heights == [(0.0, 0.6), (pytest.approx(0.6), pytest.approx(0.4))]  # depth 2 below, depth 4 on top
+    figure, ax = plt.subplots()
+    draw_shares(ax, *windows(records * 8, lambda r: r["depth"], min_steps=1))
+    assert not ax.patches and ax.collections  # several windows: stacked areas
+    plt.close("all")
 
 
 def test_windows_of_several_records_per_step_keep_each_step_whole():
