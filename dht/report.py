@@ -4,8 +4,10 @@
 seeds and compares the means with DHT's acceptance line (macro-F1 >= BL1's mean - 1.5 points at
 inference <= 0.60 and training <= 0.70 of BL1's FLOPs, all-in). A file is a run's metrics when it holds a
 ``method``, ``test`` and ``train`` block; it is named after the run: full.json, f-dht.json (seed 0),
-seeds/f-dht-seed1.json, ... Other JSON files are skipped. Rows follow the method registry's order (BL1
-first), then each method's bench runs (``table_order``); each method names its own rows (``Method.row_title``).
+seeds/f-dht-seed1.json, ... Other JSON files are skipped. A folder of run folders (``runs/``: each with its
+``metrics.json``) is read too, each row named after its folder and method. Rows follow the method registry's
+order (BL1 first), then each method's bench runs (``table_order``); each method names its own rows
+(``Method.row_title``).
 """
 
 from __future__ import annotations
@@ -32,17 +34,22 @@ def all_in(block: dict) -> float:
     return block.get("flop_ratio_all_in", block["flop_ratio"])
 
 
-def read_runs(folder: Path) -> list[tuple[str, str, dict]]:
-    """The folder's runs as (name, seed, metrics), in table order; files that are not a known method's
-    metrics are skipped."""
+def read_runs(folder: Path) -> list[tuple[str, str, dict, str]]:
+    """The folder's runs as (name, seed, metrics, row title), in table order: its NAME.json files (titled
+    by their method, ``Method.row_title``) and its run folders' metrics.json (titled by the folder's name and
+    the method); files that are not a known method's metrics are skipped."""
     runs = []
-    for path in folder.glob("*.json"):
+    for path in [*folder.glob("*.json"), *folder.glob("*/metrics.json")]:
         try:
             metrics = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as error:  # json's errors are ValueErrors
             raise ValueError(f"{path}: not JSON ({error})") from None
         if isinstance(metrics, dict) and {"method", "test", "train"} <= set(metrics) and metrics["method"] in METHODS:
-            runs.append((*run_name(path), metrics))
+            if path.name == "metrics.json":
+                runs.append((path.parent.name, "", metrics, f"{path.parent.name} ({metrics['method']})"))
+            else:
+                name, seed = run_name(path)
+                runs.append((name, seed, metrics, method_type(metrics["method"]).row_title(name)))
     return sorted(runs, key=lambda run: table_order(run[2]["method"], run[0]) + (run[1],))
 
 
@@ -54,17 +61,13 @@ def table_order(method: str, name: str) -> tuple:
     return list(METHODS).index(method), names.index(name) if name in names else len(names), natural
 
 
-def row_title(name: str, metrics: dict) -> str:
-    return method_type(metrics["method"]).row_title(name)
-
-
 def run_table(folder: Path) -> str:
     """One row per run: accuracy, macro-F1, FLOP ratios (paper-style / all-in) and seconds."""
     lines = ["| method | accuracy | macro-F1 | train FLOP ratio (paper / all-in) | test FLOP ratio (paper / all-in) "
              "| train s | test s |", "|---|---|---|---|---|---|---|"]
-    for name, seed, m in read_runs(folder):
+    for _, seed, m, title in read_runs(folder):
         tr, te = m["train"], m["test"]
-        lines.append(f"| {row_title(name, m)}{f' seed {seed}' if seed else ''} | {te['accuracy']:.4f} "
+        lines.append(f"| {title}{f' seed {seed}' if seed else ''} | {te['accuracy']:.4f} "
                      f"| {te['f1_macro']:.4f} | {tr['flop_ratio']:.3f} / {all_in(tr):.3f} "
                      f"| {te['flop_ratio']:.3f} / {all_in(te):.3f} | {tr['seconds']:.0f} | {te['seconds']:.0f} |")
     return "\n".join(lines)
@@ -76,8 +79,10 @@ def seed_table(folder: Path) -> str:
 
     Raises ValueError when the folder has no BL1 run (full.json)."""
     groups: dict[str, list[dict]] = {}
-    for name, _, m in read_runs(folder) + read_runs(folder / "seeds"):
+    titles: dict[str, str] = {}
+    for name, _, m, title in read_runs(folder) + read_runs(folder / "seeds"):
         groups.setdefault(name, []).append(m)
+        titles.setdefault(name, title)
     if REFERENCE not in groups:
         raise ValueError(f"{folder}: no {REFERENCE}.json (BL1) to compare with")
     reference = mean(m["test"]["f1_macro"] for m in groups[REFERENCE])
@@ -92,7 +97,7 @@ def seed_table(folder: Path) -> str:
         # 1e-9: a mean exactly on the line must not fail by float rounding
         met = gap <= F1_POINTS + 1e-9 and mean(inference) <= MAX_INFERENCE and mean(training) <= MAX_TRAINING
         verdict = "" if name == REFERENCE else "yes" if met else "no"
-        lines.append(f"| {row_title(name, runs[0])} | {len(runs)} | {mean(f1):.4f} ({min(f1):.4f}-{max(f1):.4f}) "
+        lines.append(f"| {titles[name]} | {len(runs)} | {mean(f1):.4f} ({min(f1):.4f}-{max(f1):.4f}) "
                      f"| {gap:.2f} | {mean(inference):.3f}, {max(inference):.3f} "
                      f"| {mean(training):.3f}, {max(training):.3f} | {verdict} |")
     return "\n".join(lines)
@@ -104,4 +109,7 @@ def results_table(folder: Path, seeds: bool = False) -> str:
     Raises ValueError when the folder does not exist."""
     if not folder.is_dir():
         raise ValueError(f"{folder}: no such folder")
+    if not read_runs(folder):
+        raise ValueError(f"{folder}: no run metrics here (NAME.json files as in bench/results/ag_news, or run "
+                         "folders with their metrics.json)")
     return seed_table(folder) if seeds else run_table(folder)

@@ -57,3 +57,20 @@ def test_run_table_rows_in_registry_order_and_other_json_skipped(tmp_path, capsy
 def test_table_of_a_missing_folder_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["table", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_a_folder_of_run_folders_is_a_table_named_by_folder(tmp_path, capsys):
+    write_run(tmp_path / "mine" / "metrics.json", "dht", 0.88, 0.50, 0.60)
+    write_run(tmp_path / "baseline" / "metrics.json", "full", 0.90, 1.0, 1.0)
+    (tmp_path / "stopped").mkdir()  # a run folder without metrics.json: not finished, not a row
+    assert main(["table", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("|")[1].strip() for line in lines[2:]] == ["baseline (full)", "mine (dht)"]
+    assert row("\n".join(lines), "mine (dht)")[1:3] == ["0.8800", "0.8800"]
+
+
+def test_a_folder_without_runs_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "notes.json").write_text("{}")
+    assert main(["table", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no run metrics here" in err
