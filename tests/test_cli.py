@@ -166,3 +166,13 @@ def test_a_flag_argparse_refuses_is_one_line_and_exit_2(argv, message, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_the_paths_line_says_what_a_route_means_where_it_is_not_a_depth():
+    from dht.cli import routes_line
+
+    test = {"routes": {"k1.5": {"share": 0.25, "accuracy": 0.5}}}
+    assert routes_line(test, "acm") == ("inference paths (k: the learners a token runs per layer, the text's mean): "
+                                        "k1.5 25% (accuracy 0.500)")
+    assert routes_line({"routes": {"2L12H": {"share": 1.0, "accuracy": 0.9}}}, "dht") == \
+        "inference paths: 2L12H 100% (accuracy 0.900)"

@@ -196,10 +196,15 @@ def summary(metrics: dict) -> str:
             f"test {test['seconds']:.1f} s")
 
 
-def routes_line(test: dict) -> str:
-    """'inference paths: 2L12H 35% (accuracy 0.851), ...' for methods whose samples take different paths."""
-    return "inference paths: " + ", ".join(f"{route} {100 * r['share']:.0f}% (accuracy {r['accuracy']:.3f})"
-                                           for route, r in test.get("routes", {}).items())
+def routes_line(test: dict, method: str) -> str:
+    """'inference paths: 2L12H 35% (accuracy 0.851), ...' for methods whose samples take different paths;
+    the method's ``route_legend`` says what a route's name means where it is not a depth and heads."""
+    from dht.training.hooks import method_type
+
+    legend = method_type(method).route_legend
+    paths = ", ".join(f"{route} {100 * r['share']:.0f}% (accuracy {r['accuracy']:.3f})"
+                      for route, r in test.get("routes", {}).items())
+    return f"inference paths{f' ({legend})' if legend else ''}: {paths}"
 
 
 def predict_command(args: argparse.Namespace) -> None:
@@ -279,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             if metrics is not None:  # None on the ranks of torchrun but 0, which leave writing to rank 0
                 print(summary(metrics))
                 if "routes" in metrics["test"]:
-                    print(routes_line(metrics["test"]))
+                    print(routes_line(metrics["test"], metrics["method"]))
                 print(f"run folder: {output}")
         elif args.command == "predict":
             predict_command(args)
@@ -338,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"macro-F1 {test['f1_macro']:.4f}, FLOP ratio {test['flop_ratio']:.3f} "
                   f"(all-in {test['flop_ratio_all_in']:.3f}), {test['seconds']:.1f} s")
             if "routes" in test:
-                print(routes_line(test))
+                print(routes_line(test, result["method"]))
             for name, row in test.get("oracle", {}).items():
                 if name != "routes":
                     print(f"{name}: macro-F1 {row['f1_macro']:.4f} at FLOP ratio {row['flop_ratio']:.3f}")

@@ -136,6 +136,7 @@ class ACMMethod(Method):
 
     name = "acm"
     Options = ACMOptions
+    route_legend = "k: the learners a token runs per layer, the text's mean"
     # λ's range (added to the calibrated λ0); the bench's curve: on AG News acm-b50 spends 0.90 / 0.80 / 0.60 /
     # 0.51 of BL1's FLOPs at λ = −0.78 / −0.27 / 0.10 / 0.27 (bench/results/ag_news/acm/summary.json), so
     # these points span about 0.55-0.85.

@@ -126,6 +126,8 @@ class Method:
         """The runs ``dht bench`` trains for this method on a backbone of ``num_layers`` layers."""
         return [BenchRun(cls.name)]
 
+    route_legend = ""  # what a route's name means, where it is not DHT's 4L12H or FastBERT's 3L (dht train's line)
+
     @classmethod
     def row_title(cls, row: str) -> str:
         """A table row's label for one of this method's runs (``row`` is its bench name)."""

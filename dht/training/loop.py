@@ -328,7 +328,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, progress: bool = True,
             metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
     prepared = load_run(run_dir, data, overrides, device)
     found = budget_search(prepared, budget) if budget is not None else None
-    result: dict[str, Any] = {"run": str(run_dir), "dataset": prepared.dataset.name,
+    result: dict[str, Any] = {"run": str(run_dir), "method": prepared.run.method, "dataset": prepared.dataset.name,
                               "options": prepared.method.options.to_dict(), "test": evaluate(prepared, progress)}
     if found is not None:
         result["budget"] = found
