@@ -27,7 +27,7 @@ import torch
 
 from dht.flops import full_forward_flops, plan_forward_flops
 from dht.model import ExecutionPlan, resolve_backbone
-from dht.provenance import repo_path, write_result
+from dht.provenance import repo_path, synchronise, write_result
 from dht.training.setup import resolve_device
 
 TOKENS = 128
@@ -103,12 +103,6 @@ def main() -> None:
     }
     write_result(args.output, result, device)
     print(json.dumps(result, indent=1))
-
-
-def synchronise(device: torch.device) -> None:
-    """Wait for the GPU's queued work, so the clock measures it (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":

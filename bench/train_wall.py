@@ -32,7 +32,7 @@ import torch
 
 import dht.methods  # noqa: F401  (registers the methods)
 from dht.data import iterate_batches
-from dht.provenance import repo_path, write_result
+from dht.provenance import repo_path, synchronise, write_result
 from dht.training.loop import load_run, make_optimizer
 from dht.training.setup import Prepared, prepare
 
@@ -55,8 +55,7 @@ class Side:
         self.samples = self.count = 0
 
     def sync(self) -> None:
-        if self.method.device.type == "cuda":  # the clock must see the step's kernels finish
-            torch.cuda.synchronize(self.method.device)
+        synchronise(self.method.device)  # the clock must see the step's kernels finish
 
     def step(self, counted: bool) -> bool:
         """One training step as the loop takes it, the clock from the last step's end (it covers the

@@ -72,6 +72,13 @@ def device_name(device: str | torch.device | None) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+def synchronise(device: str | torch.device) -> None:
+    """Wait for a CUDA device's queued work before a clock is read, so the clock measures it (no-op on
+    the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def provenance(device: str | torch.device | None = None, argv: list[str] | None = None) -> dict[str, Any]:
     """The command line, commit, CPU model, threads, torch version and device of this process."""
     args = sys.argv if argv is None else argv

@@ -24,7 +24,7 @@ from dht.data.batching import iterate_batches
 from dht.methods.tinv_inference import TInvInference, compact, parse_route
 from dht.model.folding import FoldedStack
 from dht.model.graphs import LayerGraphs
-from dht.provenance import write_result
+from dht.provenance import synchronise, write_result
 from dht.training.evaluation import predict_split
 from dht.training.loop import evaluate, load_run
 from dht.training.setup import Prepared
@@ -51,7 +51,7 @@ def switch_overhead(prepared: Prepared) -> dict[str, float]:
         batch = batch.to(method.device)
         start = time.perf_counter()
         prediction = method.halting_predict(batch, folded)
-        synchronize(method.device)
+        synchronise(method.device)
         halting += time.perf_counter() - start
         paths = [parse_route(route) for route in prediction.routes]
         tokens = batch.attention_mask.sum(1).tolist()
@@ -65,7 +65,7 @@ def switch_overhead(prepared: Prepared) -> dict[str, float]:
         for width in width_all.unique().tolist():
             for rows in (width_all == width).nonzero().squeeze(1).split(chunk):
                 boundaries += _fixed_schedule(method, folded, graphs, batch, rows, depth_all[rows], width)
-        synchronize(method.device)
+        synchronise(method.device)
         fixed += time.perf_counter() - start
     return {"halting_seconds": halting, "fixed_plan_seconds": fixed, "layer_boundaries": boundaries,
             "switch_overhead_us_per_layer": (halting - fixed) / boundaries * 1e6 if boundaries else None}
@@ -93,12 +93,6 @@ def _fixed_schedule(method: TInvInference, folded: FoldedStack, graphs: LayerGra
                 break
             h, mask = compact(h, mask, keep, graphs)
     return deepest - 1
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for a CUDA device's queued work before a clock is read (nothing on a CPU)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_paths(run_dir: Path, compiled: bool = False, reference: Path | None = None, device: str | None = None,

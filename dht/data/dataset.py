@@ -178,7 +178,7 @@ def read_split(path: Path, num_classes: int) -> TextSplit:
         records = records[1:]
         if not records:
             raise DataError(path, "no data rows after the header")
-    elif not _INTEGER.fullmatch(first[0].strip()):  # a header of other names, or a bad first label
+    elif not is_label_cell(first[0]):  # a header of other names, or a bad first label
         raise DataError(path, f"first row {_show(','.join(first))} is neither the header {','.join(HEADERS[width])} "
                         "nor a row whose label is an integer", first_line)
     texts, labels = [], []
@@ -194,10 +194,15 @@ def read_split(path: Path, num_classes: int) -> TextSplit:
     return TextSplit(texts=tuple(texts), labels=tuple(labels), path=path)
 
 
+def is_label_cell(cell: str) -> bool:
+    """Whether a CSV cell reads as a label (an integer, surrounding spaces aside); a header's does not."""
+    return _INTEGER.fullmatch(cell.strip()) is not None
+
+
 def _parse_label(cell: str, num_classes: int, path: Path, line: int) -> int:
     """Turn a 1-based label cell into a 0-based class index."""
     cell = cell.strip()
-    if not _INTEGER.fullmatch(cell):
+    if not is_label_cell(cell):
         raise DataError(path, f"label {_show(cell)} is not an integer", line)
     label = int(cell)
     if not 1 <= label <= num_classes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dht.data.dataset import HEADERS, DataError, csv_records, read_split, read_utf8
+from dht.data.dataset import HEADERS, DataError, csv_records, is_label_cell, read_split, read_utf8
 
 TEXT_COLUMN = "text"
 STDIN = "-"
@@ -52,7 +52,7 @@ def _csv_texts(path: Path, num_classes: int) -> list[str]:
     line, first = records[0]
     header = [cell.strip().lower() for cell in first]
     if TEXT_COLUMN not in header:  # no header naming the column: a dataset split, label first
-        if tuple(header) not in HEADERS.values() and not first[0].strip().isdigit():
+        if tuple(header) not in HEADERS.values() and not is_label_cell(first[0]):
             raise DataError(path, f"no {TEXT_COLUMN!r} column in the header {','.join(first)!r} (a CSV to classify "
                             f"names one, or is a dataset split: label,text or label,title,description)", line)
         return list(read_split(path, num_classes).texts)

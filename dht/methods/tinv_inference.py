@@ -24,6 +24,7 @@ from dht.flops import classifier_flops, full_forward_flops, plan_forward_flops
 from dht.model import ExecutionPlan
 from dht.model.folding import FoldedStack, folded_layer
 from dht.model.graphs import BATCH_BUCKETS, LENGTH_BUCKETS, Capture, LayerGraphs, bucket, cuda_graph_capture
+from dht.provenance import synchronise
 from dht.search.exits import normalised_entropy
 from dht.training.hooks import Prediction
 
@@ -107,8 +108,7 @@ class TInvInference:
                             mask = torch.ones(B, T, dtype=torch.bool, device=self.device)
                             self._run_layer(folded, torch.zeros(B, T, config.hidden_size, device=self.device),
                                             mask, 0, width)
-        if torch.device(self.device).type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronise(self.device)
         self.warm_up_seconds = time.perf_counter() - start if o.buckets or o.compile or o.graphs else 0.0
         self._folded = (key, folded)
         return folded

@@ -155,11 +155,6 @@ class LayerGraphs:
         tokens = int(mask.sum(1).max())
         self.load(h[:, :tokens], mask[:, :tokens])
 
-    def states(self) -> Tensor:
-        """The loaded samples' states (n, T', E), a copy."""
-        assert self.shape is not None, "load the running samples first"
-        return self.buffers[self.shape].h[: self.rows, : self.tokens].clone()
-
 
 def _layer_step(buffers: _Buffers, folded: FoldedStack, layer: int, width: int,
                 pool: Callable[[Tensor, Tensor], Tensor], classifier: nn.Module) -> Callable[[], None]:

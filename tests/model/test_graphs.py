@@ -80,7 +80,8 @@ def test_replays_with_compaction_equal_the_eager_layers(width, on):
             pooled, logits = graphs.layer(layer, width)
             h, eager_pooled, eager_logits = eager_exit(model, folded, h, mask, layer, width)
             assert torch.allclose(pooled, eager_pooled, atol=tol) and torch.allclose(logits, eager_logits, atol=tol)
-            assert torch.allclose(graphs.states(), h, atol=tol)
+            states = graphs.buffers[graphs.shape].h[: graphs.rows, : graphs.tokens]
+            assert torch.allclose(states, h, atol=tol)
             if layer in halts:
                 keep = ~halts[layer]
                 graphs.keep(keep)
